@@ -1,0 +1,29 @@
+/* cli.h: the verbs of the etmoe program. Each verb is a function taking its own argv (argv[0] is
+ * the verb's name) and returning the process exit code: 0 success, 1 failure while running,
+ * 2 bad usage (unknown option, missing argument or file). */
+#ifndef ETM_CLI_H
+#define ETM_CLI_H
+
+typedef struct {
+    const char *name;                 /* as typed: "tokenize", "train", ... */
+    int (*run)(int argc, char **argv); /* argv[0] is the verb name */
+    const char *summary;              /* one line for `etmoe --help` */
+} etm_verb;
+
+#define ETM_EXIT_OK 0
+#define ETM_EXIT_FAIL 1
+#define ETM_EXIT_USAGE 2
+
+/* Prints "etmoe VERB: message" and a hint to run --help to stderr; returns ETM_EXIT_USAGE. */
+int cli_usage_error(const char *verb, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* The verbs. */
+int cmd_tokenize(int argc, char **argv);
+int cmd_tokenizer(int argc, char **argv);
+int cmd_prepare(int argc, char **argv);
+
+#endif

@@ -1,0 +1,103 @@
+/* etmoe.c: the program's entry point: runtime checks, --version, and dispatch to the verbs. */
+#include <config.h>
+
+#include "cli.h"
+#include "common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+static const etm_verb verbs[] = {
+    /* one line per verb; keep the table's order the order of --help */
+    {NULL, NULL, NULL},
+};
+
+int cli_usage_error(const char *verb, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "etmoe %s: ", verb);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\n(run 'etmoe %s --help' for usage)\n", verb);
+    return ETM_EXIT_USAGE;
+}
+
+#ifdef HAVE_OPENBLAS
+int openblas_get_parallel(void);
+int openblas_get_num_threads(void);
+char *openblas_get_config(void);
+#endif
+
+static int threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* A pthread OpenBLAS under an OpenMP program spawns its own thread pool beside ours: each of our
+ * threads calling sgemm oversubscribes the cores and timings become noise. Refuse it. */
+static int check_blas_runtime(void) {
+#if defined(HAVE_OPENBLAS) && defined(_OPENMP)
+    if (openblas_get_parallel() == 1) {
+        fprintf(stderr,
+                "etmoe: the OpenBLAS loaded at run time is the pthread build, but etmoe uses OpenMP.\n"
+                "Its threads would fight ours. Install the OpenMP build (Debian: libopenblas0-openmp)\n"
+                "and make sure it is the one loaded (ldd $(which etmoe) | grep blas).\n");
+        return -1;
+    }
+#endif
+    return 0;
+}
+
+static void print_version(void) {
+    printf("etmoe %s\n", PACKAGE_VERSION);
+#ifdef HAVE_OPENBLAS
+    int par = openblas_get_parallel();
+    printf("BLAS: %s (%s threading)\n", openblas_get_config(),
+           par == 2 ? "OpenMP" : par == 1 ? "pthread" : "sequential");
+#else
+    printf("BLAS: user-supplied CBLAS\n");
+#endif
+#ifdef _OPENMP
+    printf("OpenMP: yes, %d threads (set OMP_NUM_THREADS to change)\n", threads());
+#else
+    printf("OpenMP: no (serial build), 1 thread\n");
+#endif
+#ifdef ETM_HAVE_CUDA
+    printf("CUDA backend: built\n");
+#else
+    printf("CUDA backend: not built\n");
+#endif
+}
+
+static void print_help(void) {
+    printf("usage: etmoe VERB [options...]   (etmoe VERB --help for each verb)\n\nverbs:\n");
+    for (size_t i = 0; verbs[i].name; i++) printf("  %-14s %s\n", verbs[i].name, verbs[i].summary);
+    printf("\n  --version      BLAS, threads and backends in this build\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_help();
+        return ETM_EXIT_USAGE;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        print_version();
+        return ETM_EXIT_OK;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        print_help();
+        return ETM_EXIT_OK;
+    }
+    if (check_blas_runtime() != 0) return ETM_EXIT_FAIL;
+    for (size_t i = 0; verbs[i].name; i++)
+        if (!strcmp(argv[1], verbs[i].name)) return verbs[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "etmoe: unknown verb '%s' (run 'etmoe --help')\n", argv[1]);
+    return ETM_EXIT_USAGE;
+}
