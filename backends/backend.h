@@ -1,0 +1,193 @@
+/* backend.h: the operations the model needs, as a table of function pointers.
+ *
+ * The model and trainer in src/ call only these. A backend fills an etm_backend with its
+ * functions (see backends/cpu/cpu_backend.c) and registers a constructor in backend.c; the CUDA
+ * backend swaps in without touching model code.
+ *
+ * Conventions, for every operation:
+ *  - Pointers named as tensors (float *x, int32_t *idx, uint8_t *mask) are backend memory from
+ *    alloc(); pointers marked "host" are ordinary memory. On the CPU backend both are the same.
+ *  - Matrices are row-major and dense unless a leading dimension says otherwise. Shapes are given
+ *    in the comment of each parameter, e.g. (N, D).
+ *  - Forward operations write their outputs. Backward operations ACCUMULATE (+=) into the
+ *    gradients of their inputs, so a tensor used twice gets both contributions; the caller zeroes
+ *    gradient buffers once per step. Exceptions are marked "(writes)".
+ *  - Results must not depend on the number of threads: partition outputs, reduce in a fixed
+ *    order, no atomics. Each backend documents which results are bit-identical to the CPU's.
+ *  - Routing ties are broken towards the lower index (token or expert), always.
+ */
+#ifndef ETM_BACKEND_H
+#define ETM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+typedef struct etm_backend etm_backend;
+
+/* One GEMM of a grouped call: C[c_off..] = alpha * op(A[a_off..]) * op(B[b_off..]) + beta * C.
+ * Offsets are in elements from the base pointers given to gemm_grouped; lda/ldb/ldc are shared. */
+typedef struct {
+    int M, N, K;                /* this group's sizes; groups with M, N or K == 0 are skipped
+                                   (K == 0 with beta != 1 still scales C) */
+    size_t a_off, b_off, c_off; /* element offsets of this group's A, B and C */
+} etm_gemm_group;
+
+/* Routing of N tokens to E experts as (token, expert) pairs, grouped two ways. Built by
+ * build_dispatch from a 0/1 mask; capacity for N*E pairs is allocated by dispatch_alloc. */
+typedef struct {
+    int n_tokens;              /* N */
+    int n_experts;             /* E */
+    int n_pairs;               /* P = number of ones in the mask */
+    int32_t *expert_offsets;   /* (E+1) pairs of expert e are [expert_offsets[e], expert_offsets[e+1]) */
+    int32_t *pair_token;       /* (N*E) token of each pair; ascending within an expert */
+    int32_t *pair_expert;      /* (N*E) expert of each pair */
+    int32_t *token_offsets;    /* (N+1) token t's pairs are token_pairs[token_offsets[t] .. t+1) */
+    int32_t *token_pairs;      /* (N*E) pair indices grouped by token, ascending expert order */
+    int32_t *host_expert_offsets; /* (E+1) host: copy of expert_offsets, for GEMM sizes */
+} etm_dispatch;
+
+enum { ETM_NO_TRANS = 0, ETM_TRANS = 1 };
+
+struct etm_backend {
+    const char *name; /* "cpu", "cuda" */
+    void *ctx;        /* the backend's private state */
+
+    /* ---- lifetime and memory ---------------------------------------------------------------- */
+    void (*destroy)(etm_backend *be);                       /* frees ctx; not the etm_backend itself */
+    void *(*alloc)(etm_backend *be, size_t bytes);          /* zero-filled; aborts on failure */
+    void (*free)(etm_backend *be, void *p);
+    void (*upload)(etm_backend *be, void *dst, const void *host_src, size_t bytes);
+    void (*download)(etm_backend *be, void *host_dst, const void *src, size_t bytes);
+    void (*copy)(etm_backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(etm_backend *be, void *p, size_t bytes);
+    void (*synchronize)(etm_backend *be);                   /* waits for queued work (no-op on CPU) */
+
+    /* ---- matrix products (row-major, like cblas_sgemm with CblasRowMajor) --------------------- */
+    /* C(M,N) = alpha * op(A) * op(B) + beta * C; op(A) is (M,K), op(B) is (K,N). */
+    void (*gemm)(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                 const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
+    /* Several independent GEMMs (one per expert); groups (host) has count entries. */
+    void (*gemm_grouped)(etm_backend *be, int trans_a, int trans_b, int count,
+                         const etm_gemm_group *groups, float alpha, const float *A, int lda,
+                         const float *B, int ldb, float beta, float *C, int ldc);
+
+    /* ---- elementwise and reductions --------------------------------------------------------- */
+    void (*fill)(etm_backend *be, float *x, float value, size_t n);
+    void (*scale)(etm_backend *be, float *x, float a, size_t n);                   /* x *= a */
+    void (*axpy)(etm_backend *be, float *y, float a, const float *x, size_t n);    /* y += a x */
+    /* sum of x[i]^2 in double, in a fixed order; returned to the host. */
+    double (*sum_squares)(etm_backend *be, const float *x, size_t n);
+    /* out(E) (writes) = sum over rows of in(N,E), in row order. */
+    void (*column_sum)(etm_backend *be, float *out, const float *in, int N, int E);
+    /* y(N,E) += v(E) broadcast over rows. */
+    void (*add_row_vector)(etm_backend *be, float *y, const float *v, int N, int E);
+    /* y(N,E) += a(N)[row] * x(N,E): a per-row scale. */
+    void (*add_scaled_rows)(etm_backend *be, float *y, const float *a, const float *x, int N, int E);
+
+    /* ---- transformer pieces ----------------------------------------------------------------- */
+    /* out(N,D) = wte[tokens[n]]; wte (V,D); tokens (N). */
+    void (*embedding_forward)(etm_backend *be, float *out, const float *wte, const int32_t *tokens,
+                              int N, int D);
+    /* dwte(V,D) += scatter of dout(N,D) by tokens; deterministic (fixed order per row of dwte). */
+    void (*embedding_backward)(etm_backend *be, float *dwte, const float *dout, const int32_t *tokens,
+                               int N, int D, int V);
+    /* RMSNorm without weights: out = x * rstd, rstd(N) = 1/sqrt(mean(x^2) + eps); x (N,C). */
+    void (*rmsnorm_forward)(etm_backend *be, float *out, float *rstd, const float *x, int N, int C,
+                            float eps);
+    /* dx += rstd * (dout - out * mean(dout * out)) per row. */
+    void (*rmsnorm_backward)(etm_backend *be, float *dx, const float *dout, const float *out,
+                             const float *rstd, int N, int C);
+    /* In-place rotary embedding of x (B,T,H,hd) at positions pos0..pos0+T-1, on halves of each head:
+     * y1 = x1 cos + x2 sin, y2 = -x1 sin + x2 cos; cos/sin tables (T_max, hd/2). */
+    void (*rope_forward)(etm_backend *be, float *x, const float *cos_t, const float *sin_t, int B,
+                         int T, int H, int hd, int pos0);
+    /* In-place: turns dy into dx (the inverse rotation). */
+    void (*rope_backward)(etm_backend *be, float *dx, const float *cos_t, const float *sin_t, int B,
+                          int T, int H, int hd, int pos0);
+    /* Causal grouped-query attention, scale 1/sqrt(hd). q (B,T,H,hd); k, v (B,S,Hkv,hd) with S >= T:
+     * query i sits at position S-T+i and sees keys 0..S-T+i. H is a multiple of Hkv; query head h
+     * uses kv head h / (H/Hkv). out (B,T,H,hd); lse (B,H,T) log-sum-exp of each row's scores. */
+    void (*attention_forward)(etm_backend *be, float *out, float *lse, const float *q, const float *k,
+                              const float *v, int B, int T, int S, int H, int Hkv, int hd);
+    void (*attention_backward)(etm_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                               const float *q, const float *k, const float *v, const float *out,
+                               const float *lse, int B, int T, int S, int H, int Hkv, int hd);
+    /* out = relu(x)^2 ; dx += dout * 2 relu(x). n elements. */
+    void (*relu2_forward)(etm_backend *be, float *out, const float *x, size_t n);
+    void (*relu2_backward)(etm_backend *be, float *dx, const float *dout, const float *x, size_t n);
+    /* out = cap * tanh(x / cap), n elements (logits for sampling). */
+    void (*softcap)(etm_backend *be, float *out, const float *x, size_t n, float cap);
+    /* Soft-capped cross-entropy: losses(N) (writes) = -log softmax(cap*tanh(logits/cap))[target];
+     * logits (N,V) raw; targets (N), a negative target means "ignore" and gives loss 0. */
+    void (*xent_forward)(etm_backend *be, float *losses, const float *logits, const int32_t *targets,
+                         int N, int V, float cap);
+    /* dlogits(N,V) (writes) = dloss * d loss_n / d logits for every valid row, 0 for ignored rows. */
+    void (*xent_backward)(etm_backend *be, float *dlogits, const float *logits, const int32_t *targets,
+                          int N, int V, float cap, float dloss);
+
+    /* ---- router scores ---------------------------------------------------------------------- */
+    void (*sigmoid_forward)(etm_backend *be, float *out, const float *x, size_t n);
+    void (*sigmoid_backward)(etm_backend *be, float *dx, const float *dout, const float *out, size_t n);
+    void (*softmax_forward)(etm_backend *be, float *out, const float *x, int N, int E);  /* per row */
+    void (*softmax_backward)(etm_backend *be, float *dx, const float *dout, const float *out, int N,
+                             int E);
+    void (*logsumexp_rows)(etm_backend *be, float *out, const float *x, int N, int E); /* out(N) */
+
+    /* ---- routing decisions (mask z (N,E): 1 = token n goes to expert e) ----------------------- */
+    /* z (writes) = the k largest of score(N,E) in each row. */
+    void (*topk_rows)(etm_backend *be, uint8_t *z, const float *score, int N, int E, int k);
+    /* Column selection within pools of pool_rows consecutive rows (N a multiple of pool_rows).
+     * For each pool and expert e: candidates are the rows with eligible[n,e] != 0 (all rows when
+     * eligible is NULL); n_above = candidates with score >= threshold[e] (0 when threshold is
+     * NULL); the expert takes its top clamp(n_above, lo, hi) candidates by score (never more than
+     * there are). z (writes) marks them. Expert choice: threshold NULL, lo = hi = k_target.
+     * Expert threshold: threshold c, lo = 0, hi = pool_rows (or the capacity clamp).
+     * TC capacity: eligible = top-k mask, threshold NULL, lo = hi = capacity. */
+    void (*select_columns)(etm_backend *be, uint8_t *z, const float *score, const uint8_t *eligible,
+                           const float *threshold, int N, int E, int pool_rows, int lo, int hi);
+    /* out(N/pool_rows, E) (writes) = the k-th largest score of each column within each pool. */
+    void (*kth_largest_columns)(etm_backend *be, float *out, const float *score, int N, int E,
+                                int pool_rows, int k);
+
+    /* ---- dropless dispatch ------------------------------------------------------------------ */
+    /* Allocates d's arrays for up to N tokens and E experts; dispatch_free releases them. */
+    void (*dispatch_alloc)(etm_backend *be, etm_dispatch *d, int N, int E);
+    void (*dispatch_free)(etm_backend *be, etm_dispatch *d);
+    /* Fills d from mask z (N,E) (counting sort by expert, tokens ascending) and copies the expert
+     * offsets to the host. */
+    void (*build_dispatch)(etm_backend *be, etm_dispatch *d, const uint8_t *z, int N, int E);
+    /* dst(P,D) (writes) = src[pair_token[p]] for p < P. */
+    void (*gather_rows)(etm_backend *be, float *dst, const float *src, const int32_t *pair_token,
+                        int P, int D);
+    /* dst(N,D) += sum over token n's pairs p (ascending expert) of src[p]; deterministic. */
+    void (*scatter_add_rows)(etm_backend *be, float *dst, const float *src, const etm_dispatch *d,
+                             int D);
+    /* out(P) (writes) = x(N,E)[pair_token[p], pair_expert[p]]. */
+    void (*gather_pairs)(etm_backend *be, float *out, const float *x, const etm_dispatch *d);
+    /* dx(N,E) += scatter of dpair(P) to (pair_token[p], pair_expert[p]); pairs are distinct. */
+    void (*scatter_add_pairs)(etm_backend *be, float *dx, const float *dpair, const etm_dispatch *d);
+    /* y(N,D) += sum over token n's pairs p (ascending expert) of gate[p] * ye[p] (P,D). */
+    void (*combine_forward)(etm_backend *be, float *y, const float *ye, const float *gate,
+                            const etm_dispatch *d, int D);
+    /* dye(P,D) (writes) = gate[p] * dy[token]; dgate(P) (writes) = dot(dy[token], ye[p]). */
+    void (*combine_backward)(etm_backend *be, float *dye, float *dgate, const float *dy,
+                             const float *ye, const float *gate, const etm_dispatch *d, int D);
+
+    /* ---- optimizers ------------------------------------------------------------------------- */
+    /* AdamW on n elements: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+     * p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + wd * p), with bc1 = 1-b1^t, bc2 = 1-b2^t. */
+    void (*adamw_update)(etm_backend *be, float *p, const float *g, float *m, float *v, size_t n,
+                         float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
+};
+
+/* ---- the registry (the only global state in etmoe) ---------------------------------------- */
+/* Creates the backend called name ("cpu", "cuda"); NULL with a message when it is unknown, not
+ * built in, or has no device. */
+etm_backend *etm_backend_create(const char *name, etm_error *err);
+void etm_backend_free(etm_backend *be);
+/* Names of the backends built into this program, NULL-terminated. */
+const char *const *etm_backend_names(void);
+
+#endif

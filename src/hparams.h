@@ -1,0 +1,93 @@
+/* hparams.h: every setting of a run (model shape, router, optimiser, schedule, data, output) in
+ * one struct. Config files and key=value overrides fill it (hparams.c); it is written, complete,
+ * into every run directory and checkpoint. Field names are the config keys. */
+#ifndef ETM_HPARAMS_H
+#define ETM_HPARAMS_H
+
+#include <stdint.h>
+
+#include "common.h"
+
+typedef enum { ETM_ROUTER_DENSE = 0, ETM_ROUTER_TC, ETM_ROUTER_EC, ETM_ROUTER_ET } etm_router_kind;
+typedef enum { ETM_SCORE_SIGMOID = 0, ETM_SCORE_SOFTMAX } etm_score_kind;
+typedef enum {
+    ETM_BALANCE_NONE = 0,
+    ETM_BALANCE_AUX,      /* alpha * sum_i f_i P_i, f_i = count_i * E / (N k) (the paper's form) */
+    ETM_BALANCE_SWITCH,   /* alpha * E * sum_i f_i P_i, f_i = count_i / (N k) (Switch Transformer) */
+    ETM_BALANCE_LOSSFREE  /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
+} etm_balance_kind;
+typedef enum { ETM_OPT_MUON = 0, ETM_OPT_ADAMW } etm_matrix_optimizer;
+
+typedef struct {
+    /* ---- model ---- */
+    int vocab_size;      /* V */
+    int seq_len;         /* T, tokens per sequence */
+    int n_layer;         /* L */
+    int d_model;         /* D */
+    int n_head;          /* H, query heads; head_dim = D / H */
+    int n_kv_head;       /* Hkv, key/value heads (GQA); divides n_head */
+    int ffn_hidden;      /* width of the dense MLP (default 4 D) */
+    float rope_base;     /* 10000 */
+    float logit_cap;     /* soft cap of the logits (15) */
+    float norm_eps;      /* RMSNorm epsilon */
+
+    /* ---- mixture of experts ---- */
+    etm_router_kind router; /* dense | tc | ec | et */
+    int dense_layers;       /* the first layers keep a dense MLP (default 1) */
+    int n_routed;           /* E, routed experts per MoE layer */
+    int n_shared;           /* shared experts (gate 1) per MoE layer */
+    int expert_hidden;      /* width of each expert (default 2 D) */
+    int top_k;              /* k, average routed experts per token; k_target = N k / E */
+    etm_score_kind tc_score;    /* tc: sigmoid (paper) or softmax scores */
+    etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree */
+    float aux_alpha;        /* tc aux/switch loss coefficient (0.001) */
+    float lossfree_rate;    /* tc lossfree bias step u (0.001) */
+    float z_loss;           /* router z-loss coefficient (0 = off) */
+    float capacity_factor;  /* tc: tokens per expert capped at cf * N k / E, overflow dropped (0 = off) */
+    int pool_seqs;          /* ec/et: routing pool in sequences (0 = the whole micro-batch) */
+    float et_beta;          /* et: EMA decay of the cut-off (0.999 in the paper) */
+    int et_warmup_steps;    /* et: route with EC for the first W optimizer steps */
+    float et_capacity;      /* et: capacity clamp C, counts kept in [(1-C), (1+C)] k_target (0 = off) */
+
+    /* ---- optimisation ---- */
+    uint64_t seed;
+    int batch_size;         /* sequences per micro-batch */
+    int grad_accum;         /* micro-batches per optimizer step */
+    int max_steps;          /* optimizer steps */
+    etm_matrix_optimizer matrix_optimizer; /* muon | adamw for hidden matrices */
+    float lr_matrix;        /* hidden matrices (Muon or AdamW) */
+    float lr_embed;         /* token embedding (AdamW) */
+    float lr_head;          /* LM head (AdamW) */
+    float lr_router;        /* router weights (AdamW) */
+    float adam_beta1, adam_beta2, adam_eps;
+    float weight_decay;
+    float muon_momentum_start, muon_momentum_end; /* warmed up linearly over muon_warmup_steps */
+    int muon_warmup_steps;
+    int ns_steps;           /* Newton-Schulz iterations */
+    int warmup_steps;       /* linear LR warm-up */
+    float decay_fraction;   /* linear decay to final_lr_frac over the last fraction of steps */
+    float final_lr_frac;
+    float grad_clip;        /* global gradient-norm clip (0 = off) */
+
+    /* ---- data, evaluation, output ---- */
+    char train_data[1024];  /* shard glob */
+    char val_data[1024];    /* shard glob */
+    char tokenizer[1024];   /* merges file path or "gpt2" */
+    char out_dir[1024];     /* run directory */
+    char backend[32];       /* cpu | cuda */
+    int eval_every;         /* steps between validation losses (0 = only at the end) */
+    int eval_batches;       /* micro-batches per validation */
+    int ckpt_every;         /* steps between checkpoints (0 = only at the end) */
+    int log_every;          /* steps between progress lines */
+    int thresholds_every;   /* steps between threshold records in the metrics */
+} etm_hparams;
+
+/* Fills every field with its default (the demo-sized model). */
+void etm_hparams_defaults(etm_hparams *hp);
+/* Derived sizes. */
+static inline int etm_head_dim(const etm_hparams *hp) { return hp->d_model / hp->n_head; }
+static inline int etm_is_moe_layer(const etm_hparams *hp, int layer) {
+    return hp->router != ETM_ROUTER_DENSE && layer >= hp->dense_layers;
+}
+
+#endif
