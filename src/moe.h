@@ -1,0 +1,80 @@
+/* moe.h: one Mixture-of-Experts MLP layer (router, routed experts, shared experts) and its
+ * routing state. The layer computes, for N tokens x_t (already RMS-normalised):
+ *
+ *     y_t = sum_s shared_s(x_t) + sum_e z[t,e] * gate(r[t,e]) * expert_e(x_t),   r = x W_r^T
+ *
+ * with expert(x) = W_down relu(W_up x)^2, z from the router (tc, ec or et; see router.h) and the
+ * gate sigmoid(r) (softmax over experts for the softmax TC variant). Dispatch is dropless: pairs
+ * grouped by expert, one GEMM per expert, combined per token in a fixed order.
+ * All tensors are backend memory; the weights and their gradients belong to the model's
+ * parameter block and are only pointed to here. */
+#ifndef ETM_MOE_H
+#define ETM_MOE_H
+
+#include "backend.h"
+#include "hparams.h"
+
+typedef enum {
+    ETM_MOE_TRAIN = 0, /* routing from the batch (EC pools, ET thresholds or EC warm-up), cut-offs
+                          recorded for the once-per-step update */
+    ETM_MOE_EVAL,      /* frozen state: ET and EC route by thresholds (causal), TC by top-k; no
+                          statistics feed back into the router */
+    ETM_MOE_REPLAY     /* reuse the mask of the previous forward (for finite-difference checks) */
+} etm_moe_mode;
+
+typedef struct {
+    float *router;      /* (E, D) */
+    float *up;          /* (E, Hx, D) routed experts' up projections */
+    float *down;        /* (E, D, Hx) routed experts' down projections */
+    float *shared_up;   /* (S, Hx, D) shared experts; NULL when S == 0 */
+    float *shared_down; /* (S, D, Hx) */
+} etm_moe_weights;
+
+/* Routing statistics of the last forward (host memory). */
+typedef struct {
+    int n_tokens;          /* N */
+    int n_pairs;           /* routed (token, expert) pairs */
+    int *expert_load;      /* (E) tokens per routed expert */
+    int *experts_hist;     /* (E+1) tokens by number of routed experts (0..E) */
+    int tokens_no_expert;  /* tokens with zero routed experts */
+    int dropped;           /* TC capacity / ET clamp: pairs removed below the threshold rule */
+    int padded;            /* ET clamp: pairs added beyond the threshold rule */
+    float mean_experts;    /* n_pairs / N */
+    float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
+    float z_loss;          /* router z-loss (scaled), 0 when off */
+} etm_moe_stats;
+
+typedef struct etm_moe_layer etm_moe_layer;
+
+/* Builds a layer for up to max_tokens tokens per forward, sequences of seq_len tokens. */
+etm_moe_layer *etm_moe_create(etm_backend *be, const etm_hparams *hp, int max_tokens);
+void etm_moe_free(etm_moe_layer *layer);
+
+/* y(N,D) (writes) = the layer applied to x(N,D). N is a multiple of hp->seq_len and at most
+ * max_tokens. Returns the layer's added loss (aux + z, scaled by their coefficients and meant
+ * to be added to the mean token loss); keeps what backward needs. */
+float etm_moe_forward(etm_moe_layer *layer, const etm_moe_weights *w, const float *x, float *y,
+                      int N, etm_moe_mode mode);
+/* dx(N,D) += d/dx; weight gradients in dw accumulate. loss_scale multiplies the gradient of the
+ * added loss (1 / grad_accum when the trainer averages micro-batches). */
+void etm_moe_backward(etm_moe_layer *layer, const etm_moe_weights *w, etm_moe_weights *dw,
+                      const float *dy, float *dx, float loss_scale);
+
+/* Once per optimizer step, after the micro-batches: ET/EC cut-off EMA update (mean of the
+ * micro-batches' cut-offs, bias-corrected), loss-free bias update, step counter for warm-up. */
+void etm_moe_step_end(etm_moe_layer *layer);
+
+const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *layer);
+
+/* Router state that checkpoints save and restore (host memory, E floats each). */
+typedef struct {
+    float *threshold;     /* (E) c_i, the bias-corrected EMA used for routing */
+    float *ema;           /* (E) m_i, the raw EMA */
+    float *bias;          /* (E) loss-free selection bias b_i */
+    int64_t *counters;    /* (2) EMA updates so far (s), optimizer steps seen */
+} etm_router_state;
+void etm_moe_get_state(const etm_moe_layer *layer, etm_router_state *out); /* out arrays are layer-owned views */
+void etm_moe_set_state(etm_moe_layer *layer, const float *threshold, const float *ema,
+                       const float *bias, const int64_t *counters);
+
+#endif
