@@ -85,7 +85,7 @@ static double row_lse(float *e, const float *z, int V, float m) {
 void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const int32_t *targets,
                       int N, int V, float cap) {
     (void)be;
-    ETM_OMP(parallel)
+    ETM_OMP(parallel if ((long)N * V >= CPU_PAR_MIN))
     {
         float *z = etm_malloc((size_t)V * sizeof *z);
         ETM_OMP(for schedule(static))
@@ -105,7 +105,7 @@ void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const
 void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits,
                        const int32_t *targets, int N, int V, float cap, float dloss) {
     (void)be;
-    ETM_OMP(parallel for schedule(static))
+    ETM_OMP(parallel for schedule(static) if ((long)N * V >= CPU_PAR_MIN))
     for (int n = 0; n < N; n++) {
         float *d = dlogits + (size_t)n * V;
         int32_t t = targets[n];
