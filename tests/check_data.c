@@ -6,6 +6,7 @@
 #include "shard.h"
 #include "testutil.h"
 
+#include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
 
@@ -38,6 +39,21 @@ static unsigned char *llmc_bytes(int32_t magic, int32_t version, int32_t count, 
     for (size_t i = 0; i < n; i++)
         for (int k = 0; k < width; k++) b[1024 + i * width + k] = (unsigned char)(tok[i] >> (8 * k));
     return b;
+}
+
+/* Removes a test's temp directory and the files in it (tests make no subdirectories). */
+static void rm_tmpdir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[1024];
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        path_in(path, sizeof path, dir, e->d_name);
+        remove(path);
+    }
+    closedir(d);
+    rmdir(dir);
 }
 
 static off_t file_size(const char *path) {
@@ -95,6 +111,7 @@ static void check_round_trip(const int32_t *tok, size_t n, int want_version) {
         free(back);
         etm_shard_free(s);
     }
+    rm_tmpdir(dir);
 }
 
 START_TEST(shard_v1_round_trip) {
@@ -146,6 +163,7 @@ START_TEST(shard_reads_llmc_file) {
     ck_assert_ptr_nonnull(strstr(err.msg, "offset 0"));
     ck_assert_ptr_nonnull(strstr(err.msg, "128000"));
     etm_shard_free(s);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -165,6 +183,7 @@ START_TEST(shard_write_refuses_negative_ids) {
     ck_assert_uint_eq(etm_shard_n_tokens(s), 3);
     ck_assert_uint_eq(etm_shard_token(s, 1), 2);
     etm_shard_free(s);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -270,6 +289,7 @@ START_TEST(shard_corruptions_are_named) {
     etm_shard_free(s);
     free(good);
     free(big);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -344,6 +364,7 @@ START_TEST(loader_counts_and_order_of_shards) {
     ck_assert_uint_eq(etm_loader_n_windows(ld), expected_windows(8));
     ck_assert_uint_eq(etm_loader_n_windows(ld), 125 + 0 + 87 + 41);
     etm_loader_free(ld);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -397,6 +418,7 @@ START_TEST(loader_visits_every_window_once_per_epoch) {
     free(seen);
     free(s);
     etm_loader_free(ld);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -422,6 +444,7 @@ START_TEST(loader_is_deterministic_in_the_seed) {
     etm_loader_free(a);
     etm_loader_free(b);
     etm_loader_free(c);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -470,6 +493,7 @@ START_TEST(loader_resumes_exactly) {
     check_resume(pattern, 7, 8, 1, 37, 10); /* saved just after it, in epoch 1 */
     check_resume(pattern, 11, 23, 1, 0, 30); /* from the very start */
     check_resume(pattern, 7, 8, 0, 20, 60); /* validation mode */
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -506,6 +530,7 @@ START_TEST(loader_set_pos_rejects_other_data) {
     ck_assert_ptr_nonnull(strstr(err.msg, "out of range"));
     etm_loader_free(a);
     etm_loader_free(b);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -535,6 +560,7 @@ START_TEST(loader_validation_order_and_reset) {
     ck_assert_uint_eq(pos.index, (uint64_t)B);
     free(s);
     etm_loader_free(ld);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -569,6 +595,7 @@ START_TEST(loader_rejects_tokens_outside_vocab) {
     etm_loader_get_pos(ld, &after);
     ck_assert_int_eq(memcmp(&before, &after, sizeof before), 0);
     etm_loader_free(ld);
+    rm_tmpdir(dir);
 }
 END_TEST
 
@@ -603,6 +630,7 @@ START_TEST(loader_open_errors) {
     ck_assert_ptr_null(etm_loader_open(pattern, 2, 4, 0, 1, 0, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, path));
     ck_assert_ptr_null(etm_loader_open(pattern, 0, 4, 0, 1, 0, &err));
+    rm_tmpdir(dir);
 }
 END_TEST
 
