@@ -182,7 +182,7 @@ static int is_name(const char *s) {
     return 1;
 }
 
-static int resolve(const char *path_or_name, char *buf, size_t len, etm_error *err) {
+int etm_tokenizer_path(const char *path_or_name, char *buf, size_t len, etm_error *err) {
     if (!is_name(path_or_name) || file_exists(path_or_name)) {
         if (snprintf(buf, len, "%s", path_or_name) >= (int)len) return etm_fail(err, "%s: path too long", path_or_name);
         return 0;
@@ -200,7 +200,7 @@ static int resolve(const char *path_or_name, char *buf, size_t len, etm_error *e
 
 etm_tokenizer *etm_tokenizer_load(const char *path_or_name, etm_error *err) {
     char path[4096];
-    if (resolve(path_or_name, path, sizeof path, err) != 0) return NULL;
+    if (etm_tokenizer_path(path_or_name, path, sizeof path, err) != 0) return NULL;
     size_t len;
     char *text = etm_read_file(path, &len, err);
     if (!text) return NULL;

@@ -13,6 +13,9 @@ typedef struct etm_tokenizer etm_tokenizer;
 
 /* Loads a merges file, or a name of a shipped tokenizer ("gpt2", "austen") from the data dir. */
 etm_tokenizer *etm_tokenizer_load(const char *path_or_name, etm_error *err);
+/* The file that etm_tokenizer_load would read for path_or_name (a bare word that is not an
+ * existing file names a shipped tokenizer), written into buf; -1 and a message if there is none. */
+int etm_tokenizer_path(const char *path_or_name, char *buf, size_t len, etm_error *err);
 /* The same from a merges file's contents in memory; origin names it in messages. */
 etm_tokenizer *etm_tokenizer_from_merges(const char *text, size_t len, const char *origin, etm_error *err);
 void etm_tokenizer_free(etm_tokenizer *tok);
