@@ -82,8 +82,8 @@ START_TEST(presets_load_with_their_sizes) {
     ck_assert_float_eq_tol(hp.lr_head, 0.004 * sqrt(768.0 / 1280.0), 1e-8);
 
     /* A preset given as a path works too; an unknown preset says where it looked. */
-    char path[1024];
-    snprintf(path, sizeof path, "%s/configs/d12.conf", test_data_dir());
+    char path[1024], dir[1024];
+    snprintf(path, sizeof path, "%s/configs/d12.conf", etm_data_dir(dir, sizeof dir));
     ck_assert_msg(etm_hparams_load(&hp, path, &err) == 0, "%s", err.msg);
     ck_assert_int_eq(hp.d_model, 768);
     ck_assert_int_ne(etm_hparams_load(&hp, "no_such_preset", &err), 0);
@@ -146,8 +146,10 @@ START_TEST(print_and_parse_round_trip) {
 END_TEST
 
 START_TEST(every_key_is_documented) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/../doc/config.md", test_data_dir());
+    /* etm_data_dir, not test_data_dir: it finds the source tree's data/ (and so doc/) even when
+     * the test harness does not export ETM_DATA_DIR. */
+    char path[1024], dir[1024];
+    snprintf(path, sizeof path, "%s/../doc/config.md", etm_data_dir(dir, sizeof dir));
     etm_error err = {{0}};
     char *doc = etm_read_file(path, NULL, &err);
     ck_assert_msg(doc != NULL, "%s", err.msg);
