@@ -837,10 +837,12 @@ START_TEST(prepare_austen_corpus) {
      * reads the result within the vocabulary. */
     static const char *novels[6] = {"emma", "mansfield_park", "northanger_abbey", "persuasion",
                                     "pride_and_prejudice", "sense_and_sensibility"};
-    char paths[6][1024];
+    char paths[6][1024], data[1024];
     const char *files[6];
+    etm_data_dir(data, sizeof data); /* as etmoe finds it: $ETM_DATA_DIR, else the source tree's */
     for (int i = 0; i < 6; i++) {
-        snprintf(paths[i], sizeof paths[i], "%s/austen/%s.txt", test_data_dir(), novels[i]);
+        int n = snprintf(paths[i], sizeof paths[i], "%s/austen/%s.txt", data, novels[i]);
+        ck_assert(n > 0 && (size_t)n < sizeof paths[i]);
         files[i] = paths[i];
     }
     etm_error err = {{0}};
