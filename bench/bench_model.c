@@ -5,10 +5,10 @@
  * FLOPs per token = 3 * (2 * active matmul parameters + causal attention 2*2*H*hd*(T+1)/2 per
  * layer): attention projections, dense MLP or router + shared + (measured mean routed experts per
  * token) routed experts, LM head; backward counted as twice the forward. The embedding lookup,
- * norms and elementwise work count nothing. Not a test: no thresholds. */
+ * norms and elementwise work count nothing. The ceiling is cblas_sgemm on all threads
+ * (etm_cpu_sgemm_gflops) on the MLP's shape. Not a test: no thresholds. */
 #include <config.h>
 
-#include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,30 +16,9 @@
 #include <omp.h>
 #endif
 
+#include "cpu/cpu_bench.h"
 #include "model.h"
 #include "rng.h"
-
-/* The best of a few runs of a transformer-sized sgemm (tokens x d_model times d_model x 4 d_model). */
-static double sgemm_ceiling_gflops(int M, int K, int N) {
-    float *a = etm_malloc(sizeof(float) * M * K), *b = etm_malloc(sizeof(float) * K * N);
-    float *c = etm_malloc(sizeof(float) * M * N);
-    etm_rng rng;
-    etm_rng_seed(&rng, 1);
-    for (long i = 0; i < (long)M * K; i++) a[i] = etm_rng_uniform(&rng) - 0.5f;
-    for (long i = 0; i < (long)K * N; i++) b[i] = etm_rng_uniform(&rng) - 0.5f;
-    double best = 0.0;
-    for (int rep = 0; rep < 6; rep++) {
-        double t0 = etm_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-        double dt = etm_now() - t0;
-        double gf = 2.0 * M * N * K / dt * 1e-9;
-        if (rep > 0 && gf > best) best = gf; /* the first call warms the thread pool */
-    }
-    free(a);
-    free(b);
-    free(c);
-    return best;
-}
 
 static etm_hparams bench_hp(etm_router_kind router) {
     etm_hparams hp;
@@ -156,7 +135,8 @@ int main(int argc, char **argv) {
 #ifdef _OPENMP
     threads = omp_get_max_threads();
 #endif
-    double ceiling = sgemm_ceiling_gflops(B * 512, 512, 2048);
+    /* the MLP up-projection's shape: tokens x d_model times d_model x 4 d_model */
+    double ceiling = etm_cpu_sgemm_gflops(B * 512, 2048, 512, 5);
     printf("bench_model: %d threads, batch %d x 512 tokens, %d timed steps\n", threads, B, steps);
     printf("sgemm ceiling (%d x 512 x 2048): %.1f GFLOP/s\n", B * 512, ceiling);
     const char *names[] = {"dense", "et"};

@@ -620,31 +620,38 @@ START_TEST(test_initial_loss_uniform) {
 }
 END_TEST
 
+/* Adds tc to s with a generous timeout: Check's default of 4 s is too short on a loaded shared
+ * machine when the harness does not pass CK_DEFAULT_TIMEOUT down. */
+static void add_case(Suite *s, TCase *tc) {
+    tcase_set_timeout(tc, 300);
+    suite_add_tcase(s, tc);
+}
+
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("gradients");
     tcase_add_loop_test(tc, test_gradients_fd, 0, (int)ETM_ARRAY_LEN(grad_cases));
     tcase_add_test(tc, test_grad_scale_accumulates);
-    suite_add_tcase(s, tc);
+    add_case(s, tc);
     tc = tcase_create("causality");
     tcase_add_test(tc, test_causal_et_eval);
     tcase_add_test(tc, test_causal_ec_train_routing_is_not);
-    suite_add_tcase(s, tc);
+    add_case(s, tc);
     tc = tcase_create("decode");
     tcase_add_test(tc, test_decode_dense);
     tcase_add_test(tc, test_decode_et);
     tcase_add_test(tc, test_decode_tc);
-    suite_add_tcase(s, tc);
+    add_case(s, tc);
     tc = tcase_create("determinism");
     tcase_add_test(tc, test_threads_bit_identical);
     tcase_add_test(tc, test_init_seeded);
-    suite_add_tcase(s, tc);
+    add_case(s, tc);
     tc = tcase_create("structure");
     tcase_add_test(tc, test_init_distribution);
     tcase_add_test(tc, test_param_table);
     tcase_add_test(tc, test_errors);
     tcase_add_test(tc, test_initial_loss_uniform);
-    suite_add_tcase(s, tc);
+    add_case(s, tc);
     return s;
 }
 
