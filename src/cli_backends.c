@@ -18,7 +18,8 @@ static void usage(void) {
     printf("usage: etmoe backends [--bench]\n\n"
            "Lists the compute backends built into this program and whether each can run here.\n\n"
            "  --bench   also measure GEMM throughput (GFLOP/s) on transformer-sized products:\n"
-           "            cblas_sgemm with all threads (the machine's ceiling) and each backend's gemm\n");
+           "            cblas_sgemm with all threads (the machine's ceiling) and each backend's "
+           "gemm\n");
 }
 
 /* (M, N, K) of the products --bench measures: a 4x MLP up projection, its down projection, and
@@ -52,7 +53,8 @@ int cmd_backends(int argc, char **argv) {
         }
         usable++;
         if (!strcmp(*name, "cpu"))
-            printf("%-6s available (%d OpenMP thread%s)\n", *name, threads, threads == 1 ? "" : "s");
+            printf("%-6s available (%d OpenMP thread%s)\n", *name, threads,
+                   threads == 1 ? "" : "s");
         else
             printf("%-6s available\n", *name);
         if (bench)

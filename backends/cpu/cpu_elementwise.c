@@ -113,8 +113,8 @@ void cpu_relu2_backward(etm_backend *be, float *dx, const float *dout, const flo
 void cpu_sigmoid_forward(etm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
-    for (long i = 0; i < len; i++) out[i] = 1.0f / (1.0f + expf(-x[i]));
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
+    for (long i = 0; i < len; i++) out[i] = 1.0f / (1.0f + cpu_expf(-x[i]));
 }
 
 void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out,
@@ -132,8 +132,9 @@ void cpu_softcap(etm_backend *be, float *out, const float *x, size_t n, float ca
         if (out != x) memmove(out, x, n * sizeof *out);
         return;
     }
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
-    for (long i = 0; i < len; i++) out[i] = cpu_softcap1(x[i], cap);
+    float inv = 1.0f / cap;
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
+    for (long i = 0; i < len; i++) out[i] = cpu_softcap1(x[i], cap, inv);
 }
 
 void cpu_adamw_update(etm_backend *be, float *p, const float *g, float *m, float *v, size_t n,

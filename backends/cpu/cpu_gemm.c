@@ -42,37 +42,53 @@ void cpu_sgemm_1thread(int trans_a, int trans_b, int M, int N, int K, float alph
 /* A tile grid for an (M, N, K) product: rows in row_tiles tiles of tile_m (the last one shorter),
  * columns likewise. A function of the shape alone, never of the thread count. */
 typedef struct {
-    int tile_m, tile_n;     /* tile sizes */
+    int tile_m, tile_n; /* tile sizes */
     int row_tiles, col_tiles;
 } tile_plan;
 
-/* Tiles aim at about CPU_TILE_FLOPS floating-point operations each: small enough that a
- * transformer-sized product makes many tiles for load balance, large enough that sgemm's packing
- * of A and B stays a small part of each tile's time. */
-#define CPU_TILE_FLOPS (16.0 * 1024 * 1024)
+/* Tile sizes. Single-threaded sgemm (OpenBLAS 0.3.21, AVX-512, K = 256) runs at about 98 GFLOP/s
+ * on 512-row tiles, 95 on 256, 88 on 128 and 80 on 64 rows; columns matter less past 256. So
+ * tiles start near 512 x 512 and are halved only while a product has fewer than CPU_MIN_TILES of
+ * them (so that a few threads stay busy) and each still has CPU_MIN_TILE_FLOPS of work. On two
+ * cores this measured best among 256/512 starting sizes and 4/8 minimum tiles (within noise of
+ * OpenBLAS's own threading, which cannot be used: see above). Many-core machines get less
+ * speed-up on small products than OpenBLAS would give them: the price of tiles that do not depend
+ * on the thread count. */
+#define CPU_TILE 512
+#define CPU_MIN_TILES 4
+#define CPU_MIN_TILE_FLOPS 4.0e6
 #define CPU_TILE_ALIGN 16 /* tile sizes are multiples of this (sgemm kernels work in 16s) */
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
+/* n split into parts of about `target` (one part when n <= 1.5 target), a multiple of the
+ * alignment unless that is all of n. */
+static int split(int n, int target) {
+    if (n <= target + target / 2) return n;
+    int parts = (n + target - 1) / target;
+    return ETM_MIN(n, round_up((n + parts - 1) / parts, CPU_TILE_ALIGN));
+}
+
 static tile_plan plan_tiles(int M, int N, int K) {
     tile_plan p;
-    /* columns first: keep tiles at least 256 wide (or all of N) so B panels stay long */
-    double per_elem = 2.0 * (K > 0 ? K : 1);
-    double target_elems = CPU_TILE_FLOPS / per_elem; /* tile_m * tile_n */
-    int tn = N;
-    if (tn > 512 && (double)M * tn > target_elems) tn = 512;
-    int tm = (int)(target_elems / tn);
-    if (tm < 64) tm = 64;
-    if (tm >= M) tm = M;
-    p.col_tiles = (N + tn - 1) / tn;
+    int tm = split(M, CPU_TILE), tn = split(N, CPU_TILE);
+    for (;;) {
+        long tiles = (long)((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+        if (tiles >= CPU_MIN_TILES || 2.0 * tm * tn * (K > 0 ? K : 1) < 2 * CPU_MIN_TILE_FLOPS)
+            break;
+        if (tn >= 256 && tn >= tm)
+            tn = split(tn, tn / 2);
+        else if (tm >= 128)
+            tm = split(tm, tm / 2);
+        else if (tn >= 256)
+            tn = split(tn, tn / 2);
+        else
+            break;
+    }
+    p.tile_m = tm;
+    p.tile_n = tn;
     p.row_tiles = (M + tm - 1) / tm;
-    /* even out the tiles */
-    p.tile_n = round_up((N + p.col_tiles - 1) / p.col_tiles, CPU_TILE_ALIGN);
-    p.tile_m = round_up((M + p.row_tiles - 1) / p.row_tiles, CPU_TILE_ALIGN);
-    if (p.tile_n > N) p.tile_n = N;
-    if (p.tile_m > M) p.tile_m = M;
-    p.col_tiles = (N + p.tile_n - 1) / p.tile_n;
-    p.row_tiles = (M + p.tile_m - 1) / p.tile_m;
+    p.col_tiles = (N + tn - 1) / tn;
     return p;
 }
 
@@ -97,8 +113,8 @@ void cpu_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, fl
     /* Always a parallel region, even for one tile: see the top of this file. */
     ETM_OMP(parallel for schedule(dynamic, 1))
     for (int t = 0; t < tiles; t++)
-        run_tile(&p, t / p.col_tiles, t % p.col_tiles, trans_a, trans_b, M, N, K, alpha, A, lda,
-                 B, ldb, beta, C, ldc);
+        run_tile(&p, t / p.col_tiles, t % p.col_tiles, trans_a, trans_b, M, N, K, alpha, A, lda, B,
+                 ldb, beta, C, ldc);
 }
 
 typedef struct {

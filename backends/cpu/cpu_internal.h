@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_math.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -52,6 +53,20 @@ static inline uint32_t cpu_float_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* Largest of x[0..n) (-infinity when n is 0). The order of a max does not change its value. */
+static inline float cpu_row_max(const float *x, int n) {
+    float m = -INFINITY;
+    ETM_OMP(simd reduction(max : m))
+    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* e[i] = exp(x[i] - m) for i < n (e may be x). */
+static inline void cpu_row_exp(float *e, const float *x, float m, int n) {
+    ETM_OMP(simd)
+    for (int i = 0; i < n; i++) e[i] = cpu_expf(x[i] - m);
+}
+
 /* The float of a key (NaN for key 0). */
 static inline float cpu_key_float(uint32_t key) {
     uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
@@ -60,9 +75,11 @@ static inline float cpu_key_float(uint32_t key) {
     return x;
 }
 
-/* cap * tanh(x / cap), the soft cap of the logits (cap > 0), shared by softcap and xent so both
- * round alike. */
-static inline float cpu_softcap1(float x, float cap) { return cap * tanhf(x / cap); }
+/* cap * tanh(x / cap), the soft cap of the logits (cap > 0, inv_cap = 1 / cap), shared by softcap
+ * and xent so both round alike. */
+static inline float cpu_softcap1(float x, float cap, float inv_cap) {
+    return cap * cpu_tanhf(x * inv_cap);
+}
 
 /* The k-th largest (k >= 1, k <= n) of keys[0..n); keys is reordered, tmp holds n keys. */
 uint32_t cpu_kth_largest_key(uint32_t *keys, uint32_t *tmp, int n, int k);
@@ -86,7 +103,8 @@ void cpu_add_scaled_rows(etm_backend *be, float *y, const float *a, const float 
 void cpu_relu2_forward(etm_backend *be, float *out, const float *x, size_t n);
 void cpu_relu2_backward(etm_backend *be, float *dx, const float *dout, const float *x, size_t n);
 void cpu_sigmoid_forward(etm_backend *be, float *out, const float *x, size_t n);
-void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out, size_t n);
+void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out,
+                          size_t n);
 void cpu_softcap(etm_backend *be, float *out, const float *x, size_t n, float cap);
 void cpu_adamw_update(etm_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                       float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
@@ -112,8 +130,8 @@ void cpu_softmax_backward(etm_backend *be, float *dx, const float *dout, const f
 void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int E);
 void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const int32_t *targets,
                       int N, int V, float cap);
-void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits,
-                       const int32_t *targets, int N, int V, float cap, float dloss);
+void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, const int32_t *targets,
+                       int N, int V, float cap, float dloss);
 
 /* cpu_attention.c */
 void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float *q, const float *k,
