@@ -14,11 +14,30 @@
 #include <stdint.h>
 #include <string.h>
 
+static inline uint32_t cpu_bits(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
+static inline float cpu_float(uint32_t u) {
+    float x;
+    memcpy(&x, &u, sizeof x);
+    return x;
+}
+
+/* c ? a : b as bit operations: compilers keep `?:` on floats as branches (comparisons may trap),
+ * which stops loops from vectorising. */
+static inline float cpu_select(int c, float a, float b) {
+    uint32_t m = (uint32_t) - (int32_t)(c != 0);
+    return cpu_float((cpu_bits(a) & m) | (cpu_bits(b) & ~m));
+}
+
 static inline float cpu_expf(float x) {
     const float lo = -87.33654f, hi = 88.3f;
-    float xc = x < lo ? lo : x;
-    xc = xc > hi ? hi : xc;
-    xc = xc == xc ? xc : 0.0f; /* NaN: computed on 0, replaced at the end */
+    float xc = cpu_select(x < lo, lo, x);
+    xc = cpu_select(xc > hi, hi, xc);
+    xc = cpu_select(xc == xc, xc, 0.0f); /* NaN: computed on 0, replaced at the end */
     /* n = round(x / ln2) by the 1.5 * 2^23 trick (exact under round-to-nearest) */
     const float shifter = 12582912.0f;
     float n = (xc * 1.44269504088896341f + shifter) - shifter;
@@ -31,19 +50,16 @@ static inline float cpu_expf(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23; /* 2^n, n in [-126, 127] */
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    float y = p * scale;
-    y = x < lo ? 0.0f : y;
-    return x != x ? x : y;
+    float y = p * cpu_float((uint32_t)((int32_t)n + 127) << 23); /* 2^n, n in [-126, 127] */
+    y = cpu_select(x < lo, 0.0f, y);
+    return cpu_select(x != x, x, y);
 }
 
 static inline float cpu_tanhf(float x) {
-    float ax = x < 0.0f ? -x : x;
-    float e = cpu_expf(-2.0f * ax);
+    uint32_t sign = cpu_bits(x) & 0x80000000u;
+    float e = cpu_expf(-2.0f * cpu_float(cpu_bits(x) ^ sign)); /* exp(-2|x|) */
     float t = (1.0f - e) / (1.0f + e);
-    return x < 0.0f ? -t : t;
+    return cpu_float(cpu_bits(t) | sign);
 }
 
 /* Sum of x[0..n) in double: eight interleaved partial sums combined in a fixed order, so the
