@@ -48,13 +48,16 @@ typedef struct {
 
 /* Tile sizes. Single-threaded sgemm (OpenBLAS 0.3.21, AVX-512, K = 256) runs at about 98 GFLOP/s
  * on 512-row tiles, 95 on 256, 88 on 128 and 80 on 64 rows; columns matter less past 256. So
- * tiles start near 512 x 512 and are halved only while a product has fewer than CPU_MIN_TILES of
- * them (so that a few threads stay busy) and each still has CPU_MIN_TILE_FLOPS of work. On two
- * cores this measured best among 256/512 starting sizes and 4/8 minimum tiles (within noise of
- * OpenBLAS's own threading, which cannot be used: see above). Many-core machines get less
- * speed-up on small products than OpenBLAS would give them: the price of tiles that do not depend
- * on the thread count. */
-#define CPU_TILE 512
+ * tiles start near 512 x 1024 and are halved only while a product has fewer than min_tiles of
+ * them (so that a few threads stay busy) and each still has CPU_MIN_TILE_FLOPS of work. A grouped
+ * product asks each group for only its share of CPU_MIN_TILES: the groups keep the threads busy.
+ * Measured by CPU time on one thread, the tiles run at 90-99% of one whole-matrix sgemm on
+ * transformer shapes (the price of dynamic scheduling's balance); a loop over groups calling
+ * OpenBLAS's threaded sgemm ran 2-5x slower than the flat task list on the shared 2-core machine.
+ * Many-core machines get less speed-up on small products than OpenBLAS would give them: the
+ * price of tiles that do not depend on the thread count. */
+#define CPU_TILE_M 512
+#define CPU_TILE_N 1024
 #define CPU_MIN_TILES 4
 #define CPU_MIN_TILE_FLOPS 4.0e6
 #define CPU_TILE_ALIGN 16 /* tile sizes are multiples of this (sgemm kernels work in 16s) */
@@ -69,12 +72,13 @@ static int split(int n, int target) {
     return ETM_MIN(n, round_up((n + parts - 1) / parts, CPU_TILE_ALIGN));
 }
 
-static tile_plan plan_tiles(int M, int N, int K) {
+/* The tiles of one (M, N, K) product, at least min_tiles of them where the work allows. */
+static tile_plan plan_tiles(int M, int N, int K, int min_tiles) {
     tile_plan p;
-    int tm = split(M, CPU_TILE), tn = split(N, CPU_TILE);
+    int tm = split(M, CPU_TILE_M), tn = split(N, CPU_TILE_N);
     for (;;) {
         long tiles = (long)((M + tm - 1) / tm) * ((N + tn - 1) / tn);
-        if (tiles >= CPU_MIN_TILES || 2.0 * tm * tn * (K > 0 ? K : 1) < 2 * CPU_MIN_TILE_FLOPS)
+        if (tiles >= min_tiles || 2.0 * tm * tn * (K > 0 ? K : 1) < 2 * CPU_MIN_TILE_FLOPS)
             break;
         if (tn >= 256 && tn >= tm)
             tn = split(tn, tn / 2);
@@ -108,7 +112,7 @@ void cpu_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, fl
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
     if (M <= 0 || N <= 0) return;
-    tile_plan p = plan_tiles(M, N, K);
+    tile_plan p = plan_tiles(M, N, K, CPU_MIN_TILES);
     int tiles = p.row_tiles * p.col_tiles;
     /* Always a parallel region, even for one tile: see the top of this file. */
     ETM_OMP(parallel for schedule(dynamic, 1))
@@ -118,15 +122,28 @@ void cpu_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, fl
 }
 
 typedef struct {
-    int group;  /* index into groups */
-    int ti, tj; /* tile in that group's plan */
+    int group;    /* index into groups */
+    int ti, tj;   /* tile in that group's plan */
+    double flops; /* of this tile, for largest-first ordering */
 } grouped_task;
+
+/* Largest tiles first, so that dynamic scheduling ends with small ones (ties: group order). */
+static int by_flops_desc(const void *pa, const void *pb) {
+    const grouped_task *a = pa, *b = pb;
+    if (a->flops != b->flops) return a->flops < b->flops ? 1 : -1;
+    if (a->group != b->group) return a->group < b->group ? -1 : 1;
+    return a->ti != b->ti ? (a->ti < b->ti ? -1 : 1) : (a->tj < b->tj ? -1 : a->tj > b->tj);
+}
 
 void cpu_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
                       const etm_gemm_group *groups, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
     if (count <= 0) return;
+    /* The groups themselves give the threads work: each needs only its share of CPU_MIN_TILES. */
+    int nonempty = 0;
+    for (int g = 0; g < count; g++) nonempty += groups[g].M > 0 && groups[g].N > 0;
+    int min_tiles = nonempty ? (CPU_MIN_TILES + nonempty - 1) / nonempty : 1;
     tile_plan *plans = etm_malloc((size_t)count * sizeof *plans);
     size_t n_tasks = 0;
     for (int g = 0; g < count; g++) {
@@ -135,14 +152,20 @@ void cpu_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
             plans[g].row_tiles = plans[g].col_tiles = 0;
             continue;
         }
-        plans[g] = plan_tiles(gr->M, gr->N, gr->K);
+        plans[g] = plan_tiles(gr->M, gr->N, gr->K, min_tiles);
         n_tasks += (size_t)plans[g].row_tiles * plans[g].col_tiles;
     }
     grouped_task *tasks = etm_malloc((n_tasks ? n_tasks : 1) * sizeof *tasks);
     size_t t = 0;
     for (int g = 0; g < count; g++)
         for (int ti = 0; ti < plans[g].row_tiles; ti++)
-            for (int tj = 0; tj < plans[g].col_tiles; tj++) tasks[t++] = (grouped_task){g, ti, tj};
+            for (int tj = 0; tj < plans[g].col_tiles; tj++) {
+                const tile_plan *p = &plans[g];
+                int m = ETM_MIN(p->tile_m, groups[g].M - ti * p->tile_m);
+                int n = ETM_MIN(p->tile_n, groups[g].N - tj * p->tile_n);
+                tasks[t++] = (grouped_task){g, ti, tj, (double)m * n * (groups[g].K + 1)};
+            }
+    qsort(tasks, n_tasks, sizeof *tasks, by_flops_desc);
     long n = (long)n_tasks;
     ETM_OMP(parallel for schedule(dynamic, 1))
     for (long i = 0; i < n; i++) {
