@@ -1,7 +1,7 @@
 /* check_ops_elementwise.c: tests of the backend's elementwise operations, reductions, softmax
  * family and AdamW: forwards against slow double-precision loops, backwards by finite
  * differences, and a check that the gradient checker itself rejects a wrong gradient. */
-#include "cpu/cpu_math.h"
+#include "cpu/cpu_internal.h"
 #include "ops_testutil.h"
 
 START_TEST(fast_exp_and_tanh_are_accurate) {
@@ -40,6 +40,48 @@ START_TEST(fast_exp_and_tanh_are_accurate) {
     ck_assert_float_eq(cpu_tanhf(100.0f), 1.0f);
     ck_assert_float_eq(cpu_tanhf(-100.0f), -1.0f);
     ck_assert_float_eq(cpu_tanhf(0.0f), 0.0f);
+}
+END_TEST
+
+/* The vectorised loops (whichever instruction-set clone this machine runs) must give the same
+ * bits as the scalar functions: results may not depend on the machine's vector width. */
+START_TEST(vector_loops_match_scalar_functions) {
+    etm_rng rng;
+    etm_rng_seed(&rng, 9);
+    const int n = 1003; /* odd: vector body and scalar tail */
+    float *x = ops_uniform(&rng, n, -30, 30), *y = ops_floats(n), *z = ops_uniform(&rng, n, -1, 1);
+    float *dp = ops_copy(z, n);
+    x[5] = NAN;
+    x[6] = -INFINITY;
+    x[7] = 200.0f;
+    cpu_vexp(y, x, 1.5f, n);
+    for (int i = 0; i < n; i++) {
+        float want = cpu_expf(x[i] - 1.5f);
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vexp[%d]", i);
+    }
+    cpu_vsoftcap(y, x, 15.0f, n);
+    for (int i = 0; i < n; i++) {
+        float want = cpu_softcap1(x[i], 15.0f, 1.0f / 15.0f);
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vsoftcap[%d]", i);
+    }
+    cpu_vsigmoid(y, x, n);
+    for (int i = 0; i < n; i++) {
+        float want = 1.0f / (1.0f + cpu_expf(-x[i]));
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vsigmoid[%d]", i);
+    }
+    memcpy(y, x, n * sizeof *y);
+    cpu_vattention_ds(y, dp, 2.0f, 0.25f, n);
+    for (int i = 0; i < n; i++) {
+        float p = cpu_expf(x[i] - 2.0f), ds = p * (z[i] - 0.25f);
+        OPS_REQUIRE(!memcmp(&y[i], &p, 4) && !memcmp(&dp[i], &ds, 4), "vattention_ds[%d]", i);
+    }
+    float m = cpu_vmax(z, n), want_m = -INFINITY;
+    for (int i = 0; i < n; i++) want_m = z[i] > want_m ? z[i] : want_m;
+    ck_assert_float_eq(m, want_m);
+    free(x);
+    free(y);
+    free(z);
+    free(dp);
 }
 END_TEST
 
@@ -382,6 +424,7 @@ static Suite *elementwise_suite(void) {
     TCase *tc = tcase_create("elementwise");
     tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_test(tc, fast_exp_and_tanh_are_accurate);
+    tcase_add_test(tc, vector_loops_match_scalar_functions);
     tcase_add_test(tc, fill_scale_axpy_match_loops);
     tcase_add_test(tc, sum_squares_and_column_sum_match_loops);
     tcase_add_test(tc, row_broadcasts_match_loops);

@@ -60,6 +60,7 @@ void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float 
     long tasks = (long)B * H * a.blocks;
     ETM_OMP(parallel) {
         float *P = etm_malloc((size_t)ATT_ROWS * S * sizeof *P);
+        float inv[ATT_ROWS]; /* 1 / sum of each row's exponentials */
         ETM_OMP(for schedule(dynamic, 1))
         for (long task = 0; task < tasks; task++) {
             int blk = (int)(task % a.blocks), h = (int)(task / a.blocks % H);
@@ -70,19 +71,22 @@ void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float 
             for (int r = 0; r < rows; r++) {
                 float *p = P + (size_t)r * n_keys;
                 int visible = S - T + i0 + r + 1;
-                float m = cpu_row_max(p, visible);
-                cpu_row_exp(p, p, m, visible);
+                float m = cpu_vmax(p, visible);
+                cpu_vexp(p, p, m, visible);
                 double sum = cpu_sum(p, visible);
-                float inv = (float)(1.0 / sum);
-                ETM_OMP(simd)
-                for (int j = 0; j < visible; j++) p[j] *= inv;
+                inv[r] = (float)(1.0 / sum);
                 for (int j = visible; j < n_keys; j++) p[j] = 0.0f;
                 lse[((size_t)b * H + h) * T + i0 + r] = m + (float)log(sum);
             }
+            /* out = (exp(S - m) V) / sum: normalising the hd outputs, not the n_keys weights */
             const float *vb = v + (size_t)b * S * a.ldk + (size_t)(h / a.group) * hd;
             float *ob = out + ((size_t)b * T + i0) * a.ldq + (size_t)h * hd;
             cpu_sgemm_1thread(ETM_NO_TRANS, ETM_NO_TRANS, rows, hd, n_keys, 1.0f, P, n_keys, vb,
                               (int)a.ldk, 0.0f, ob, (int)a.ldq);
+            for (int r = 0; r < rows; r++) {
+                float *o = ob + (size_t)r * a.ldq;
+                for (int d = 0; d < hd; d++) o[d] *= inv[r];
+            }
         }
         free(P);
     }
@@ -139,11 +143,7 @@ void cpu_attention_backward(etm_backend *be, float *dq, float *dk, float *dv, co
                     double di = 0.0; /* D_i = dot(dO_i, O_i) = sum_j P_ij dP_ij */
                     for (int d = 0; d < hd; d++) di += (double)do_r[d] * o_r[d];
                     float fdi = (float)di;
-                    ETM_OMP(simd)
-                    for (int j = 0; j < visible; j++) {
-                        p[j] = cpu_expf(p[j] - l);
-                        dp[j] = p[j] * (dp[j] - fdi); /* dS */
-                    }
+                    cpu_vattention_ds(p, dp, l, fdi, visible); /* P and dS */
                     for (int j = visible; j < n_keys; j++) p[j] = dp[j] = 0.0f;
                 }
                 /* dV += P^T dO; dQ += scale dS K; dK += scale dS^T Q */

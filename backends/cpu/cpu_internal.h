@@ -53,20 +53,6 @@ static inline uint32_t cpu_float_key(float x) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* Largest of x[0..n) (-infinity when n is 0). The order of a max does not change its value. */
-static inline float cpu_row_max(const float *x, int n) {
-    float m = -INFINITY;
-    ETM_OMP(simd reduction(max : m))
-    for (int i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
-    return m;
-}
-
-/* e[i] = exp(x[i] - m) for i < n (e may be x). */
-static inline void cpu_row_exp(float *e, const float *x, float m, int n) {
-    ETM_OMP(simd)
-    for (int i = 0; i < n; i++) e[i] = cpu_expf(x[i] - m);
-}
-
 /* The float of a key (NaN for key 0). */
 static inline float cpu_key_float(uint32_t key) {
     uint32_t u = (key & 0x80000000u) ? (key & 0x7fffffffu) : ~key;
@@ -83,6 +69,17 @@ static inline float cpu_softcap1(float x, float cap, float inv_cap) {
 
 /* The k-th largest (k >= 1, k <= n) of keys[0..n); keys is reordered, tmp holds n keys. */
 uint32_t cpu_kth_largest_key(uint32_t *keys, uint32_t *tmp, int n, int k);
+
+/* ---- vectorised row loops (cpu_vector.c); outputs may be the inputs ---------------------- */
+float cpu_vmax(const float *x, int n);                          /* -infinity when n == 0 */
+void cpu_vexp(float *e, const float *x, float shift, int n);    /* e = exp(x - shift) */
+void cpu_vsoftcap(float *z, const float *x, float cap, int n);  /* z = cap tanh(x / cap) */
+void cpu_vsigmoid(float *out, const float *x, int n);           /* 1 / (1 + exp(-x)) */
+/* d = dloss (d inv_sum) (1 - (z / cap)^2), the soft-capped cross-entropy gradient from
+ * d = exp(z - max) (without the cap factor when cap <= 0) */
+void cpu_vxent_grad(float *d, const float *z, float inv_sum, float cap, float dloss, int n);
+/* p = exp(p - lse); dp = p (dp - di): attention's probabilities and dS from scores and dP */
+void cpu_vattention_ds(float *p, float *dp, float lse, float di, int n);
 
 /* ---- the operations, one family per file ------------------------------------------------- */
 /* cpu_gemm.c */

@@ -14,6 +14,13 @@
 #include <stdint.h>
 #include <string.h>
 
+/* No fused multiply-adds in what follows (and in the file including this): with them a clone
+ * built for AVX2 or AVX-512 would round differently from the baseline one. gcc's -std=c99 already
+ * means -ffp-contract=off; clang contracts by default. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 static inline uint32_t cpu_bits(float x) {
     uint32_t u;
     memcpy(&u, &x, sizeof u);

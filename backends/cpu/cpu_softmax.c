@@ -19,7 +19,7 @@ void cpu_softmax_forward(etm_backend *be, float *out, const float *x, int N, int
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * E;
         float *o = out + (size_t)n * E;
-        cpu_row_exp(o, xr, cpu_row_max(xr, E), E);
+        cpu_vexp(o, xr, cpu_vmax(xr, E), E);
         float inv = (float)(1.0 / cpu_sum(o, E));
         for (int e = 0; e < E; e++) o[e] *= inv;
     }
@@ -46,8 +46,8 @@ void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int 
         ETM_OMP(for schedule(static))
         for (int n = 0; n < N; n++) {
             const float *xr = x + (size_t)n * E;
-            float m = cpu_row_max(xr, E);
-            cpu_row_exp(e, xr, m, E);
+            float m = cpu_vmax(xr, E);
+            cpu_vexp(e, xr, m, E);
             out[n] = m + (float)log(cpu_sum(e, E));
         }
         free(e);
@@ -56,14 +56,11 @@ void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int 
 
 /* z = cap tanh(logits / cap) (cap <= 0: z = logits); returns max z. */
 static float capped_row(float *z, const float *logits, int V, float cap) {
-    if (cap > 0.0f) {
-        float inv = 1.0f / cap;
-        ETM_OMP(simd)
-        for (int j = 0; j < V; j++) z[j] = cpu_softcap1(logits[j], cap, inv);
-    } else {
+    if (cap > 0.0f)
+        cpu_vsoftcap(z, logits, cap, V);
+    else
         memcpy(z, logits, (size_t)V * sizeof *z);
-    }
-    return cpu_row_max(z, V);
+    return cpu_vmax(z, V);
 }
 
 /* Scratch of one thread for a row of V logits. */
@@ -86,7 +83,7 @@ void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const
                 continue;
             }
             float m = capped_row(s.z, logits + (size_t)n * V, V, cap);
-            cpu_row_exp(s.e, s.z, m, V);
+            cpu_vexp(s.e, s.z, m, V);
             losses[n] = (float)((double)m + log(cpu_sum(s.e, V)) - (double)s.z[t]);
         }
         free(s.z);
@@ -113,23 +110,11 @@ void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, con
             }
             /* d holds exp(z - m), then the gradient dloss (p - onehot) dz/dlogit */
             float m = capped_row(z, logits + (size_t)n * V, V, cap);
-            cpu_row_exp(d, z, m, V);
+            cpu_vexp(d, z, m, V);
             float inv = (float)(1.0 / cpu_sum(d, V));
-            float dt = d[t] * inv - 1.0f;
-            if (cap > 0.0f) {
-                float icap = 1.0f / cap;
-                ETM_OMP(simd)
-                for (int j = 0; j < V; j++) {
-                    float th = z[j] * icap;
-                    d[j] = dloss * (d[j] * inv) * (1.0f - th * th); /* dz/dlogit = 1 - tanh^2 */
-                }
-                float th = z[t] * icap;
-                d[t] = dloss * dt * (1.0f - th * th);
-            } else {
-                ETM_OMP(simd)
-                for (int j = 0; j < V; j++) d[j] = dloss * (d[j] * inv);
-                d[t] = dloss * dt;
-            }
+            float dt = d[t] * inv - 1.0f, th = cap > 0.0f ? z[t] / cap : 0.0f;
+            cpu_vxent_grad(d, z, inv, cap, dloss, V);
+            d[t] = dloss * dt * (1.0f - th * th); /* the target's -1 */
         }
         free(z);
     }
