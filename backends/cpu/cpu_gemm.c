@@ -6,8 +6,9 @@
  * into tiles whose sizes depend only on (M, N, K); each tile is one single-threaded sgemm over the
  * full K, run by whichever of our threads takes it. OpenBLAS's OpenMP build runs sgemm on one
  * thread inside an active parallel region; cpu_sgemm_1thread also sets this task's OpenMP thread
- * count to 1 so that a team of one (OMP_NUM_THREADS=1) or a BLAS that ignores omp_in_parallel()
- * stays single-threaded too.
+ * count to 1 around the call so that a team of one (OMP_NUM_THREADS=1) or a BLAS that ignores
+ * omp_in_parallel() stays single-threaded too. Another BLAS (--with-blas) keeps the guarantee only
+ * if it runs single-threaded when called from our threads (a sequential build does).
  *
  * The grouped product flattens the tiles of all groups into one task list with dynamic
  * scheduling: experts of very different sizes still keep every thread busy, and no group waits
@@ -33,10 +34,14 @@ void cpu_sgemm_1thread(int trans_a, int trans_b, int M, int N, int K, float alph
         return;
     }
 #ifdef _OPENMP
-    omp_set_num_threads(1); /* this implicit task's ICV only; gone when the region ends */
+    int threads = omp_get_max_threads(); /* this task's setting, restored below */
+    omp_set_num_threads(1);
 #endif
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
 }
 
 /* A tile grid for an (M, N, K) product: rows in row_tiles tiles of tile_m (the last one shorter),

@@ -112,7 +112,7 @@ void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, con
             float m = capped_row(z, logits + (size_t)n * V, V, cap);
             cpu_vexp(d, z, m, V);
             float inv = (float)(1.0 / cpu_sum(d, V));
-            float dt = d[t] * inv - 1.0f, th = cap > 0.0f ? z[t] / cap : 0.0f;
+            float dt = d[t] * inv - 1.0f, th = cap > 0.0f ? z[t] * (1.0f / cap) : 0.0f;
             cpu_vxent_grad(d, z, inv, cap, dloss, V);
             d[t] = dloss * dt * (1.0f - th * th); /* the target's -1 */
         }
