@@ -193,6 +193,51 @@ START_TEST(gemm_is_identical_across_thread_counts) {
 }
 END_TEST
 
+/* The weight-gradient form: C_g(M,N) += A_g^T B_g with A_g (K_g, M), B_g (K_g, N) stacked by rows,
+ * K_g the tokens of expert g (0 for an idle expert: C_g unchanged with beta 1). */
+START_TEST(gemm_grouped_weight_gradient_form) {
+    etm_backend *be = ops_backend();
+    etm_rng rng;
+    etm_rng_seed(&rng, 6);
+    static const int tokens[] = {30, 0, 300, 1, 700, 0};
+    const int G = (int)ETM_ARRAY_LEN(tokens), M = 72, N = 600;
+    int total = 0;
+    for (int g = 0; g < G; g++) total += tokens[g];
+    for (int tb = 0; tb < 2; tb++) {
+        etm_gemm_group groups[6];
+        int r0 = 0;
+        for (int g = 0; g < G; g++) {
+            /* B_g is (K_g, N) rows of a (total, N) matrix, or its transpose stored (N, total) */
+            groups[g] = (etm_gemm_group){M, N, tokens[g], (size_t)r0 * M,
+                                         tb ? (size_t)r0 : (size_t)r0 * N, (size_t)g * M * N};
+            r0 += tokens[g];
+        }
+        float *A = ops_uniform(&rng, (size_t)total * M, -1, 1);
+        float *B = ops_uniform(&rng, (size_t)total * N, -1, 1);
+        float *C = ops_uniform(&rng, (size_t)G * M * N, -1, 1), *C0 = ops_copy(C, (size_t)G * M * N);
+        int ldb = tb ? total : N;
+        be->gemm_grouped(be, ETM_TRANS, tb, G, groups, 1.0f, A, M, B, ldb, 1.0f, C, N);
+        double *want = etm_malloc((size_t)M * N * sizeof *want);
+        double *mag = etm_malloc((size_t)M * N * sizeof *mag);
+        for (int g = 0; g < G; g++) {
+            const etm_gemm_group *gr = &groups[g];
+            ref_gemm(1, tb, M, N, gr->K, 1.0f, A + gr->a_off, M, B + gr->b_off, ldb, 1.0f,
+                     C0 + gr->c_off, N, want, mag);
+            char what[64];
+            snprintf(what, sizeof what, "gemm_grouped dW tb=%d group %d", tb, g);
+            check_product(what, C + gr->c_off, C0 + gr->c_off, M, N, N, gr->K, want, mag);
+        }
+        free(want);
+        free(mag);
+        free(A);
+        free(B);
+        free(C);
+        free(C0);
+    }
+    etm_backend_free(be);
+}
+END_TEST
+
 START_TEST(gemm_grouped_is_identical_across_thread_counts) {
     etm_backend *be = ops_backend();
     etm_rng rng;
@@ -234,6 +279,7 @@ static Suite *gemm_suite(void) {
     tcase_add_test(tc, gemm_matches_loops_for_all_transposes);
     tcase_add_test(tc, gemm_beta_zero_ignores_c_and_k_zero_scales);
     tcase_add_test(tc, gemm_grouped_matches_loops_with_empty_groups);
+    tcase_add_test(tc, gemm_grouped_weight_gradient_form);
     tcase_add_test(tc, gemm_is_identical_across_thread_counts);
     tcase_add_test(tc, gemm_grouped_is_identical_across_thread_counts);
     suite_add_tcase(s, tc);
