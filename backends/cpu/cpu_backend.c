@@ -1,0 +1,129 @@
+/* cpu_backend.c: the CPU backend's operation table and its memory (ordinary host memory, 64-byte
+ * aligned). The operations live in the other cpu_*.c files, one family per file.
+ *
+ * Bit-identical results whatever the OpenMP thread count (1, 2, 64, ...), and why:
+ *  - GEMMs: OpenBLAS's own threading is NOT thread-count invariant (measured with 0.3.21: a
+ *    512x512x513 product differs in its last bits between 1 and 2 threads, because the threaded
+ *    driver splits K into different blocks). So cpu_gemm.c never lets OpenBLAS thread: it cuts C
+ *    into tiles whose sizes depend only on (M, N, K) and calls a single-threaded sgemm per tile
+ *    from our own parallel region. Every element of C is then computed by the same sgemm call,
+ *    over the full K, whichever thread runs it.
+ *  - Elementwise operations compute each element by the same expression on any thread.
+ *  - Per-row operations (RMSNorm, softmax, log-sum-exp, cross-entropy, rope, attention rows) give
+ *    each row to one thread, which reduces it in a fixed sequential order.
+ *  - Long reductions (sum_squares) sum fixed blocks of CPU_REDUCE_BLOCK elements, then the block
+ *    partials in block order; column_sum sums each column in row order.
+ *  - Scatters (embedding_backward, scatter_add_rows, combine, attention's dK/dV over the query
+ *    heads sharing a kv head) partition the OUTPUT and add contributions in a fixed order (token
+ *    order, ascending expert, ascending query head); there are no atomics anywhere.
+ *  - Routing decisions compare exact keys and break ties by index, so they are exact.
+ * tests/check_ops_determinism.c runs every operation with 1, 2 and 3 threads and compares bytes.
+ *
+ * Operations must be called from serial code (not from inside an OpenMP parallel region). */
+#include <config.h>
+
+#include "cpu.h"
+#include "cpu_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+static void cpu_destroy(etm_backend *be) { be->ctx = NULL; }
+
+static void *cpu_alloc(etm_backend *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0 || !p) {
+        fprintf(stderr, "etmoe: cpu backend: out of memory allocating %zu bytes\n", bytes);
+        abort();
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_free(etm_backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static void cpu_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
+    (void)be;
+    if (bytes) memmove(dst, host_src, bytes);
+}
+
+static void cpu_download(etm_backend *be, void *host_dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memmove(host_dst, src, bytes);
+}
+
+static void cpu_copy(etm_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+}
+
+static void cpu_zero(etm_backend *be, void *p, size_t bytes) {
+    (void)be;
+    if (bytes) memset(p, 0, bytes);
+}
+
+static void cpu_synchronize(etm_backend *be) { (void)be; }
+
+static const etm_backend cpu_table = {
+    .name = "cpu",
+    .ctx = NULL,
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .synchronize = cpu_synchronize,
+    .gemm = cpu_gemm,
+    .gemm_grouped = cpu_gemm_grouped,
+    .fill = cpu_fill,
+    .scale = cpu_scale,
+    .axpy = cpu_axpy,
+    .sum_squares = cpu_sum_squares,
+    .column_sum = cpu_column_sum,
+    .add_row_vector = cpu_add_row_vector,
+    .add_scaled_rows = cpu_add_scaled_rows,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .relu2_forward = cpu_relu2_forward,
+    .relu2_backward = cpu_relu2_backward,
+    .softcap = cpu_softcap,
+    .xent_forward = cpu_xent_forward,
+    .xent_backward = cpu_xent_backward,
+    .sigmoid_forward = cpu_sigmoid_forward,
+    .sigmoid_backward = cpu_sigmoid_backward,
+    .softmax_forward = cpu_softmax_forward,
+    .softmax_backward = cpu_softmax_backward,
+    .logsumexp_rows = cpu_logsumexp_rows,
+    .topk_rows = cpu_topk_rows,
+    .select_columns = cpu_select_columns,
+    .kth_largest_columns = cpu_kth_largest_columns,
+    .dispatch_alloc = cpu_dispatch_alloc,
+    .dispatch_free = cpu_dispatch_free,
+    .build_dispatch = cpu_build_dispatch,
+    .gather_rows = cpu_gather_rows,
+    .scatter_add_rows = cpu_scatter_add_rows,
+    .gather_pairs = cpu_gather_pairs,
+    .scatter_add_pairs = cpu_scatter_add_pairs,
+    .combine_forward = cpu_combine_forward,
+    .combine_backward = cpu_combine_backward,
+    .adamw_update = cpu_adamw_update,
+};
+
+etm_backend *etm_cpu_backend_create(etm_error *err) {
+    (void)err;
+    etm_backend *be = etm_malloc(sizeof *be);
+    *be = cpu_table;
+    return be;
+}
