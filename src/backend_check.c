@@ -20,6 +20,9 @@
 #define TOL_LIBM 1e-10  /* exp/tanh/log from a different math library */
 #define TOL_GEMM 1e-10  /* fp32 products of up to ~200 terms in another order */
 #define TOL_ATTN 1e-9   /* online softmax and recomputed probabilities */
+/* soft-capped cross-entropy: near the cap's flat ends 1 - tanh^2 cancels, magnifying the last-ulp
+ * differences between math libraries' tanhf in the largest gradients */
+#define TOL_XENT 1e-8
 #define MAX_PARTS 8
 
 typedef struct {
@@ -94,7 +97,7 @@ double etm_check_nmse(const float *ref, const float *test, size_t n) {
 
 static void report_header(chk *c) {
     if (c->report)
-        fprintf(c->report, "%-34s %-12s %8s %12s %12s %9s %-7s %s\n", "op", "output", "n",
+        fprintf(c->report, "%-40s %-12s %8s %12s %12s %9s %-7s %s\n", "op", "output", "n",
                 "max_abs_err", "nmse", "tol", "repeat", "result");
 }
 
@@ -115,7 +118,7 @@ static void judge(chk *c, const char *op, const part *p, const float *r, const f
         char tol[16];
         if (p->tol == EXACT) snprintf(tol, sizeof tol, "exact");
         else snprintf(tol, sizeof tol, "%.0e", p->tol);
-        fprintf(c->report, "%-34s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n", op, p->name, p->n,
+        fprintf(c->report, "%-40s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n", op, p->name, p->n,
                 max_abs, nmse, tol, repeat ? "same" : "DIFFERS",
                 ok ? "ok" : (!finite ? "FAIL (NaN/inf)" : "FAIL"));
     }
@@ -356,7 +359,7 @@ static void test_sum_squares(chk *c) {
         int ok = isfinite(t1) && rel <= 1e-12 && t1 == t2;
         if (!ok) c->failures++;
         if (c->report)
-            fprintf(c->report, "%-34s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n",
+            fprintf(c->report, "%-40s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n",
                     s ? "sum_squares" : "sum_squares n=1", "sum (rel)", n, fabs(t1 - r), rel,
                     "1e-12", t1 == t2 ? "same" : "DIFFERS", ok ? "ok" : "FAIL");
         free(x);
@@ -670,7 +673,7 @@ static void test_xent(chk *c) {
     targets[4] = V - 1;
     xent_args a = {h_normal(c, (size_t)N * V, 10.0f), h_normal(c, (size_t)N * V, 1.0f), targets,
                    N, V, 15.0f, 0.37f};
-    part p[] = {{"losses", (size_t)N, TOL_LIBM}, {"dlogits", (size_t)N * V, TOL_LIBM}};
+    part p[] = {{"losses", (size_t)N, TOL_LIBM}, {"dlogits", (size_t)N * V, TOL_XENT}};
     check_case(c, "xent forward, backward cap=15", run_xent, &a, 2, p);
     free((void *)a.logits);
     free((void *)a.dlogits);

@@ -8,11 +8,11 @@
 #ifndef ETM_CUDA_BACKEND_H
 #define ETM_CUDA_BACKEND_H
 
-#include "backend.h"
-
 #ifdef __cplusplus
-extern "C" {
+extern "C" { /* backend.h and common.h are C: their functions have C linkage */
 #endif
+
+#include "backend.h"
 
 /* Creates the CUDA backend on the current device (device 0 unless CUDA_VISIBLE_DEVICES or
  * cudaSetDevice say otherwise). Returns NULL with a message naming the reason when there is no

@@ -214,7 +214,8 @@ void etm_cuda_combine_forward(etm_backend *be, float *y, const float *ye, const 
     ETM_CUDA_LAUNCHED();
 }
 
-/* One warp per pair: dye = gate * dy[token] and dgate = dot(dy[token], ye[p]) (warp sum). */
+/* One warp per pair: dye = gate * dy[token] and dgate = dot(dy[token], ye[p]) (warp sum, in
+ * double like the CPU backend). */
 #define COMBINE_WARPS 8
 __global__ void k_combine_backward(float *dye, float *dgate, const float *dy, const float *ye,
                                    const float *gate, const int32_t *pair_token, int P, int D) {
@@ -223,13 +224,14 @@ __global__ void k_combine_backward(float *dye, float *dgate, const float *dy, co
     const float *g = dy + (size_t)pair_token[p] * D;
     const float *e = ye + (size_t)p * D;
     float *out = dye + (size_t)p * D;
-    float gp = gate[p], dot = 0.0f;
+    float gp = gate[p];
+    double dot = 0.0;
     for (int col = lane; col < D; col += 32) {
         out[col] = __fmul_rn(gp, g[col]);
-        dot += g[col] * e[col];
+        dot += (double)g[col] * e[col];
     }
     dot = etm_warp_sum(dot);
-    if (lane == 0) dgate[p] = dot;
+    if (lane == 0) dgate[p] = (float)dot;
 }
 void etm_cuda_combine_backward(etm_backend *be, float *dye, float *dgate, const float *dy,
                                const float *ye, const float *gate, const etm_dispatch *d, int D) {

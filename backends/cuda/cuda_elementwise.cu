@@ -125,7 +125,7 @@ void etm_cuda_relu2_backward(etm_backend *be, float *dx, const float *dout, cons
 }
 
 __global__ void k_softcap(float *out, const float *x, size_t n, float cap) {
-    GRID_STRIDE(i, n) out[i] = cap * tanhf(x[i] / cap);
+    GRID_STRIDE(i, n) out[i] = cap > 0.0f ? cap * tanhf(x[i] / cap) : x[i]; /* cap <= 0: no cap */
 }
 void etm_cuda_softcap(etm_backend *be, float *out, const float *x, size_t n, float cap) {
     if (n == 0) return;

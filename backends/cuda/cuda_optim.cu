@@ -1,7 +1,8 @@
 /* cuda_optim.cu: the AdamW update, one thread per parameter.
  *
- * Written with round-to-nearest intrinsics in the order of backend.h's formula, so nvcc does not
- * contract it into FMAs and each step rounds like the plain C expression. */
+ * Written with round-to-nearest intrinsics in the order of the C expression
+ *     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g g;  p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p)
+ * so nvcc does not contract it into FMAs and each step rounds like the CPU backend's C code. */
 #include "cuda_internal.h"
 
 __global__ void k_adamw_update(float *p, const float *g, float *m, float *v, size_t n, float lr,
@@ -10,7 +11,7 @@ __global__ void k_adamw_update(float *p, const float *g, float *m, float *v, siz
          i += (size_t)gridDim.x * blockDim.x) {
         float gi = g[i];
         float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(__fsub_rn(1.0f, b1), gi));
-        float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fsub_rn(1.0f, b2), __fmul_rn(gi, gi)));
+        float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(__fsub_rn(1.0f, b2), gi), gi));
         m[i] = mi;
         v[i] = vi;
         float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(vi, bc2)), eps);

@@ -118,11 +118,12 @@ __global__ void k_softmax_forward(float *out, const float *x, int N, int E) {
     float m = -INFINITY;
     for (int i = lane; i < E; i += 32) m = fmaxf(m, xr[i]);
     m = etm_warp_max(m);
-    float s = 0.0f;
+    double s = 0.0; /* in double, then one reciprocal, like the CPU backend */
     for (int i = lane; i < E; i += 32) s += expf(xr[i] - m);
     s = etm_warp_sum(s);
+    float inv = (float)(1.0 / s);
     float *o = out + (size_t)row * E;
-    for (int i = lane; i < E; i += 32) o[i] = expf(xr[i] - m) / s;
+    for (int i = lane; i < E; i += 32) o[i] = expf(xr[i] - m) * inv;
 }
 void etm_cuda_softmax_forward(etm_backend *be, float *out, const float *x, int N, int E) {
     if (N <= 0) return;
@@ -135,11 +136,11 @@ __global__ void k_softmax_backward(float *dx, const float *dout, const float *ou
     int row = blockIdx.x * WARPS_PER_BLOCK + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= N) return;
     const float *g = dout + (size_t)row * E, *o = out + (size_t)row * E;
-    float dot = 0.0f;
-    for (int i = lane; i < E; i += 32) dot += g[i] * o[i];
-    dot = etm_warp_sum(dot);
+    double dot = 0.0;
+    for (int i = lane; i < E; i += 32) dot += (double)g[i] * o[i];
+    float fd = (float)etm_warp_sum(dot);
     float *d = dx + (size_t)row * E;
-    for (int i = lane; i < E; i += 32) d[i] += o[i] * (g[i] - dot);
+    for (int i = lane; i < E; i += 32) d[i] += o[i] * (g[i] - fd);
 }
 void etm_cuda_softmax_backward(etm_backend *be, float *dx, const float *dout, const float *out,
                                int N, int E) {
@@ -156,11 +157,11 @@ __global__ void k_logsumexp_rows(float *out, const float *x, int N, int E) {
     float m = -INFINITY;
     for (int i = lane; i < E; i += 32) m = fmaxf(m, xr[i]);
     m = etm_warp_max(m);
-    float s = 0.0f;
+    double s = 0.0;
     if (m != -INFINITY)
         for (int i = lane; i < E; i += 32) s += expf(xr[i] - m);
     s = etm_warp_sum(s);
-    if (lane == 0) out[row] = m == -INFINITY ? -INFINITY : m + logf(s);
+    if (lane == 0) out[row] = m == -INFINITY ? -INFINITY : m + (float)log(s);
 }
 void etm_cuda_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int E) {
     if (N <= 0) return;
@@ -194,8 +195,9 @@ __global__ void k_xent_forward(float *losses, const float *logits, const int32_t
                                float cap) {
     __shared__ float shared[32];
     int row = blockIdx.x, t = targets[row];
-    if (t < 0) { /* the whole block leaves together */
-        if (threadIdx.x == 0) losses[row] = 0.0f;
+    if (t < 0 || t >= V) { /* the whole block leaves together */
+        /* ignored; a target past the vocabulary is a bug upstream: NaN makes it loud */
+        if (threadIdx.x == 0) losses[row] = t < 0 ? 0.0f : NAN;
         return;
     }
     const float *l = logits + (size_t)row * V;
@@ -215,19 +217,22 @@ __global__ void k_xent_backward(float *dlogits, const float *logits, const int32
     __shared__ float shared[32];
     int row = blockIdx.x, t = targets[row];
     float *d = dlogits + (size_t)row * V;
-    if (t < 0) {
-        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+    if (t < 0 || t >= V) { /* ignored rows get 0; a target past the vocabulary, NaN */
+        for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = t < 0 ? 0.0f : NAN;
         return;
     }
     const float *l = logits + (size_t)row * V;
     float m, s;
     xent_row_stats(l, V, cap, shared, &m, &s);
+    float lse = m + logf(s);
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-        float th = cap > 0.0f ? tanhf(l[j] / cap) : 0.0f;
-        float z = cap > 0.0f ? cap * th : l[j];
-        float dz = expf(z - m) / s - (j == t ? 1.0f : 0.0f);
-        float dzdl = cap > 0.0f ? 1.0f - th * th : 1.0f;
-        d[j] = dloss * dz * dzdl;
+        float z = capped(l[j], cap);
+        float g = expf(z - lse) - (j == t ? 1.0f : 0.0f);
+        if (cap > 0.0f) {
+            float th = z / cap; /* tanh(l / cap); d z / d l = 1 - tanh^2 */
+            g *= 1.0f - th * th;
+        }
+        d[j] = dloss * g;
     }
 }
 void etm_cuda_xent_backward(etm_backend *be, float *dlogits, const float *logits,

@@ -12,11 +12,15 @@
  *    equal to it, the lowest rows first (a block-wide scan in row order).
  * The shared-memory histograms use integer atomics: counts do not depend on the order of the
  * additions, so every result is deterministic. */
+#include <math.h>
+
 #include "cuda_internal.h"
 
-/* An unsigned key ordered like the float: larger float, larger key. -0 counts as +0, since the
- * comparisons that define the ranks treat them as equal. */
+/* An unsigned key ordered like the float: larger float, larger key. -0 counts as +0 (they compare
+ * equal), and every NaN gets key 0, below -infinity, so a NaN score is never preferred and the
+ * order stays total: the same keys as the CPU backend's. */
 __device__ __forceinline__ uint32_t order_key(float x) {
+    if (x != x) return 0u;
     uint32_t u = __float_as_uint(x == 0.0f ? 0.0f : x);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
@@ -31,9 +35,12 @@ __global__ void k_topk_rows(uint8_t *z, const float *score, int N, int E, int k)
          i += (size_t)gridDim.x * blockDim.x) {
         int e = (int)(i % E);
         const float *row = score + (i - e);
-        float s = row[e];
-        int rank = 0;
-        for (int j = 0; j < E; j++) rank += row[j] > s || (row[j] == s && j < e);
+        uint32_t key = order_key(row[e]);
+        int rank = 0; /* entries that beat e: larger key, or equal key and lower index */
+        for (int j = 0; j < E; j++) {
+            uint32_t kj = order_key(row[j]);
+            rank += kj > key || (kj == key && j < e);
+        }
         z[i] = rank < k;
     }
 }
@@ -156,9 +163,11 @@ k_kth_largest_columns(float *out, const float *score, int E, int pool_rows, int 
 void etm_cuda_kth_largest_columns(etm_backend *be, float *out, const float *score, int N, int E,
                                   int pool_rows, int k) {
     if (N <= 0 || E <= 0 || pool_rows <= 0) return;
-    /* The k-th largest exists for 1 <= k <= pool_rows; outside, the nearest end is used. */
-    if (k < 1) k = 1;
-    if (k > pool_rows) k = pool_rows;
+    if (k < 1 || k > pool_rows) {
+        /* No k-th largest: k below 1 admits nothing (+inf), k past the pool everything (-inf). */
+        etm_cuda_fill(be, out, k < 1 ? INFINITY : -INFINITY, (size_t)(N / pool_rows) * E);
+        return;
+    }
     dim3 grid(N / pool_rows, E);
     k_kth_largest_columns<<<grid, SELECT_THREADS, 0, etm_cuda(be)->stream>>>(out, score, E,
                                                                             pool_rows, k);
