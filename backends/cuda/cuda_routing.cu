@@ -122,7 +122,10 @@ k_select_columns(uint8_t *z, const float *score, const uint8_t *eligible, const 
     }
     cand = etm_block_sum(cand, shared);
     above = etm_block_sum(above, shared);
-    int take = above < lo ? lo : above > hi ? hi : above;
+    /* clamp(n_above, lo, hi) with hi the hard cap (it wins if lo > hi); never more than the
+     * candidates */
+    int take = above < lo ? lo : above;
+    if (take > hi) take = hi;
     if (take > cand) take = cand;
     if (take < 0) take = 0;
 
@@ -146,6 +149,9 @@ void etm_cuda_select_columns(etm_backend *be, uint8_t *z, const float *score,
                              const uint8_t *eligible, const float *threshold, int N, int E,
                              int pool_rows, int lo, int hi) {
     if (N <= 0 || E <= 0 || pool_rows <= 0) return;
+    if (N % pool_rows != 0) /* rows past the last whole pool are never selected */
+        ETM_CUDA_CHECK(cudaMemsetAsync(z, 0, (size_t)N * E, etm_cuda(be)->stream));
+    if (N / pool_rows == 0) return;
     dim3 grid(N / pool_rows, E);
     k_select_columns<<<grid, SELECT_THREADS, 0, etm_cuda(be)->stream>>>(z, score, eligible,
                                                                        threshold, E, pool_rows,
@@ -162,7 +168,7 @@ k_kth_largest_columns(float *out, const float *score, int E, int pool_rows, int 
 }
 void etm_cuda_kth_largest_columns(etm_backend *be, float *out, const float *score, int N, int E,
                                   int pool_rows, int k) {
-    if (N <= 0 || E <= 0 || pool_rows <= 0) return;
+    if (N <= 0 || E <= 0 || pool_rows <= 0 || N / pool_rows == 0) return;
     if (k < 1 || k > pool_rows) {
         /* No k-th largest: k below 1 admits nothing (+inf), k past the pool everything (-inf). */
         etm_cuda_fill(be, out, k < 1 ? INFINITY : -INFINITY, (size_t)(N / pool_rows) * E);
