@@ -97,7 +97,7 @@ double etm_check_nmse(const float *ref, const float *test, size_t n) {
 
 static void report_header(chk *c) {
     if (c->report)
-        fprintf(c->report, "%-40s %-12s %8s %12s %12s %9s %-7s %s\n", "op", "output", "n",
+        fprintf(c->report, "%-46s %-12s %8s %12s %12s %9s %-7s %s\n", "op", "output", "n",
                 "max_abs_err", "nmse", "tol", "repeat", "result");
 }
 
@@ -118,7 +118,7 @@ static void judge(chk *c, const char *op, const part *p, const float *r, const f
         char tol[16];
         if (p->tol == EXACT) snprintf(tol, sizeof tol, "exact");
         else snprintf(tol, sizeof tol, "%.0e", p->tol);
-        fprintf(c->report, "%-40s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n", op, p->name, p->n,
+        fprintf(c->report, "%-46s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n", op, p->name, p->n,
                 max_abs, nmse, tol, repeat ? "same" : "DIFFERS",
                 ok ? "ok" : (!finite ? "FAIL (NaN/inf)" : "FAIL"));
     }
@@ -359,7 +359,7 @@ static void test_sum_squares(chk *c) {
         int ok = isfinite(t1) && rel <= 1e-12 && t1 == t2;
         if (!ok) c->failures++;
         if (c->report)
-            fprintf(c->report, "%-40s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n",
+            fprintf(c->report, "%-46s %-12s %8zu %12.3e %12.3e %9s %-7s %s\n",
                     s ? "sum_squares" : "sum_squares n=1", "sum (rel)", n, fabs(t1 - r), rel,
                     "1e-12", t1 == t2 ? "same" : "DIFFERS", ok ? "ok" : "FAIL");
         free(x);
@@ -714,14 +714,15 @@ static void run_route(etm_backend *be, const void *va, float *out) {
     if (el) be->free(be, el);
     if (thr) be->free(be, thr);
 }
-static void test_routing(chk *c) {
-    int N = 4 * 53, E = 7, pool = 53;
+/* Every routing decision on N rows in pools of pool rows, with random and with tied scores. */
+static void test_routing(chk *c, int N, int E, int pool, int k_target, const char *tag) {
     size_t n = (size_t)N * E;
     for (int tied = 0; tied < 2; tied++) {
         float *score = tied ? h_tied(c, n, 5) : h_normal(c, n, 1.0f);
         float *thr = tied ? h_tied(c, (size_t)E, 5) : h_normal(c, (size_t)E, 1.0f);
         uint8_t *elig = h_mask(c, n, 0.4f);
-        const char *t = tied ? " (ties)" : "";
+        char t[48];
+        snprintf(t, sizeof t, "%s%s", tag, tied ? " (ties)" : "");
         char name[80];
         part mask = {"z", n, EXACT};
         route_args a = {R_TOPK, score, NULL, NULL, N, E, pool, 2, 0, 0};
@@ -732,7 +733,7 @@ static void test_routing(chk *c) {
         check_case(c, name, run_route, &a, 1, &mask);
 
         a.op = R_SELECT;
-        a.lo = a.hi = 9; /* expert choice */
+        a.lo = a.hi = k_target; /* expert choice */
         snprintf(name, sizeof name, "select_columns EC%s", t);
         check_case(c, name, run_route, &a, 1, &mask);
         a.threshold = thr; /* expert threshold, unclamped and clamped */
@@ -740,15 +741,15 @@ static void test_routing(chk *c) {
         a.hi = pool;
         snprintf(name, sizeof name, "select_columns ET%s", t);
         check_case(c, name, run_route, &a, 1, &mask);
-        a.lo = 5;
-        a.hi = 12;
+        a.lo = k_target / 2;
+        a.hi = k_target + k_target / 2;
         snprintf(name, sizeof name, "select_columns ET clamp%s", t);
         check_case(c, name, run_route, &a, 1, &mask);
         a.eligible = elig; /* capacity over an eligibility mask, with and without threshold */
         snprintf(name, sizeof name, "select_columns eligible+thr%s", t);
         check_case(c, name, run_route, &a, 1, &mask);
         a.threshold = NULL;
-        a.lo = a.hi = 6;
+        a.lo = a.hi = k_target * 2 / 3;
         snprintf(name, sizeof name, "select_columns TC capacity%s", t);
         check_case(c, name, run_route, &a, 1, &mask);
         a.lo = a.hi = pool; /* more than the candidates: takes them all */
@@ -758,14 +759,14 @@ static void test_routing(chk *c) {
         a.op = R_KTH;
         a.eligible = NULL;
         part kth = {"out", (size_t)(N / pool) * E, EXACT};
-        int ks[] = {1, 9, pool};
+        int ks[] = {1, k_target, pool};
         for (int i = 0; i < 3; i++) {
             a.k = ks[i];
             snprintf(name, sizeof name, "kth_largest_columns k=%d%s", ks[i], t);
             check_case(c, name, run_route, &a, 1, &kth);
         }
         a.pool_rows = N; /* one pool: the whole batch */
-        a.k = 17;
+        a.k = k_target * 2 + 1;
         kth.n = (size_t)E;
         snprintf(name, sizeof name, "kth_largest_columns one pool%s", t);
         check_case(c, name, run_route, &a, 1, &kth);
@@ -865,13 +866,14 @@ static void run_dispatch(etm_backend *be, const void *va, float *out) {
     be->free(be, z);
     be->dispatch_free(be, &d);
 }
-static void test_dispatch(chk *c) {
-    int N = 61, E = 7, D = 13;
+/* One dispatch and every row/pair movement over it; tag names the size in the report. */
+static void test_dispatch(chk *c, int N, int E, int D, const char *tag) {
     uint8_t *z = h_mask(c, (size_t)N * E, 0.3f);
     for (int n = 0; n < N; n++) z[(size_t)n * E + 3] = 0; /* an expert with no tokens */
     for (int e = 0; e < E; e++) z[(size_t)5 * E + e] = 0; /* a token with no experts */
     for (int e = 0; e < E; e++) z[(size_t)6 * E + e] = 1; /* a token with all of them */
     int P = 0;
+    char name[80];
     for (size_t i = 0; i < (size_t)N * E; i++) P += z[i];
     disp_args a = {D_BUILD, z, N, E, D, P, h_normal(c, (size_t)N * E * D, 1.0f),
                    h_normal(c, (size_t)N * E * D, 1.0f), h_normal(c, (size_t)N * E, 1.0f),
@@ -883,23 +885,30 @@ static void test_dispatch(chk *c) {
                     {"pair_token", (size_t)P, EXACT},
                     {"pair_expert", (size_t)P, EXACT},
                     {"token_pairs", (size_t)P, EXACT}};
-    check_case(c, "build_dispatch", run_dispatch, &a, 7, build);
+    snprintf(name, sizeof name, "build_dispatch%s", tag);
+    check_case(c, name, run_dispatch, &a, 7, build);
     part pd = {"dst", (size_t)P * D, EXACT}, nd = {"dst (+=)", (size_t)N * D, TOL_ROUND};
     a.op = D_GATHER_ROWS;
-    check_case(c, "gather_rows", run_dispatch, &a, 1, &pd);
+    snprintf(name, sizeof name, "gather_rows%s", tag);
+    check_case(c, name, run_dispatch, &a, 1, &pd);
     a.op = D_SCATTER_ROWS;
-    check_case(c, "scatter_add_rows", run_dispatch, &a, 1, &nd);
+    snprintf(name, sizeof name, "scatter_add_rows%s", tag);
+    check_case(c, name, run_dispatch, &a, 1, &nd);
     part pp = {"out", (size_t)P, EXACT}, ne = {"dx (+=)", (size_t)N * E, EXACT};
     a.op = D_GATHER_PAIRS;
-    check_case(c, "gather_pairs", run_dispatch, &a, 1, &pp);
+    snprintf(name, sizeof name, "gather_pairs%s", tag);
+    check_case(c, name, run_dispatch, &a, 1, &pp);
     a.op = D_SCATTER_PAIRS;
-    check_case(c, "scatter_add_pairs", run_dispatch, &a, 1, &ne);
+    snprintf(name, sizeof name, "scatter_add_pairs%s", tag);
+    check_case(c, name, run_dispatch, &a, 1, &ne);
     a.op = D_COMBINE_F;
     nd.name = "y (+=)";
-    check_case(c, "combine_forward", run_dispatch, &a, 1, &nd);
+    snprintf(name, sizeof name, "combine_forward%s", tag);
+    check_case(c, name, run_dispatch, &a, 1, &nd);
     part cb[] = {{"dye", (size_t)P * D, TOL_ROUND}, {"dgate", (size_t)P, TOL_ROUND}};
     a.op = D_COMBINE_B;
-    check_case(c, "combine_backward", run_dispatch, &a, 2, cb);
+    snprintf(name, sizeof name, "combine_backward%s", tag);
+    check_case(c, name, run_dispatch, &a, 2, cb);
     free(z);
     free((void *)a.src);
     free((void *)a.dst);
@@ -964,8 +973,10 @@ int etm_check_backend_ops(etm_backend *ref, etm_backend *test, uint64_t seed, FI
     test_attention(&c);
     test_act(&c);
     test_xent(&c);
-    test_routing(&c);
-    test_dispatch(&c);
+    test_routing(&c, 4 * 53, 7, 53, 9, "");
+    test_routing(&c, 2 * 1300, 5, 1300, 260, " pool=1300"); /* longer than one block */
+    test_dispatch(&c, 61, 7, 13, "");
+    test_dispatch(&c, 2500, 5, 3, " N=2500"); /* longer than one scan block */
     test_adamw(&c);
     if (report) fprintf(report, "%d failed comparison%s\n", c.failures, c.failures == 1 ? "" : "s");
     return c.failures;
