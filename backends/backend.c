@@ -14,7 +14,7 @@
 /* Every backend built in, as X(name, constructor), in the order `etmoe backends` lists them.
  * A new backend is one more line here (under its #ifdef) plus its constructor's header above. */
 #define ETM_BACKEND_TABLE(X)                                                                       \
-    X("cpu", etm_cpu_backend_create)                                                              \
+    X("cpu", etm_cpu_backend_create)                                                               \
     ETM_CUDA_ENTRY(X)
 
 /* The CUDA backend, built when configure found nvcc. */

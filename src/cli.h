@@ -25,5 +25,6 @@ int cli_usage_error(const char *verb, const char *fmt, ...)
 int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 int cmd_prepare(int argc, char **argv);
+int cmd_backends(int argc, char **argv);
 
 #endif

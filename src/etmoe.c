@@ -13,6 +13,7 @@
 
 static const etm_verb verbs[] = {
     /* one line per verb; keep the table's order the order of --help */
+    {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
     {NULL, NULL, NULL},
 };
 
