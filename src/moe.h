@@ -46,13 +46,19 @@ typedef struct {
 
 typedef struct etm_moe_layer etm_moe_layer;
 
-/* Builds a layer for up to max_tokens tokens per forward, sequences of seq_len tokens. */
+/* Checks the MoE settings of hp for micro-batches of tokens_per_batch tokens (routing pool,
+ * k_target >= 1, ranges); 0, or -1 with a message naming the setting. Call before create. */
+int etm_moe_check_hparams(const etm_hparams *hp, int tokens_per_batch, etm_error *err);
+
+/* Builds a layer for up to max_tokens tokens per forward, sequences of seq_len tokens.
+ * NULL when hp->router is dense. */
 etm_moe_layer *etm_moe_create(etm_backend *be, const etm_hparams *hp, int max_tokens);
 void etm_moe_free(etm_moe_layer *layer);
 
 /* y(N,D) (writes) = the layer applied to x(N,D). N is a multiple of hp->seq_len and at most
  * max_tokens. Returns the layer's added loss (aux + z, scaled by their coefficients and meant
- * to be added to the mean token loss); keeps what backward needs. */
+ * to be added to the mean token loss); keeps what backward needs (a copy of x included, so the
+ * caller may reuse x's buffer). The routing rules per mode are documented in router.h. */
 float etm_moe_forward(etm_moe_layer *layer, const etm_moe_weights *w, const float *x, float *y,
                       int N, etm_moe_mode mode);
 /* dx(N,D) += d/dx; weight gradients in dw accumulate. loss_scale multiplies the gradient of the
@@ -65,6 +71,8 @@ void etm_moe_backward(etm_moe_layer *layer, const etm_moe_weights *w, etm_moe_we
 void etm_moe_step_end(etm_moe_layer *layer);
 
 const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *layer);
+/* The routing mask z (N,E) of the last forward, backend memory: 1 = token n went to expert e. */
+const uint8_t *etm_moe_mask(const etm_moe_layer *layer);
 
 /* Router state that checkpoints save and restore (host memory, E floats each). */
 typedef struct {

@@ -13,6 +13,11 @@ typedef struct etm_tokenizer etm_tokenizer;
 
 /* Loads a merges file, or a name of a shipped tokenizer ("gpt2", "austen") from the data dir. */
 etm_tokenizer *etm_tokenizer_load(const char *path_or_name, etm_error *err);
+/* The file that etm_tokenizer_load would read for path_or_name (a bare word that is not an
+ * existing file names a shipped tokenizer), written into buf; -1 and a message if there is none. */
+int etm_tokenizer_path(const char *path_or_name, char *buf, size_t len, etm_error *err);
+/* The same from a merges file's contents in memory; origin names it in messages. */
+etm_tokenizer *etm_tokenizer_from_merges(const char *text, size_t len, const char *origin, etm_error *err);
 void etm_tokenizer_free(etm_tokenizer *tok);
 int etm_tokenizer_vocab_size(const etm_tokenizer *tok); /* merges + 256 + 1 */
 int32_t etm_tokenizer_eot(const etm_tokenizer *tok);    /* id of <|endoftext|> */
@@ -24,7 +29,7 @@ int32_t *etm_tokenizer_encode(const etm_tokenizer *tok, const char *text, size_t
  * for an id outside the vocabulary. */
 char *etm_tokenizer_decode(const etm_tokenizer *tok, const int32_t *ids, size_t n, size_t *len_out,
                            etm_error *err);
-/* The bytes of one token (not NUL-terminated); NULL for an invalid id. */
+/* The bytes of one token (not NUL-terminated; EOT's are "<|endoftext|>"); NULL for an invalid id. */
 const char *etm_tokenizer_token_bytes(const etm_tokenizer *tok, int32_t id, size_t *len);
 
 #endif

@@ -1,0 +1,91 @@
+/* router.h: the routing rules of one MoE layer behind one interface: token choice (tc: top-k,
+ * optional aux / switch / loss-free balancing, capacity dropping), expert choice (ec: top
+ * k_target tokens per expert within pools) and expert threshold (et: r >= c_i with an EMA of
+ * the batch cut-offs, EC warm-up, optional capacity clamp), plus the router z-loss.
+ *
+ * The router takes the logits r = x W_r^T (N,E) in backend memory and produces the routing
+ * mask z (N,E), the score of every (token, expert) (the gate value: sigmoid(r), or softmax(r)
+ * for softmax tc) and the balance / z losses; backward turns the gradient of the scores into the
+ * gradient of the logits, adding the losses' terms. Its per-expert state (thresholds, EMAs,
+ * loss-free biases, counters) lives on the host and is uploaded when it changes.
+ *
+ * Definitions shared by every rule (documented here once):
+ *  - pool: pool_seqs * seq_len consecutive tokens, or the whole batch when pool_seqs is 0, when
+ *    that is at least the batch, or when the batch is not a whole number of pools (only eval
+ *    batches can be; etm_router_check_hparams rejects training batches that are not).
+ *  - k_target = floor(pool * k / E), at least 1 and at most the pool (the authors' rounding).
+ *  - cut-off of expert i in a pool = its k_target-th largest logit there; a TRAIN forward of an
+ *    ec or et layer records the mean over the pools, and once per optimizer step (step_end) the
+ *    mean over that step's micro-batches updates m = beta m + (1-beta) cut, s += 1,
+ *    c = m / (1 - beta^s) (Adam-style bias correction).
+ *  - Before the first EMA update (s == 0) ec and et layers route by EC in every mode: there is
+ *    no threshold estimate yet (m = 0 would send about half the tokens to every expert). So
+ *    with et_warmup_steps = 0 an ET layer uses EC for exactly its first optimizer step.
+ *  - et in TRAIN: EC while fewer than et_warmup_steps optimizer steps have ended, thresholds
+ *    from then on (with the capacity clamp when et_capacity > 0, applied per pool with
+ *    lo = floor((1-C) k_target), hi = floor((1+C) k_target)).
+ *  - EVAL: ec and et route by the frozen thresholds (purely per token, causal: this is how the
+ *    paper evaluates EC models too), tc by top-k (with the loss-free bias, without capacity).
+ *    Nothing is recorded.
+ *  - REPLAY: the previous mask is kept; scores and losses are recomputed from the new logits
+ *    (the balance loss keeps the previous counts f_i). Nothing is recorded.
+ *  - Balance losses (tc), counts taken from the top-k choice before capacity dropping:
+ *    aux = alpha sum_i f_i P_i, f_i = count_i E / (N k), P_i = mean gate score (sigmoid or
+ *    softmax); switch = alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
+ *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
+ *    the same number; the two differ only in P_i, and coincide for softmax scores.
+ *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
+ *  - Selection compares logits (plus the loss-free bias for tc): the scores are monotone in r
+ *    within a row (softmax) or per element (sigmoid), and logits do not saturate into ties.
+ *    Ties are broken towards the lower token / expert index.
+ */
+#ifndef ETM_ROUTER_H
+#define ETM_ROUTER_H
+
+#include "backend.h"
+#include "hparams.h"
+#include "moe.h"
+
+typedef struct etm_router etm_router;
+
+/* The rule a forward in a given mode would use now. */
+typedef enum {
+    ETM_RULE_TOPK = 0,  /* tc: top-k per token */
+    ETM_RULE_EC,        /* expert choice within pools (ec training, et warm-up, s == 0) */
+    ETM_RULE_THRESHOLD  /* r >= c_i (et after warm-up, ec and et in EVAL) */
+} etm_route_rule;
+
+/* Checks the router settings for batches of tokens_per_batch tokens (a micro-batch); returns 0
+ * or -1 with a message naming the setting. */
+int etm_router_check_hparams(const etm_hparams *hp, int tokens_per_batch, etm_error *err);
+
+/* Builds a router for up to max_tokens tokens; NULL when hp->router is dense. */
+etm_router *etm_router_create(etm_backend *be, const etm_hparams *hp, int max_tokens);
+void etm_router_free(etm_router *rt);
+
+/* Routes N tokens (N <= max_tokens) from logits (N,E) (backend). Fills the router's mask and
+ * scores and the routing fields of st (its expert_load and experts_hist arrays must hold E and
+ * E+1 ints). Returns aux + z loss, already scaled by their coefficients. In REPLAY mode N must
+ * equal the previous forward's. */
+float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mode mode,
+                         etm_moe_stats *st);
+const uint8_t *etm_router_mask(const etm_router *rt);  /* (N,E) backend: 1 = routed */
+const float *etm_router_scores(const etm_router *rt);  /* (N,E) backend: gate of every pair */
+
+/* dlogits(N,E) (writes) = gradient of the logits, given dscore(N,E), the gradient of the scores
+ * from the gates. dscore is used as scratch (the balance-loss term is added to it).
+ * loss_scale multiplies the gradient of the aux and z losses. */
+void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, float loss_scale);
+
+/* Once per optimizer step: cut-off EMA update (ec, et), loss-free bias update (tc), step count. */
+void etm_router_step_end(etm_router *rt);
+
+etm_route_rule etm_router_rule(const etm_router *rt, etm_moe_mode mode);
+
+/* State views (layer-owned host arrays) and restore; set also uploads and clears the
+ * accumulators of the current step. NULL arguments leave that part unchanged. */
+void etm_router_get_state(const etm_router *rt, etm_router_state *out);
+void etm_router_set_state(etm_router *rt, const float *threshold, const float *ema,
+                          const float *bias, const int64_t *counters);
+
+#endif

@@ -1,0 +1,543 @@
+/* check_router.c: the routing rules (router.h) on hand-made logits, through the CPU backend:
+ * ET ties at the threshold, the cut-off EMA and its bias correction over several steps and
+ * micro-batches, the warm-up switch at exactly step W, the capacity clamp's pads and drops, TC
+ * capacity drops, frozen thresholds in EVAL, the loss-free bias update and its selection-only
+ * effect, EC's exact balance per pool, state round trips and settings checks. */
+#include "backend.h"
+#include "router.h"
+#include "rng.h"
+#include "testutil.h"
+
+#include <math.h>
+
+typedef struct {
+    etm_backend *be;
+    etm_hparams hp;
+    etm_router *rt;
+    int N, E;
+    float *logits;  /* backend (N,E) */
+    uint8_t *mask;  /* host (N,E) after route() */
+    etm_moe_stats st;
+    int load[64], hist[65];
+} fixture;
+
+static etm_hparams router_hp(etm_router_kind kind, int E, int k, int T, int pool_seqs) {
+    etm_hparams hp;
+    memset(&hp, 0, sizeof(hp));
+    hp.router = kind;
+    hp.n_routed = E;
+    hp.top_k = k;
+    hp.seq_len = T;
+    hp.pool_seqs = pool_seqs;
+    hp.d_model = 8;
+    hp.expert_hidden = 8;
+    hp.et_beta = 0.5f;
+    hp.lossfree_rate = 0.01f;
+    return hp;
+}
+
+static void fx_init(fixture *f, const etm_hparams *hp, int N) {
+    memset(f, 0, sizeof(*f));
+    etm_error err = {{0}};
+    f->be = etm_backend_create("cpu", &err);
+    ck_assert_msg(f->be != NULL, "cpu backend: %s", err.msg);
+    f->hp = *hp;
+    ck_assert_msg(etm_router_check_hparams(hp, N, &err) == 0, "%s", err.msg);
+    f->rt = etm_router_create(f->be, hp, N);
+    ck_assert_ptr_nonnull(f->rt);
+    f->N = N;
+    f->E = hp->n_routed;
+    f->logits = f->be->alloc(f->be, (size_t)N * f->E * sizeof(float));
+    f->mask = etm_calloc((size_t)N * f->E, 1);
+    f->st.expert_load = f->load;
+    f->st.experts_hist = f->hist;
+}
+
+static void fx_free(fixture *f) {
+    etm_router_free(f->rt);
+    f->be->free(f->be, f->logits);
+    etm_backend_free(f->be);
+    free(f->mask);
+}
+
+/* Routes host logits r (N,E); the mask comes back in f->mask. */
+static float route(fixture *f, const float *r, etm_moe_mode mode) {
+    f->be->upload(f->be, f->logits, r, (size_t)f->N * f->E * sizeof(float));
+    float loss = etm_router_forward(f->rt, f->logits, f->N, mode, &f->st);
+    f->be->download(f->be, f->mask, etm_router_mask(f->rt), (size_t)f->N * f->E);
+    return loss;
+}
+
+static void expect_mask(const fixture *f, const uint8_t *want, const char *what) {
+    for (int t = 0; t < f->N; t++)
+        for (int e = 0; e < f->E; e++)
+            ck_assert_msg(f->mask[t * f->E + e] == want[t * f->E + e],
+                          "%s: token %d expert %d: got %d want %d", what, t, e, f->mask[t * f->E + e],
+                          want[t * f->E + e]);
+}
+
+static void set_thresholds(fixture *f, const float *c, int64_t s, int64_t steps) {
+    int64_t counters[2] = {s, steps};
+    etm_router_set_state(f->rt, c, NULL, NULL, counters);
+}
+
+/* Host EC: expert e takes the kt largest of each pool (ties: lower token). */
+static void host_ec(const float *r, int N, int E, int pool, int kt, uint8_t *z) {
+    memset(z, 0, (size_t)N * E);
+    for (int p0 = 0; p0 < N; p0 += pool)
+        for (int e = 0; e < E; e++)
+            for (int n = 0; n < kt; n++) {
+                int best = -1;
+                for (int t = p0; t < p0 + pool; t++)
+                    if (!z[t * E + e] && (best < 0 || r[t * E + e] > r[best * E + e])) best = t;
+                z[best * E + e] = 1;
+            }
+}
+
+static void host_threshold(const float *r, int N, int E, const float *c, uint8_t *z) {
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) z[t * E + e] = r[t * E + e] >= c[e];
+}
+
+/* ---- expert threshold ------------------------------------------------------------------- */
+
+START_TEST(et_ties_at_the_threshold_are_selected) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 3, 1, 4, 0);
+    fixture f;
+    fx_init(&f, &hp, 4);
+    const float c[3] = {0.5f, -0.25f, 1.0f};
+    set_thresholds(&f, c, 1, 5);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_THRESHOLD);
+    float r[12];
+    for (int e = 0; e < 3; e++) {
+        r[0 * 3 + e] = c[e];                        /* exactly at the threshold: selected */
+        r[1 * 3 + e] = nextafterf(c[e], -INFINITY); /* one ulp below: not */
+        r[2 * 3 + e] = nextafterf(c[e], INFINITY);  /* one ulp above: selected */
+    }
+    r[9] = -1.0f, r[10] = 0.0f, r[11] = 2.0f;
+    const uint8_t want[12] = {1, 1, 1, 0, 0, 0, 1, 1, 1, 0, 1, 1};
+    for (int m = 0; m < 2; m++) {
+        route(&f, r, m == 0 ? ETM_MOE_TRAIN : ETM_MOE_EVAL);
+        expect_mask(&f, want, m == 0 ? "train" : "eval");
+        ck_assert_int_eq(f.st.tokens_no_expert, 1);
+        ck_assert_int_eq(f.st.experts_hist[0], 1);
+        ck_assert_int_eq(f.st.experts_hist[1], 0);
+        ck_assert_int_eq(f.st.experts_hist[2], 1);
+        ck_assert_int_eq(f.st.experts_hist[3], 2);
+        ck_assert_int_eq(f.st.n_pairs, 8);
+        ck_assert_float_eq(f.st.mean_experts, 2.0f);
+        ck_assert_int_eq(f.st.expert_load[0], 2);
+        ck_assert_int_eq(f.st.expert_load[1], 3);
+        ck_assert_int_eq(f.st.expert_load[2], 3);
+    }
+    fx_free(&f);
+}
+END_TEST
+
+/* Two experts, pools of one 4-token sequence, two pools per micro-batch: k_target = 4*1/2 = 2,
+ * so each cut-off is the 2nd largest logit of the pool. Columns are written per (pool, expert). */
+static void fill_batch(float *r, const float cols[2][2][4]) {
+    for (int p = 0; p < 2; p++)
+        for (int e = 0; e < 2; e++)
+            for (int i = 0; i < 4; i++) r[(p * 4 + i) * 2 + e] = cols[p][e][i];
+}
+
+START_TEST(et_cutoff_ema_with_bias_correction) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 4, 1);
+    hp.et_warmup_steps = 10;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    /* micro-batch A: cut-offs pool 0 (3, -2), pool 1 (1, 2): means (2, 0) */
+    const float A[2][2][4] = {{{1, 4, 2, 3}, {-1, -2, -3, -4}}, {{0, 0, 5, 1}, {2, 2, 2, 2}}};
+    /* micro-batch B: pool 0 (6, 0), pool 1 (0, 4): means (3, 2) */
+    const float B[2][2][4] = {{{6, 6, 0, 0}, {1, 0, 0, 0}}, {{2, 0, 0, 0}, {8, 4, 0, 0}}};
+    /* a batch that must not count (EVAL) */
+    const float X[2][2][4] = {{{90, 90, 90, 90}, {90, 90, 90, 90}}, {{90, 90, 90, 90}, {90, 90, 90, 90}}};
+    float ra[16], rb[16], rx[16];
+    fill_batch(ra, A);
+    fill_batch(rb, B);
+    fill_batch(rx, X);
+    etm_router_state st;
+
+    /* step 1, micro-batches A and B: cut (2.5, 1); m = 0.5 cut = (1.25, 0.5); c = m / 0.5 */
+    route(&f, ra, ETM_MOE_TRAIN);
+    route(&f, rb, ETM_MOE_TRAIN);
+    etm_router_step_end(f.rt);
+    etm_router_get_state(f.rt, &st);
+    ck_assert_double_eq_tol(st.ema[0], 1.25, 1e-6);
+    ck_assert_double_eq_tol(st.ema[1], 0.5, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[0], 2.5, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[1], 1.0, 1e-6);
+    ck_assert_int_eq(st.counters[0], 1);
+    ck_assert_int_eq(st.counters[1], 1);
+
+    /* step 2, A only: cut (2, 0); m = (1.625, 0.25); c = m / 0.75 = (13/6, 1/3) */
+    route(&f, ra, ETM_MOE_TRAIN);
+    etm_router_step_end(f.rt);
+    etm_router_get_state(f.rt, &st);
+    ck_assert_double_eq_tol(st.ema[0], 1.625, 1e-6);
+    ck_assert_double_eq_tol(st.ema[1], 0.25, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[0], 13.0 / 6.0, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[1], 1.0 / 3.0, 1e-6);
+
+    /* step 3, B with an EVAL forward in between: cut (3, 2); m = (2.3125, 1.125);
+     * c = m / 0.875 = (37/14, 9/7) */
+    route(&f, rx, ETM_MOE_EVAL);
+    route(&f, rb, ETM_MOE_TRAIN);
+    route(&f, rx, ETM_MOE_EVAL);
+    etm_router_step_end(f.rt);
+    etm_router_get_state(f.rt, &st);
+    ck_assert_double_eq_tol(st.ema[0], 2.3125, 1e-6);
+    ck_assert_double_eq_tol(st.ema[1], 1.125, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[0], 37.0 / 14.0, 1e-6);
+    ck_assert_double_eq_tol(st.threshold[1], 9.0 / 7.0, 1e-6);
+    ck_assert_int_eq(st.counters[0], 3);
+    ck_assert_int_eq(st.counters[1], 3);
+    fx_free(&f);
+}
+END_TEST
+
+/* W = 2: steps 0 and 1 route by EC, step 2 (exactly W) by thresholds. Logits rise by 1 each
+ * step so that the threshold rule and EC pick different tokens at step W. */
+START_TEST(et_warmup_switches_at_step_w) {
+    const int W = _i == 0 ? 2 : 0;
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 3, 1, 12, 0);
+    hp.et_warmup_steps = W;
+    fixture f;
+    fx_init(&f, &hp, 12);
+    etm_rng rng;
+    etm_rng_seed(&rng, 11);
+    float base[36], r[36];
+    for (int i = 0; i < 36; i++) base[i] = etm_rng_normal(&rng);
+    uint8_t ec[36], thr[36];
+    int last = W > 0 ? W : 1;
+    for (int step = 0; step <= last; step++) {
+        for (int i = 0; i < 36; i++) r[i] = base[i] + (float)step;
+        etm_router_state st;
+        etm_router_get_state(f.rt, &st);
+        host_ec(r, 12, 3, 12, 4, ec);
+        host_threshold(r, 12, 3, st.threshold, thr);
+        route(&f, r, ETM_MOE_TRAIN);
+        /* EC for the first W steps, and before any EMA update (s == 0) whatever W is */
+        int expect_ec = step < W || st.counters[0] == 0;
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), expect_ec ? ETM_RULE_EC : ETM_RULE_THRESHOLD);
+        if (expect_ec) {
+            expect_mask(&f, ec, "warm-up");
+        } else {
+            expect_mask(&f, thr, "after warm-up");
+            ck_assert_msg(memcmp(ec, thr, sizeof ec) != 0, "EC and thresholds agree: test is void");
+        }
+        etm_router_step_end(f.rt);
+    }
+    fx_free(&f);
+}
+END_TEST
+
+/* Capacity clamp C = 0.5 with k_target 4: each expert keeps between 2 and 6 tokens. Expert 0
+ * has one token above its threshold and gets padded with the next best; expert 1 has seven and
+ * drops its lowest. EVAL applies no clamp. */
+START_TEST(et_capacity_clamp_pads_and_drops_the_right_tokens) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 0);
+    hp.et_capacity = 0.5f;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    const float c[2] = {0.8f, 0.18f};
+    set_thresholds(&f, c, 4, 4);
+    const float e0[8] = {0.9f, 0.1f, 0.5f, 0.3f, 0.7f, 0.2f, 0.0f, 0.4f};
+    const float e1[8] = {0.5f, 0.9f, 0.3f, 0.8f, 0.15f, 0.7f, 0.6f, 0.2f};
+    float r[16];
+    for (int t = 0; t < 8; t++) r[t * 2] = e0[t], r[t * 2 + 1] = e1[t];
+    /* expert 0: token 0 (above) + token 4 (0.7, next best); expert 1: all above but token 4
+     * (0.15 < 0.18), minus the lowest above, token 7 (0.2) */
+    const uint8_t want[16] = {1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 0, 0};
+    route(&f, r, ETM_MOE_TRAIN);
+    expect_mask(&f, want, "clamp");
+    ck_assert_int_eq(f.st.padded, 1);
+    ck_assert_int_eq(f.st.dropped, 1);
+    ck_assert_int_eq(f.st.expert_load[0], 2);
+    ck_assert_int_eq(f.st.expert_load[1], 6);
+
+    const uint8_t want_eval[16] = {1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1, 0, 1, 0, 1};
+    route(&f, r, ETM_MOE_EVAL);
+    expect_mask(&f, want_eval, "eval");
+    ck_assert_int_eq(f.st.padded, 0);
+    ck_assert_int_eq(f.st.dropped, 0);
+    fx_free(&f);
+}
+END_TEST
+
+START_TEST(eval_leaves_thresholds_frozen) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 3, 1, 6, 0);
+    fixture f;
+    fx_init(&f, &hp, 12);
+    const float c[3] = {0.1f, -0.2f, 0.3f}, m[3] = {0.05f, -0.1f, 0.15f};
+    int64_t counters[2] = {1, 7};
+    etm_router_set_state(f.rt, c, m, NULL, counters);
+    etm_rng rng;
+    etm_rng_seed(&rng, 3);
+    float r[36];
+    for (int rep = 0; rep < 3; rep++) {
+        for (int i = 0; i < 36; i++) r[i] = 3.0f * etm_rng_normal(&rng) + 5.0f;
+        route(&f, r, ETM_MOE_EVAL);
+        uint8_t thr[36];
+        host_threshold(r, 12, 3, c, thr);
+        expect_mask(&f, thr, "eval");
+    }
+    etm_router_step_end(f.rt); /* a step with no training forward: nothing to average */
+    etm_router_state st;
+    etm_router_get_state(f.rt, &st);
+    for (int e = 0; e < 3; e++) {
+        ck_assert_float_eq(st.threshold[e], c[e]);
+        ck_assert_float_eq(st.ema[e], m[e]);
+    }
+    ck_assert_int_eq(st.counters[0], 1);
+    ck_assert_int_eq(st.counters[1], 8);
+    fx_free(&f);
+}
+END_TEST
+
+/* An EC layer tracks the cut-off EMA too, routes by EC in training and by thresholds in EVAL. */
+START_TEST(ec_tracks_thresholds_for_eval) {
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 2, 1, 8, 0);
+    fixture f;
+    fx_init(&f, &hp, 8);
+    etm_rng rng;
+    etm_rng_seed(&rng, 8);
+    float r[16];
+    for (int i = 0; i < 16; i++) r[i] = etm_rng_normal(&rng);
+    uint8_t ec[16], thr[16];
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL), ETM_RULE_EC); /* s == 0 */
+    route(&f, r, ETM_MOE_TRAIN);
+    host_ec(r, 8, 2, 8, 4, ec);
+    expect_mask(&f, ec, "ec train");
+    etm_router_step_end(f.rt);
+    etm_router_state st;
+    etm_router_get_state(f.rt, &st);
+    ck_assert_int_eq(st.counters[0], 1);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_EC);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL), ETM_RULE_THRESHOLD);
+    for (int i = 0; i < 16; i++) r[i] += 0.5f;
+    route(&f, r, ETM_MOE_EVAL);
+    host_threshold(r, 8, 2, st.threshold, thr);
+    expect_mask(&f, thr, "ec eval");
+    fx_free(&f);
+}
+END_TEST
+
+/* ---- expert choice ---------------------------------------------------------------------- */
+
+START_TEST(ec_balances_each_pool_exactly) {
+    const int pool_seqs = _i; /* 0 = the whole batch, 1 and 2 = pools of 4 and 8 tokens */
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 4, 2, 4, pool_seqs);
+    fixture f;
+    fx_init(&f, &hp, 24);
+    etm_rng rng;
+    etm_rng_seed(&rng, 21);
+    float r[96];
+    for (int i = 0; i < 96; i++) r[i] = etm_rng_normal(&rng);
+    route(&f, r, ETM_MOE_TRAIN);
+    int pool = pool_seqs ? pool_seqs * 4 : 24, kt = pool * 2 / 4;
+    int varied = 0;
+    for (int p0 = 0; p0 < 24; p0 += pool)
+        for (int e = 0; e < 4; e++) {
+            int n = 0;
+            float lo_in = INFINITY, hi_out = -INFINITY;
+            for (int t = p0; t < p0 + pool; t++) {
+                if (f.mask[t * 4 + e]) {
+                    n++;
+                    lo_in = fminf(lo_in, r[t * 4 + e]);
+                } else {
+                    hi_out = fmaxf(hi_out, r[t * 4 + e]);
+                }
+            }
+            ck_assert_int_eq(n, kt);
+            ck_assert_float_gt(lo_in, hi_out); /* the top kt of the pool */
+        }
+    for (int c = 0; c <= 4; c++) varied += f.st.experts_hist[c] > 0;
+    ck_assert_int_gt(varied, 1); /* tokens get different numbers of experts */
+    fx_free(&f);
+}
+END_TEST
+
+/* ---- token choice ----------------------------------------------------------------------- */
+
+START_TEST(tc_capacity_drops_lowest_tokens) {
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 2, 1, 8, 0);
+    hp.capacity_factor = 1.0f; /* capacity ceil(1 * 8 * 1 / 2) = 4 */
+    fixture f;
+    fx_init(&f, &hp, 8);
+    /* tokens 0..5 prefer expert 0 with logits 0.6, 0.1, 0.9, 0.3, 0.5, 0.2 */
+    const float e0[8] = {0.6f, 0.1f, 0.9f, 0.3f, 0.5f, 0.2f, -1.0f, -1.0f};
+    float r[16];
+    for (int t = 0; t < 8; t++) r[t * 2] = e0[t], r[t * 2 + 1] = 0.0f;
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t want[16] = {1, 0, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0, 1};
+    expect_mask(&f, want, "tc capacity");
+    ck_assert_int_eq(f.st.dropped, 2);
+    ck_assert_int_eq(f.st.tokens_no_expert, 2);
+    route(&f, r, ETM_MOE_EVAL); /* no capacity in EVAL */
+    ck_assert_int_eq(f.st.expert_load[0], 6);
+    ck_assert_int_eq(f.st.dropped, 0);
+    fx_free(&f);
+}
+END_TEST
+
+/* One logit of 1 per token on the chosen expert, 0 elsewhere. */
+static void one_hot(float *r, const int *choice, int N, int E) {
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) r[t * E + e] = e == choice[t] ? 1.0f : 0.0f;
+}
+
+START_TEST(lossfree_bias_moves_towards_the_mean_over_micro_batches) {
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 4, 1, 8, 0);
+    hp.tc_balance = ETM_BALANCE_LOSSFREE;
+    const float u = hp.lossfree_rate;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    float r[32];
+    /* micro-batch 1 counts (0, 4, 2, 2), micro-batch 2 (6, 0, 0, 2): sums (6, 4, 2, 4), mean 4.
+     * Either micro-batch alone would move expert 1's bias: only the sum may count. */
+    const int mb1[8] = {1, 1, 1, 1, 2, 2, 3, 3}, mb2[8] = {0, 0, 0, 0, 0, 0, 3, 3};
+    one_hot(r, mb1, 8, 4);
+    route(&f, r, ETM_MOE_TRAIN);
+    route(&f, r, ETM_MOE_EVAL); /* does not count */
+    one_hot(r, mb2, 8, 4);
+    route(&f, r, ETM_MOE_TRAIN);
+    etm_router_step_end(f.rt);
+    etm_router_state st;
+    etm_router_get_state(f.rt, &st);
+    ck_assert_float_eq(st.bias[0], -u);
+    ck_assert_float_eq(st.bias[1], 0.0f); /* exactly at the mean */
+    ck_assert_float_eq(st.bias[2], u);
+    ck_assert_float_eq(st.bias[3], 0.0f);
+    /* step 2: counts (2, 4, 1, 1), mean 2 */
+    const int mb3[8] = {0, 0, 1, 1, 1, 1, 2, 3};
+    one_hot(r, mb3, 8, 4);
+    route(&f, r, ETM_MOE_TRAIN);
+    etm_router_step_end(f.rt);
+    ck_assert_float_eq(st.bias[0], -u);
+    ck_assert_float_eq(st.bias[1], -u);
+    ck_assert_float_eq(st.bias[2], 2 * u);
+    ck_assert_float_eq(st.bias[3], u);
+    fx_free(&f);
+}
+END_TEST
+
+/* The bias changes which experts are chosen, never the gate values. */
+START_TEST(lossfree_bias_affects_selection_only) {
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 4, 1, 8, 0);
+    hp.tc_balance = ETM_BALANCE_LOSSFREE;
+    hp.tc_score = _i ? ETM_SCORE_SOFTMAX : ETM_SCORE_SIGMOID;
+    fixture biased, plain;
+    fx_init(&biased, &hp, 8);
+    fx_init(&plain, &hp, 8);
+    const float b[4] = {0.0f, 0.0f, 5.0f, 0.0f};
+    etm_router_set_state(biased.rt, NULL, NULL, b, NULL);
+    etm_rng rng;
+    etm_rng_seed(&rng, 4);
+    float r[32];
+    for (int i = 0; i < 32; i++) r[i] = etm_rng_normal(&rng);
+    route(&biased, r, ETM_MOE_TRAIN);
+    route(&plain, r, ETM_MOE_TRAIN);
+    ck_assert_int_eq(biased.st.expert_load[2], 8); /* +5 wins every token here */
+    ck_assert_int_lt(plain.st.expert_load[2], 8);
+    for (int t = 0; t < 8; t++) { /* selection by r + b, top-1 */
+        int best = 0;
+        for (int e = 1; e < 4; e++)
+            if (r[t * 4 + e] + b[e] > r[t * 4 + best] + b[best]) best = e;
+        ck_assert_int_eq(biased.mask[t * 4 + best], 1);
+    }
+    float s1[32], s2[32];
+    biased.be->download(biased.be, s1, etm_router_scores(biased.rt), sizeof s1);
+    plain.be->download(plain.be, s2, etm_router_scores(plain.rt), sizeof s2);
+    ck_assert_int_eq(memcmp(s1, s2, sizeof s1), 0);
+    for (int t = 0; t < 8; t++) {
+        double z = 0;
+        for (int e = 0; e < 4; e++) z += exp(r[t * 4 + e]);
+        for (int e = 0; e < 4; e++) {
+            double want = _i ? exp(r[t * 4 + e]) / z : 1.0 / (1.0 + exp(-r[t * 4 + e]));
+            ck_assert_double_eq_tol(s1[t * 4 + e], want, 1e-6);
+        }
+    }
+    fx_free(&biased);
+    fx_free(&plain);
+}
+END_TEST
+
+/* ---- state and settings ----------------------------------------------------------------- */
+
+START_TEST(state_round_trip_reproduces_routing) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 3, 1, 6, 1);
+    hp.et_warmup_steps = 1;
+    fixture a, b;
+    fx_init(&a, &hp, 12);
+    fx_init(&b, &hp, 12);
+    etm_rng rng;
+    etm_rng_seed(&rng, 99);
+    float r[36];
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 36; i++) r[i] = etm_rng_normal(&rng);
+        route(&a, r, ETM_MOE_TRAIN);
+        etm_router_step_end(a.rt);
+    }
+    etm_router_state st, st2;
+    etm_router_get_state(a.rt, &st);
+    etm_router_set_state(b.rt, st.threshold, st.ema, st.bias, st.counters);
+    etm_router_get_state(b.rt, &st2);
+    ck_assert_int_eq(memcmp(st.threshold, st2.threshold, 3 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(st.ema, st2.ema, 3 * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(st.counters, st2.counters, 2 * sizeof(int64_t)), 0);
+    for (int i = 0; i < 36; i++) r[i] = etm_rng_normal(&rng);
+    route(&a, r, ETM_MOE_TRAIN);
+    route(&b, r, ETM_MOE_TRAIN);
+    ck_assert_int_eq(etm_router_rule(b.rt, ETM_MOE_TRAIN), ETM_RULE_THRESHOLD);
+    ck_assert_int_eq(memcmp(a.mask, b.mask, 36), 0);
+    fx_free(&a);
+    fx_free(&b);
+}
+END_TEST
+
+START_TEST(bad_settings_are_named) {
+    etm_error err;
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 4, 1, 8, 3);
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1); /* 24-token pools in 32 */
+    ck_assert_ptr_nonnull(strstr(err.msg, "pool_seqs"));
+    hp = router_hp(ETM_ROUTER_ET, 16, 1, 8, 1);
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1); /* k_target 8/16 < 1 */
+    ck_assert_ptr_nonnull(strstr(err.msg, "k_target"));
+    hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 0);
+    hp.et_beta = 1.0f;
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "et_beta"));
+    hp = router_hp(ETM_ROUTER_TC, 4, 5, 8, 0);
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "top_k"));
+    hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 2);
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), 0);
+}
+END_TEST
+
+static Suite *router_suite(void) {
+    Suite *s = suite_create("router");
+    TCase *tc = tcase_create("et");
+    tcase_add_test(tc, et_ties_at_the_threshold_are_selected);
+    tcase_add_test(tc, et_cutoff_ema_with_bias_correction);
+    tcase_add_loop_test(tc, et_warmup_switches_at_step_w, 0, 2);
+    tcase_add_test(tc, et_capacity_clamp_pads_and_drops_the_right_tokens);
+    tcase_add_test(tc, eval_leaves_thresholds_frozen);
+    tcase_add_test(tc, ec_tracks_thresholds_for_eval);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("ec-tc");
+    tcase_add_loop_test(tc, ec_balances_each_pool_exactly, 0, 3);
+    tcase_add_test(tc, tc_capacity_drops_lowest_tokens);
+    tcase_add_test(tc, lossfree_bias_moves_towards_the_mean_over_micro_batches);
+    tcase_add_loop_test(tc, lossfree_bias_affects_selection_only, 0, 2);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("state");
+    tcase_add_test(tc, state_round_trip_reproduces_routing);
+    tcase_add_test(tc, bad_settings_are_named);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) { return test_run_suite(router_suite()); }
