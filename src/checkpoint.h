@@ -51,6 +51,11 @@ int etm_checkpoint_read_config(const char *path, etm_hparams *hp, etm_error *err
 int etm_checkpoint_load(const char *path, etm_model *m, struct etm_optim *opt,
                         etm_checkpoint_extra *extra, etm_error *err);
 
+/* Builds the model described by path's configuration on be, for micro-batches of up to max_batch
+ * sequences, and loads its parameters and router state (for evaluation, sampling, dump and
+ * inspect). NULL with a message on error. */
+etm_model *etm_checkpoint_load_model(const char *path, etm_backend *be, int max_batch, etm_error *err);
+
 /* The first configuration key that must agree between a checkpoint's configuration and the run
  * resuming it, or NULL when they agree: every key of the [model] and [moe] sections, seed,
  * batch_size and matrix_optimizer (they shape the parameters, the state or the data order). The
