@@ -16,6 +16,9 @@ static const etm_verb verbs[] = {
     {"tokenize", cmd_tokenize, "text <-> token ids (GPT-2 BPE or a trained one); --bench for speed"},
     {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer: tokenizer train --vocab-size N ..."},
     {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
+    {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
+    {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},
+    {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
     {NULL, NULL, NULL},
 };
 
