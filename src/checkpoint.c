@@ -375,8 +375,12 @@ int etm_checkpoint_load(const char *path, etm_model *m, struct etm_optim *opt,
 etm_model *etm_checkpoint_load_model(const char *path, etm_backend *be, int max_batch, etm_error *err) {
     etm_hparams hp;
     if (etm_checkpoint_read_config(path, &hp, err) != 0) return NULL;
-    etm_model *m = etm_model_create(be, &hp, max_batch, err);
-    if (!m) return NULL;
+    etm_error why = {{0}};
+    etm_model *m = etm_model_create(be, &hp, max_batch, &why);
+    if (!m) {
+        etm_fail(err, "%s: cannot build its model: %s", path, why.msg);
+        return NULL;
+    }
     if (etm_checkpoint_load(path, m, NULL, NULL, err) != 0) {
         etm_model_free(m);
         return NULL;
