@@ -314,33 +314,45 @@ static void free_state(state *s) {
     free(s->touched);
 }
 
-/* Applies merge (a, b) -> c to word w, updating pair counts; returns whether it occurred. */
+static void add_count(state *s, int32_t l, int32_t r, uint64_t f, int32_t w, uint32_t step) {
+    int32_t p = pair_index(s, l, r);
+    s->count[p] += f;
+    note_word(&s->words[p], w);
+    if (s->stamp[p] != step) {
+        s->stamp[p] = step;
+        GROW(s->touched, s->touched_cap, s->n_touched + 1);
+        s->touched[s->n_touched++] = p;
+    }
+}
+
+/* Applies merge (a, b) -> c to word w and updates the counts of the pairs around each merged
+ * occurrence only, so a long word costs a scan, not a recount; returns whether it occurred.
+ * Old pairs: each occurrence at i loses (a, b), (b, x[i+2]), and (x[i-1], a) unless the previous
+ * occurrence ended at i (then that pair was its right one). New pairs: each c gains its left
+ * pair, and its right pair unless the right symbol is another c (whose left pair it is). */
 static int merge_word(state *s, int32_t w, int32_t a, int32_t b, int32_t c, uint32_t step) {
     int32_t *x = s->sym + s->woff[w];
-    uint32_t n = s->wlen[w], i;
-    for (i = 0; i + 1 < n; i++)
-        if (x[i] == a && x[i + 1] == b) break;
-    if (i + 1 >= n) return 0; /* a stale list entry: the word no longer has the pair */
+    uint32_t n = s->wlen[w], i, o = 0, prev_end = UINT32_MAX;
     uint64_t f = s->freq[w];
-    for (uint32_t k = 0; k + 1 < n; k++) s->count[pair_index(s, x[k], x[k + 1])] -= f;
-    uint32_t o = 0;
+    int found = 0;
     for (i = 0; i < n; i++) {
         if (i + 1 < n && x[i] == a && x[i + 1] == b) {
+            found = 1;
+            if (i > 0 && i != prev_end) s->count[pair_index(s, x[i - 1], a)] -= f;
+            s->count[pair_index(s, a, b)] -= f;
+            if (i + 2 < n) s->count[pair_index(s, b, x[i + 2])] -= f;
+            prev_end = i + 2;
             x[o++] = c;
             i++;
         } else
             x[o++] = x[i];
     }
+    if (!found) return 0; /* a stale list entry: the word no longer has the pair */
     s->wlen[w] = o;
-    for (uint32_t k = 0; k + 1 < o; k++) {
-        int32_t p = pair_index(s, x[k], x[k + 1]);
-        s->count[p] += f;
-        if (x[k] == c || x[k + 1] == c) note_word(&s->words[p], w);
-        if (s->stamp[p] != step) {
-            s->stamp[p] = step;
-            GROW(s->touched, s->touched_cap, s->n_touched + 1);
-            s->touched[s->n_touched++] = p;
-        }
+    for (i = 0; i < o; i++) {
+        if (x[i] != c) continue; /* c is new: every c in the word came from this merge */
+        if (i > 0) add_count(s, x[i - 1], c, f, w, step);
+        if (i + 1 < o && x[i + 1] != c) add_count(s, c, x[i + 1], f, w, step);
     }
     return 1;
 }

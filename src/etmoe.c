@@ -15,6 +15,7 @@ static const etm_verb verbs[] = {
     /* one line per verb; keep the table's order the order of --help */
     {"tokenize", cmd_tokenize, "text <-> token ids (GPT-2 BPE or a trained one); --bench for speed"},
     {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer: tokenizer train --vocab-size N ..."},
+    {"prepare", cmd_prepare, "text files -> train/val token shards: prepare --tokenizer T --out DIR FILES..."},
     {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
     {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
     {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},

@@ -3,12 +3,16 @@
  * multi-shard globs, exact resume, validation order, vocabulary checks). */
 #include "common.h"
 #include "loader.h"
+#include "prepare.h"
 #include "shard.h"
+#include "tokenizer.h"
 #include "testutil.h"
 
 #include <dirent.h>
+#include <math.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 /* ---- helpers -------------------------------------------------------------------------------- */
 
@@ -41,7 +45,7 @@ static unsigned char *llmc_bytes(int32_t magic, int32_t version, int32_t count, 
     return b;
 }
 
-/* Removes a test's temp directory and the files in it (tests make no subdirectories). */
+/* Removes a test's temp directory and everything in it. */
 static void rm_tmpdir(const char *dir) {
     DIR *d = opendir(dir);
     if (!d) return;
@@ -50,7 +54,9 @@ static void rm_tmpdir(const char *dir) {
     while ((e = readdir(d)) != NULL) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
         path_in(path, sizeof path, dir, e->d_name);
-        remove(path);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) rm_tmpdir(path);
+        else remove(path);
     }
     closedir(d);
     rmdir(dir);
@@ -634,6 +640,328 @@ START_TEST(loader_open_errors) {
 }
 END_TEST
 
+/* ---- prepare -------------------------------------------------------------------------------- */
+
+/* A small tokenizer built in memory: bytes, three merges, EOT = 259. */
+static etm_tokenizer *small_tokenizer(void) {
+    static const char merges[] = "#version: 0.2\nt h\nth e\n\xc4\xa0 the\n";
+    etm_error err = {{0}};
+    etm_tokenizer *tok = etm_tokenizer_from_merges(merges, sizeof merges - 1, "small merges", &err);
+    ck_assert_msg(tok != NULL, "%s", err.msg);
+    ck_assert_int_eq(etm_tokenizer_vocab_size(tok), 260);
+    return tok;
+}
+
+/* All tokens of DIR/SPLIT_*.bin in order; checks every shard but the last is full. */
+static int32_t *read_split(const char *dir, const char *split, uint64_t shard_tokens, int n_shards, size_t *n) {
+    int32_t *all = NULL;
+    *n = 0;
+    for (int i = 0; i < n_shards; i++) {
+        char path[1024];
+        etm_prepare_shard_path(path, sizeof path, dir, split, i);
+        etm_error err = {{0}};
+        etm_shard *s = etm_shard_open(path, ETM_SHARD_LOAD_AUTO, &err);
+        ck_assert_msg(s != NULL, "%s", err.msg);
+        size_t m = etm_shard_n_tokens(s);
+        if (i + 1 < n_shards) ck_assert_uint_eq(m, shard_tokens);
+        ck_assert_uint_le(m, shard_tokens);
+        all = realloc(all, (*n + m + 1) * sizeof *all);
+        ck_assert_int_eq(etm_shard_read(s, 0, m, 0, all + *n, &err), 0);
+        *n += m;
+        etm_shard_free(s);
+    }
+    char extra[1024];
+    etm_prepare_shard_path(extra, sizeof extra, dir, split, n_shards);
+    ck_assert_int_ne(access(extra, F_OK), 0); /* no shard past the count */
+    return all;
+}
+
+/* Splits a stream at its EOTs: starts[d] and lens[d] of document d's tokens after its EOT. */
+static int split_docs(const int32_t *t, size_t n, int32_t eot, size_t *starts, size_t *lens, int max) {
+    int d = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (t[i] == eot) {
+            ck_assert_int_lt(d + 1, max);
+            starts[++d] = i + 1;
+            lens[d] = 0;
+        } else {
+            ck_assert_int_ge(d, 0); /* the stream starts with an EOT */
+            lens[d]++;
+        }
+    }
+    return d + 1;
+}
+
+static char *decode(const etm_tokenizer *tok, const int32_t *ids, size_t n, size_t *len) {
+    etm_error err = {{0}};
+    char *s = etm_tokenizer_decode(tok, ids, n, len, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    return s;
+}
+
+static void write_text(const char *path, const char *text) { write_raw(path, text, strlen(text)); }
+
+typedef struct {
+    int calls;
+    uint64_t train, val;
+} file_log;
+
+static void log_file(void *ctx, const char *path, uint64_t train, uint64_t val) {
+    file_log *l = ctx;
+    (void)path;
+    l->calls++;
+    l->train += train;
+    l->val += val;
+}
+
+START_TEST(prepare_splits_each_document) {
+    char dir[256], out[512], a[512], b[512];
+    test_tmpdir(dir, sizeof dir);
+    path_in(a, sizeof a, dir, "a.txt");
+    path_in(b, sizeof b, dir, "b.txt");
+    path_in(out, sizeof out, dir, "out");
+    /* Two documents of different lengths and content. */
+    size_t cap = 1 << 14;
+    char *ta = calloc(1, cap), *tb = calloc(1, cap);
+    for (int i = 0; i < 60; i++) {
+        size_t k = strlen(ta);
+        snprintf(ta + k, cap - k, "Line %d: the theory of the thing, then the other.\n", i);
+    }
+    for (int i = 0; i < 25; i++) {
+        size_t k = strlen(tb);
+        snprintf(tb + k, cap - k, "%d bottles... \xc2\xa3%d, thither!\n", 99 - i, i * 7);
+    }
+    write_text(a, ta);
+    write_text(b, tb);
+    etm_tokenizer *tok = small_tokenizer();
+    int32_t eot = etm_tokenizer_eot(tok);
+    size_t na = 0, nb = 0;
+    int32_t *ea = etm_tokenizer_encode(tok, ta, strlen(ta), &na), *eb = etm_tokenizer_encode(tok, tb, strlen(tb), &nb);
+
+    etm_prepare_opts opts;
+    etm_prepare_defaults(&opts);
+    opts.val_fraction = 0.25;
+    opts.shard_tokens = 300;
+    file_log log = {0, 0, 0};
+    opts.on_file = log_file;
+    opts.ctx = &log;
+    etm_prepare_stats st;
+    etm_error err = {{0}};
+    const char *files[2] = {a, b};
+    ck_assert_msg(etm_prepare(tok, files, 2, out, &opts, &st, &err) == 0, "%s", err.msg);
+
+    size_t va = (size_t)floor(0.25 * (double)na + 0.5), vb = (size_t)floor(0.25 * (double)nb + 0.5);
+    ck_assert_int_eq(st.n_files, 2);
+    ck_assert_uint_eq(st.train_tokens, 2 + (na - va) + (nb - vb));
+    ck_assert_uint_eq(st.val_tokens, 2 + va + vb);
+    ck_assert_int_eq(st.n_train_shards, (int)((st.train_tokens + 299) / 300));
+    ck_assert_int_gt(st.n_train_shards, 2);
+    ck_assert_int_eq(log.calls, 2);
+    ck_assert_uint_eq(log.train, st.train_tokens);
+    ck_assert_uint_eq(log.val, st.val_tokens);
+
+    size_t n_train = 0, n_val = 0;
+    int32_t *tr = read_split(out, "train", 300, st.n_train_shards, &n_train);
+    int32_t *vl = read_split(out, "val", 300, st.n_val_shards, &n_val);
+    ck_assert_uint_eq(n_train, st.train_tokens);
+    ck_assert_uint_eq(n_val, st.val_tokens);
+    size_t ts[3], tl[3], vs[3], vlen[3];
+    ck_assert_int_eq(split_docs(tr, n_train, eot, ts, tl, 3), 2);
+    ck_assert_int_eq(split_docs(vl, n_val, eot, vs, vlen, 3), 2);
+    /* Train holds each document's head, val its tail: together exactly the document's tokens. */
+    ck_assert_uint_eq(tl[0], na - va);
+    ck_assert_uint_eq(vlen[0], va);
+    ck_assert_uint_eq(tl[1], nb - vb);
+    ck_assert_uint_eq(vlen[1], vb);
+    ck_assert_int_eq(memcmp(tr + ts[0], ea, tl[0] * sizeof *ea), 0);
+    ck_assert_int_eq(memcmp(vl + vs[0], ea + tl[0], va * sizeof *ea), 0);
+    ck_assert_int_eq(memcmp(tr + ts[1], eb, tl[1] * sizeof *eb), 0);
+    ck_assert_int_eq(memcmp(vl + vs[1], eb + tl[1], vb * sizeof *eb), 0);
+    /* And decoding head + tail gives back the text. */
+    size_t l1, l2;
+    char *h = decode(tok, tr + ts[1], tl[1], &l1), *t = decode(tok, vl + vs[1], vlen[1], &l2);
+    ck_assert_uint_eq(l1 + l2, strlen(tb));
+    ck_assert_int_eq(memcmp(h, tb, l1), 0);
+    ck_assert_int_eq(memcmp(t, tb + l1, l2), 0);
+    free(h);
+    free(t);
+
+    /* The loader reads what prepare wrote, within the vocabulary. */
+    char pattern[600];
+    snprintf(pattern, sizeof pattern, "%s/train_*.bin", out);
+    etm_loader *ld = etm_loader_open(pattern, 4, 16, 3, 1, etm_tokenizer_vocab_size(tok), &err);
+    ck_assert_msg(ld != NULL, "%s", err.msg);
+    ck_assert_uint_eq(etm_loader_n_tokens(ld), n_train);
+    int32_t in[4 * 16], tg[4 * 16];
+    for (int i = 0; i < 20; i++) ck_assert_msg(etm_loader_next(ld, in, tg, &err) == 0, "%s", err.msg);
+    etm_loader_free(ld);
+
+    /* A second run into the same directory is refused, then allowed with force; fewer, larger
+     * shards replace the old ones and the stale higher-numbered ones are gone. */
+    opts.on_file = NULL;
+    ck_assert_int_ne(etm_prepare(tok, files, 2, out, &opts, &st, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, out));
+    ck_assert_ptr_nonnull(strstr(err.msg, "--force"));
+    opts.force = 1;
+    opts.shard_tokens = 100000;
+    opts.val_fraction = 0.0;
+    ck_assert_msg(etm_prepare(tok, files, 2, out, &opts, &st, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(st.n_train_shards, 1);
+    ck_assert_int_eq(st.n_val_shards, 0);
+    ck_assert_uint_eq(st.train_tokens, 2 + na + nb);
+    ck_assert_uint_eq(st.val_tokens, 0);
+    free(read_split(out, "train", 100000, 1, &n_train));
+    free(read_split(out, "val", 100000, 0, &n_val));
+
+    /* Bad inputs. */
+    const char *missing[2] = {a, "no/such/file.txt"};
+    ck_assert_int_ne(etm_prepare(tok, missing, 2, out, &opts, &st, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "no/such/file.txt"));
+    opts.val_fraction = 1.0;
+    ck_assert_int_ne(etm_prepare(tok, files, 2, out, &opts, &st, &err), 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "fraction"));
+
+    free(tr);
+    free(vl);
+    free(ea);
+    free(eb);
+    free(ta);
+    free(tb);
+    etm_tokenizer_free(tok);
+    rm_tmpdir(dir);
+}
+END_TEST
+
+START_TEST(prepare_austen_corpus) {
+    /* The bundled novels with the shipped austen tokenizer: every novel in both sets, the loader
+     * reads the result within the vocabulary. */
+    static const char *novels[6] = {"emma", "mansfield_park", "northanger_abbey", "persuasion",
+                                    "pride_and_prejudice", "sense_and_sensibility"};
+    char paths[6][1024], data[1024];
+    const char *files[6];
+    etm_data_dir(data, sizeof data); /* as etmoe finds it: $ETM_DATA_DIR, else the source tree's */
+    for (int i = 0; i < 6; i++) {
+        int n = snprintf(paths[i], sizeof paths[i], "%s/austen/%s.txt", data, novels[i]);
+        ck_assert(n > 0 && (size_t)n < sizeof paths[i]);
+        files[i] = paths[i];
+    }
+    etm_error err = {{0}};
+    etm_tokenizer *tok = etm_tokenizer_load("austen", &err);
+    ck_assert_msg(tok != NULL, "%s", err.msg);
+    uint64_t want_train = 0, want_val = 0;
+    for (int i = 0; i < 6; i++) {
+        size_t len = 0, n = 0;
+        char *text = etm_read_file(files[i], &len, &err);
+        ck_assert_msg(text != NULL, "%s", err.msg);
+        ck_assert_uint_gt(len, 400000);
+        free(etm_tokenizer_encode(tok, text, len, &n));
+        free(text);
+        size_t v = (size_t)floor(0.1 * (double)n + 0.5);
+        want_train += 1 + n - v;
+        want_val += 1 + v;
+    }
+    char dir[256], out[512], pattern[600];
+    test_tmpdir(dir, sizeof dir);
+    path_in(out, sizeof out, dir, "austen");
+    etm_prepare_opts opts;
+    etm_prepare_defaults(&opts);
+    etm_prepare_stats st;
+    ck_assert_msg(etm_prepare(tok, files, 6, out, &opts, &st, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(st.n_files, 6);
+    ck_assert_uint_eq(st.train_tokens, want_train);
+    ck_assert_uint_eq(st.val_tokens, want_val);
+    ck_assert_int_eq(st.n_train_shards, 1);
+    ck_assert_int_eq(st.n_val_shards, 1);
+    int32_t eot = etm_tokenizer_eot(tok);
+    for (int split = 0; split < 2; split++) {
+        size_t n = 0;
+        int32_t *t = read_split(out, split ? "val" : "train", opts.shard_tokens, 1, &n);
+        size_t starts[7], lens[7];
+        ck_assert_int_eq(split_docs(t, n, eot, starts, lens, 7), 6);
+        for (int d = 0; d < 6; d++) ck_assert_uint_gt(lens[d], 10000);
+        free(t);
+    }
+    snprintf(pattern, sizeof pattern, "%s/val_*.bin", out);
+    etm_loader *ld = etm_loader_open(pattern, 8, 256, 0, 0, etm_tokenizer_vocab_size(tok), &err);
+    ck_assert_msg(ld != NULL, "%s", err.msg);
+    ck_assert_uint_eq(etm_loader_n_windows(ld), (want_val - 1) / 256);
+    int32_t in[8 * 256], tg[8 * 256];
+    uint64_t batches = etm_loader_n_windows(ld) / 8;
+    for (uint64_t i = 0; i < batches; i++) ck_assert_msg(etm_loader_next(ld, in, tg, &err) == 0, "%s", err.msg);
+    etm_loader_free(ld);
+    etm_tokenizer_free(tok);
+    rm_tmpdir(dir);
+}
+END_TEST
+
+/* Runs a shell command with output to files in dir; returns its exit status. */
+static int run_cmd(const char *dir, const char *args) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "./etmoe prepare %s >%s/stdout 2>%s/stderr", args, dir, dir);
+    int rc = system(cmd);
+    ck_assert_msg(rc != -1 && WIFEXITED(rc), "could not run: %s", cmd);
+    return WEXITSTATUS(rc);
+}
+
+static int output_has(const char *dir, const char *stream, const char *needle) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, stream);
+    etm_error err = {{0}};
+    char *text = etm_read_file(path, NULL, &err);
+    ck_assert_msg(text != NULL, "%s", err.msg);
+    int found = strstr(text, needle) != NULL;
+    if (!found) fprintf(stderr, "'%s' not in %s:\n%s\n", needle, stream, text);
+    free(text);
+    return found;
+}
+
+START_TEST(prepare_command_line) {
+    ck_assert_msg(access("./etmoe", X_OK) == 0, "./etmoe not built (tests run in the build directory)");
+    char dir[256], text[512], args[2048];
+    test_tmpdir(dir, sizeof dir);
+    path_in(text, sizeof text, dir, "doc.txt");
+    write_text(text, "It is a truth universally acknowledged, that a single man in possession\n"
+                     "of a good fortune, must be in want of a wife.\n");
+
+    ck_assert_int_eq(run_cmd(dir, "--help"), 0);
+    ck_assert(output_has(dir, "stdout", "--val-fraction"));
+    ck_assert_int_eq(run_cmd(dir, "--bogus"), 2);
+    ck_assert(output_has(dir, "stderr", "unknown option '--bogus'"));
+    snprintf(args, sizeof args, "--tokenizer austen --out %s/o", dir);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    ck_assert(output_has(dir, "stderr", "no input files"));
+    snprintf(args, sizeof args, "--tokenizer austen %s", text);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    ck_assert(output_has(dir, "stderr", "--out"));
+    snprintf(args, sizeof args, "--tokenizer austen --out %s/o %s %s/missing.txt", dir, text, dir);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    ck_assert(output_has(dir, "stderr", "missing.txt"));
+    snprintf(args, sizeof args, "--tokenizer austen --out %s/o --val-fraction 1.5 %s", dir, text);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    ck_assert(output_has(dir, "stderr", "--val-fraction '1.5'"));
+    snprintf(args, sizeof args, "--tokenizer austen --out %s/o --shard-tokens 0 %s", dir, text);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    snprintf(args, sizeof args, "--tokenizer no_such_tokenizer --out %s/o %s", dir, text);
+    ck_assert_int_eq(run_cmd(dir, args), 2);
+    ck_assert(output_has(dir, "stderr", "no_such_tokenizer"));
+    snprintf(args, sizeof args, "--tokenizer austen --out=%s/o --val-fraction=0.5 %s", dir, text);
+    ck_assert_int_eq(run_cmd(dir, args), 0);
+    ck_assert(output_has(dir, "stdout", "train_000000.bin"));
+    ck_assert(output_has(dir, "stdout", "val_000000.bin"));
+    /* Again without --force: refused as a failure (1), the shards untouched. */
+    ck_assert_int_eq(run_cmd(dir, args), 1);
+    ck_assert(output_has(dir, "stderr", "--force"));
+    char shard[1024];
+    snprintf(shard, sizeof shard, "%s/o/val_000000.bin", dir);
+    etm_error err = {{0}};
+    etm_shard *s = etm_shard_open(shard, ETM_SHARD_LOAD_AUTO, &err);
+    ck_assert_msg(s != NULL, "%s", err.msg);
+    ck_assert_uint_gt(etm_shard_n_tokens(s), 5);
+    etm_shard_free(s);
+    rm_tmpdir(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("data");
     TCase *sh = tcase_create("shard");
@@ -655,5 +983,10 @@ int main(void) {
     tcase_add_test(lo, loader_rejects_tokens_outside_vocab);
     tcase_add_test(lo, loader_open_errors);
     suite_add_tcase(s, lo);
+    TCase *pr = tcase_create("prepare");
+    tcase_add_test(pr, prepare_splits_each_document);
+    tcase_add_test(pr, prepare_austen_corpus);
+    tcase_add_test(pr, prepare_command_line);
+    suite_add_tcase(s, pr);
     return test_run_suite(s);
 }

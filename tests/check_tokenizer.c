@@ -16,9 +16,24 @@ static const char *const fixtures[] = {"prose_english", "contractions", "numbers
                                        "emoji",         "code",         "austen_slice", "special", "random_mix",
                                        "invalid_utf8"};
 
+/* The fixtures: $ETM_TEST_DIR, else the source tree this test was built from (the serial test
+ * harness does not pass AM_TESTS_ENVIRONMENT, and under distcheck the build is elsewhere). */
+static const char *fixture_dir(char *buf, size_t len) {
+    const char *d = getenv("ETM_TEST_DIR");
+    snprintf(buf, len, "%s/fixtures/tokenizer", d && *d ? d : ETM_TEST_SRCDIR);
+    return buf;
+}
+
+/* GPT-2's merges file, found the way the library finds it. */
+static const char *gpt2_path(char *buf, size_t len) {
+    char dir[1024];
+    snprintf(buf, len, "%s/gpt2/vocab.bpe", etm_data_dir(dir, sizeof dir));
+    return buf;
+}
+
 static char *read_fixture(const char *name, const char *ext, size_t *len) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/fixtures/tokenizer/%s.%s", test_dir(), name, ext);
+    char path[2048], dir[1024];
+    snprintf(path, sizeof path, "%s/%s.%s", fixture_dir(dir, sizeof dir), name, ext);
     etm_error err = {{0}};
     char *s = etm_read_file(path, len, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
@@ -336,7 +351,7 @@ static size_t ref_bpe(const ref_merge *m, size_t nm, const etm_byte_alphabet *a,
 
 START_TEST(bpe_matches_reference_loop) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/gpt2/vocab.bpe", test_data_dir());
+    gpt2_path(path, sizeof path);
     etm_error err = {{0}};
     size_t flen;
     char *file = etm_read_file(path, &flen, &err);
@@ -420,7 +435,7 @@ START_TEST(load_rejects_missing_and_corrupt_files) {
 
     /* A truncated copy of GPT-2's file is corrupt where it is cut. */
     char path[1024];
-    snprintf(path, sizeof path, "%s/gpt2/vocab.bpe", test_data_dir());
+    gpt2_path(path, sizeof path);
     size_t len;
     char *file = etm_read_file(path, &len, &err);
     ck_assert_ptr_nonnull(file);
@@ -744,7 +759,7 @@ END_TEST
 
 static const char *etmoe_bin(void) {
     const char *b = getenv("ETMOE");
-    return b && *b ? b : "./etmoe";
+    return b && *b ? b : ETM_TEST_BIN;
 }
 
 static int run(const char *fmt, ...) {
@@ -762,7 +777,7 @@ START_TEST(verbs_encode_decode_and_exit_codes) {
     const char *bin = etmoe_bin();
     char dir[256], fx[1024], out[512];
     test_tmpdir(dir, sizeof dir);
-    snprintf(fx, sizeof fx, "%s/fixtures/tokenizer", test_dir());
+    fixture_dir(fx, sizeof fx);
     etm_error err = {{0}};
     size_t len, ref_len, got_len;
 

@@ -110,11 +110,17 @@ void cpu_relu2_backward(etm_backend *be, float *dx, const float *dout, const flo
     }
 }
 
+/* Pieces of long vectors handed to the vectorised row loops of cpu_vector.c. */
+#define CPU_PIECE 8192
+
 void cpu_sigmoid_forward(etm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
-    long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
-    for (long i = 0; i < len; i++) out[i] = 1.0f / (1.0f + expf(-x[i]));
+    long pieces = (long)((n + CPU_PIECE - 1) / CPU_PIECE);
+    ETM_OMP(parallel for schedule(static) if (n >= CPU_PAR_MIN))
+    for (long c = 0; c < pieces; c++) {
+        size_t i0 = (size_t)c * CPU_PIECE;
+        cpu_vsigmoid(out + i0, x + i0, (int)ETM_MIN((size_t)CPU_PIECE, n - i0));
+    }
 }
 
 void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out,
@@ -132,8 +138,12 @@ void cpu_softcap(etm_backend *be, float *out, const float *x, size_t n, float ca
         if (out != x) memmove(out, x, n * sizeof *out);
         return;
     }
+    long pieces = (len + CPU_PIECE - 1) / CPU_PIECE;
     ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
-    for (long i = 0; i < len; i++) out[i] = cpu_softcap1(x[i], cap);
+    for (long c = 0; c < pieces; c++) {
+        size_t i0 = (size_t)c * CPU_PIECE;
+        cpu_vsoftcap(out + i0, x + i0, cap, (int)ETM_MIN((size_t)CPU_PIECE, n - i0));
+    }
 }
 
 void cpu_adamw_update(etm_backend *be, float *p, const float *g, float *m, float *v, size_t n,
