@@ -302,13 +302,23 @@ static int set_value(etm_hparams *hp, int k, const char *value, const char *wher
     return etm_fail(err, "%s%s: internal error: bad key type", where, ki->key);
 }
 
+/* The shortest %g form (6 to 9 significant digits) that strtof reads back as exactly x: 0.02
+ * rather than 0.0199999996; 9 digits always suffice for a float. */
+static void format_float(float x, char *buf, size_t len) {
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(buf, len, "%.*g", digits, (double)x);
+        float back = strtof(buf, NULL);
+        if (memcmp(&back, &x, sizeof x) == 0) return;
+    }
+}
+
 /* Formats the value of key k; quote puts strings in double quotes with \" and \\ escaped. */
 static void format_value(const etm_hparams *hp, int k, int quote, char *buf, size_t len) {
     const key_info *ki = &keys[k];
     switch (ki->type) {
     case KEY_INT: snprintf(buf, len, "%d", int_of(hp, k)); return;
     case KEY_U64: snprintf(buf, len, "%" PRIu64, *(const uint64_t *)cfield(hp, k)); return;
-    case KEY_FLOAT: snprintf(buf, len, "%.9g", (double)float_of(hp, k)); return;
+    case KEY_FLOAT: format_float(float_of(hp, k), buf, len); return;
     case KEY_ENUM: {
         int v = int_of(hp, k), n = 0;
         while (ki->names[n]) n++;
@@ -450,7 +460,9 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
             else
                 snprintf(range, sizeof range, "in %c%g, %g%c", ranges[r].lo_open ? '(' : '[',
                          ranges[r].lo, ranges[r].hi, ranges[r].hi_open ? ')' : ']');
-            return invalid(err, o, ranges[r].key, "%s = %.9g must be %s", ranges[r].key, v, range);
+            char value[32];
+            format_float((float)v, value, sizeof value);
+            return invalid(err, o, ranges[r].key, "%s = %s must be %s", ranges[r].key, value, range);
         }
     }
 

@@ -108,7 +108,7 @@ int etm_hparams_configure(etm_hparams *hp, const char *path_or_preset, int n_arg
  * validation. Reads back etm_hparams_to_string's output to the identical struct. */
 int etm_hparams_from_string(etm_hparams *hp, const char *text, const char *name, etm_error *err);
 /* The complete effective configuration, every key, in config-file syntax (malloc'd). Floats are
- * printed with %.9g so they read back bit-identical. */
+ * printed as the shortest %g (at most %.9g) that reads back bit-identical. */
 char *etm_hparams_to_string(const etm_hparams *hp);
 
 /* The keys, in table order: etm_hparams_key(i) for i < etm_hparams_n_keys(); NULL past the end. */

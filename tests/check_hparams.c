@@ -192,9 +192,43 @@ START_TEST(set_parses_each_type) {
     ck_assert_int_eq(etm_hparams_get(&hp, "router", buf, sizeof buf, &err), 0);
     ck_assert_str_eq(buf, "tc");
     ck_assert_int_eq(etm_hparams_get(&hp, "et_beta", buf, sizeof buf, &err), 0);
-    ck_assert_str_eq(buf, "0.995000005");
+    ck_assert_str_eq(buf, "0.995"); /* the shortest text that reads back exactly */
     ck_assert_int_ne(etm_hparams_get(&hp, "nope", buf, sizeof buf, &err), 0);
     ASSERT_MSG_HAS(err, "unknown key 'nope'");
+}
+END_TEST
+
+/* Every finite float, printed and parsed again, comes back with the same bits (a sample of random
+ * bit patterns, plus the extremes). */
+START_TEST(floats_read_back_bit_identical) {
+    etm_hparams hp;
+    etm_error err = {{0}};
+    etm_hparams_defaults(&hp);
+    uint64_t state = 88172645463325252ULL;
+    int tried = 0;
+    for (int i = 0; i < 200000 + 6; i++) {
+        uint32_t bits;
+        if (i < 6) {
+            const uint32_t special[6] = {0x00000001u, 0x7f7fffffu, 0x80000000u, 0x00800000u, 0x3f800001u,
+                                         0xff7fffffu};
+            bits = special[i];
+        } else {
+            state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+            bits = (uint32_t)(state >> 32);
+        }
+        float x;
+        memcpy(&x, &bits, sizeof x);
+        if (!isfinite(x)) continue;
+        hp.lr_matrix = x;
+        char buf[64];
+        ck_assert_int_eq(etm_hparams_get(&hp, "lr_matrix", buf, sizeof buf, &err), 0);
+        hp.lr_matrix = 0.0f;
+        ck_assert_msg(etm_hparams_set(&hp, "lr_matrix", buf, &err) == 0, "%s", err.msg);
+        ck_assert_msg(memcmp(&hp.lr_matrix, &x, sizeof x) == 0, "0x%08x printed as %s reads back differently",
+                      bits, buf);
+        tried++;
+    }
+    ck_assert_int_gt(tried, 190000);
 }
 END_TEST
 
@@ -261,7 +295,7 @@ START_TEST(validate_rejects_inconsistent_settings) {
         {{"capacity_factor=-1"}, "capacity_factor = -1 must be >= 0"},
         {{"adam_beta2=1"}, "adam_beta2 = 1 must be in [0, 1)"},
         {{"adam_eps=0"}, "adam_eps = 0 must be > 0"},
-        {{"lr_head=-0.1"}, "lr_head = -0.100000001 must be >= 0"},
+        {{"lr_head=-0.1"}, "lr_head = -0.1 must be >= 0"},
         {{"muon_momentum_end=1.5"}, "muon_momentum_end = 1.5 must be in [0, 1)"},
         {{"decay_fraction=2"}, "decay_fraction = 2 must be in [0, 1]"},
         {{"grad_clip=-1"}, "grad_clip = -1 must be >= 0"},
@@ -448,6 +482,7 @@ static Suite *hparams_suite(void) {
     tcase_add_test(tc, print_and_parse_round_trip);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);
+    tcase_add_test(tc, floats_read_back_bit_identical);
     tcase_add_test(tc, set_rejects_bad_values);
     tcase_add_test(tc, validate_rejects_inconsistent_settings);
     tcase_add_test(tc, config_files_parse_comments_sections_quotes);
