@@ -2,7 +2,6 @@
  * directory, the step, progress lines, metrics as JSON Lines, checkpoints and resume. */
 #include <config.h>
 
-
 #include "trainer.h"
 
 #include <errno.h>
