@@ -82,8 +82,44 @@ typedef struct {
     int thresholds_every;   /* steps between threshold records in the metrics */
 } etm_hparams;
 
-/* Fills every field with its default (the demo-sized model). */
+/* Fills every field with its default (the demo-sized model, identical to data/configs/demo.conf). */
 void etm_hparams_defaults(etm_hparams *hp);
+
+/* ---- configuration text (hparams.c; the format is described in doc/config.md) ---------------
+ * Every function below that fails returns -1 with a message naming the key (and the file and line
+ * for files) and leaves the fields it did not get to unchanged. */
+
+/* Sets one key from its text value ("d_model", "256"): numbers must be whole and in range, enums
+ * one of their names, strings fit their field. No cross-key checks (see etm_hparams_validate). */
+int etm_hparams_set(etm_hparams *hp, const char *key, const char *value, etm_error *err);
+/* The same for one "key=value" command-line argument. */
+int etm_hparams_set_arg(etm_hparams *hp, const char *key_eq_value, etm_error *err);
+/* Cross-key consistency and ranges: head sizes, top_k <= n_routed, et_beta in [0, 1), ... */
+int etm_hparams_validate(const etm_hparams *hp, etm_error *err);
+
+/* Defaults, then the config file (a path, or a preset name such as "demo" for
+ * <data dir>/configs/demo.conf), then validation. */
+int etm_hparams_load(etm_hparams *hp, const char *path_or_preset, etm_error *err);
+/* Defaults, then the config (NULL: none), then n_args "key=value" overrides in order, then
+ * validation; errors say which file line or argument set each key involved. */
+int etm_hparams_configure(etm_hparams *hp, const char *path_or_preset, int n_args,
+                          char *const *args, etm_error *err);
+/* Defaults, then config text (name is used in messages, e.g. a checkpoint's path), then
+ * validation. Reads back etm_hparams_to_string's output to the identical struct. */
+int etm_hparams_from_string(etm_hparams *hp, const char *text, const char *name, etm_error *err);
+/* The complete effective configuration, every key, in config-file syntax (malloc'd). Floats are
+ * printed as the shortest %g (at most %.9g) that reads back bit-identical. */
+char *etm_hparams_to_string(const etm_hparams *hp);
+
+/* The keys, in table order: etm_hparams_key(i) for i < etm_hparams_n_keys(); NULL past the end. */
+int etm_hparams_n_keys(void);
+const char *etm_hparams_key(int i);
+/* One key's value as config text (strings unquoted); -1 for an unknown key. */
+int etm_hparams_get(const etm_hparams *hp, const char *key, char *buf, size_t len, etm_error *err);
+/* The first key whose value differs between a and b (floats compared bit for bit), or NULL. */
+const char *etm_hparams_first_difference(const etm_hparams *a, const etm_hparams *b);
+/* Every key with its type, default and meaning, for --help. */
+void etm_hparams_print_help(FILE *f);
 /* Derived sizes. */
 static inline int etm_head_dim(const etm_hparams *hp) { return hp->d_model / hp->n_head; }
 static inline int etm_is_moe_layer(const etm_hparams *hp, int layer) {

@@ -1,0 +1,755 @@
+/* hparams.c: the defaults of every setting, and the config text that fills etm_hparams: one table
+ * of keys (name, section, type, field offset, minimum, enum names, meaning) drives the parser, the
+ * printer, --help, the comparison and the documentation check. The syntax is in doc/config.md. */
+#include <config.h>
+
+#include "hparams.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Enum fields are read and written through int pointers; make sure that is their size. */
+typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
+                                sizeof(etm_score_kind) == sizeof(int) &&
+                                sizeof(etm_balance_kind) == sizeof(int) &&
+                                sizeof(etm_matrix_optimizer) == sizeof(int)) ? 1 : -1];
+
+typedef enum { KEY_INT, KEY_U64, KEY_FLOAT, KEY_STR, KEY_ENUM } key_type;
+
+typedef struct {
+    const char *key;          /* the field's name */
+    const char *section;      /* the [section] the printer puts it in */
+    key_type type;
+    size_t offset;            /* offsetof(etm_hparams, field) */
+    size_t size;              /* KEY_STR: capacity including the NUL */
+    int min;                  /* KEY_INT: smallest allowed value */
+    const char *const *names; /* KEY_ENUM: value names in enum order, NULL-terminated */
+    const char *doc;          /* one line for --help */
+} key_info;
+
+static const char *const router_names[] = {"dense", "tc", "ec", "et", NULL};
+static const char *const score_names[] = {"sigmoid", "softmax", NULL};
+static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
+static const char *const optimizer_names[] = {"muon", "adamw", NULL};
+
+static const char *const sections[] = {"model", "moe", "optim", "run", NULL};
+
+#define OFF(f) offsetof(etm_hparams, f)
+#define INT(f, sec, lo, doc) {#f, sec, KEY_INT, OFF(f), sizeof(int), lo, NULL, doc}
+#define FLT(f, sec, doc) {#f, sec, KEY_FLOAT, OFF(f), sizeof(float), 0, NULL, doc}
+#define STR(f, sec, doc) {#f, sec, KEY_STR, OFF(f), sizeof(((etm_hparams *)0)->f), 0, NULL, doc}
+#define ENM(f, sec, names, doc) {#f, sec, KEY_ENUM, OFF(f), sizeof(int), 0, names, doc}
+
+static const key_info keys[] = {
+    INT(vocab_size, "model", 1, "vocabulary size V (at least the tokenizer's)"),
+    INT(seq_len, "model", 1, "tokens per training sequence T"),
+    INT(n_layer, "model", 1, "transformer blocks L"),
+    INT(d_model, "model", 1, "residual width D"),
+    INT(n_head, "model", 1, "query heads H; head_dim = D / H, even"),
+    INT(n_kv_head, "model", 1, "key/value heads (grouped-query attention); divides n_head"),
+    INT(ffn_hidden, "model", 1, "hidden width of the dense MLP layers"),
+    FLT(rope_base, "model", "rotary embedding base"),
+    FLT(logit_cap, "model", "logits soft cap: cap * tanh(logits / cap)"),
+    FLT(norm_eps, "model", "RMSNorm epsilon"),
+
+    ENM(router, "moe", router_names, "MLP kind: dense, tc (token choice), ec (expert choice), et (expert threshold)"),
+    INT(dense_layers, "moe", 0, "the first layers keep a dense MLP"),
+    INT(n_routed, "moe", 1, "routed experts per MoE layer E"),
+    INT(n_shared, "moe", 0, "shared experts per MoE layer (every token, gate 1)"),
+    INT(expert_hidden, "moe", 1, "hidden width of each expert"),
+    INT(top_k, "moe", 1, "routed experts per token k (tc: exactly; ec/et: on average)"),
+    ENM(tc_score, "moe", score_names, "tc scores: sigmoid or softmax over experts"),
+    ENM(tc_balance, "moe", balance_names, "tc balancing: none, aux, switch, lossfree"),
+    FLT(aux_alpha, "moe", "tc aux/switch balance loss coefficient"),
+    FLT(lossfree_rate, "moe", "tc loss-free bias step u"),
+    FLT(z_loss, "moe", "router z-loss coefficient (0 = off)"),
+    FLT(capacity_factor, "moe", "tc: tokens per expert capped at cf * N k / E (0 = off)"),
+    INT(pool_seqs, "moe", 0, "ec/et routing pool in sequences (0 = whole micro-batch)"),
+    FLT(et_beta, "moe", "et: EMA decay of the thresholds, in [0, 1)"),
+    INT(et_warmup_steps, "moe", 0, "et: route with expert choice for the first steps"),
+    FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
+
+    {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
+    INT(batch_size, "optim", 1, "sequences per micro-batch"),
+    INT(grad_accum, "optim", 1, "micro-batches per optimizer step"),
+    INT(max_steps, "optim", 1, "optimizer steps"),
+    ENM(matrix_optimizer, "optim", optimizer_names, "hidden matrices: muon or adamw"),
+    FLT(lr_matrix, "optim", "learning rate of hidden matrices"),
+    FLT(lr_embed, "optim", "learning rate of the token embedding (AdamW)"),
+    FLT(lr_head, "optim", "learning rate of the LM head (AdamW)"),
+    FLT(lr_router, "optim", "learning rate of router weights (AdamW)"),
+    FLT(adam_beta1, "optim", "AdamW beta1, in [0, 1)"),
+    FLT(adam_beta2, "optim", "AdamW beta2, in [0, 1)"),
+    FLT(adam_eps, "optim", "AdamW epsilon"),
+    FLT(weight_decay, "optim", "decoupled weight decay (AdamW and Muon)"),
+    FLT(muon_momentum_start, "optim", "Muon momentum at step 0"),
+    FLT(muon_momentum_end, "optim", "Muon momentum after muon_warmup_steps"),
+    INT(muon_warmup_steps, "optim", 0, "steps of the linear Muon momentum warm-up"),
+    INT(ns_steps, "optim", 1, "Newton-Schulz iterations of Muon"),
+    INT(warmup_steps, "optim", 0, "steps of linear learning-rate warm-up"),
+    FLT(decay_fraction, "optim", "fraction of steps, at the end, of linear decay"),
+    FLT(final_lr_frac, "optim", "learning-rate multiplier the decay ends at"),
+    FLT(grad_clip, "optim", "global gradient-norm clip (0 = off)"),
+
+    STR(train_data, "run", "training shards (glob)"),
+    STR(val_data, "run", "validation shards (glob)"),
+    STR(tokenizer, "run", "tokenizer: merges file or shipped name"),
+    STR(out_dir, "run", "run directory"),
+    STR(backend, "run", "compute backend: cpu or cuda"),
+    INT(eval_every, "run", 0, "steps between validation losses (0 = only at the end)"),
+    INT(eval_batches, "run", 1, "micro-batches per validation"),
+    INT(ckpt_every, "run", 0, "steps between checkpoints (0 = only at the end)"),
+    INT(log_every, "run", 1, "steps between progress lines"),
+    INT(thresholds_every, "run", 0, "steps between threshold records (0 = never)"),
+};
+#define N_KEYS ((int)ETM_ARRAY_LEN(keys))
+
+void etm_hparams_defaults(etm_hparams *hp) {
+    memset(hp, 0, sizeof *hp);
+    hp->vocab_size = 4096;
+    hp->seq_len = 256;
+    hp->n_layer = 4;
+    hp->d_model = 192;
+    hp->n_head = 6;
+    hp->n_kv_head = 2;
+    hp->ffn_hidden = 768;
+    hp->rope_base = 10000.0f;
+    hp->logit_cap = 15.0f;
+    hp->norm_eps = 1e-6f;
+
+    hp->router = ETM_ROUTER_ET;
+    hp->dense_layers = 1;
+    hp->n_routed = 8;
+    hp->n_shared = 1;
+    hp->expert_hidden = 384;
+    hp->top_k = 1;
+    hp->tc_score = ETM_SCORE_SIGMOID;
+    hp->tc_balance = ETM_BALANCE_AUX;
+    hp->aux_alpha = 0.001f;
+    hp->lossfree_rate = 0.001f;
+    hp->z_loss = 0.0f;
+    hp->capacity_factor = 0.0f;
+    hp->pool_seqs = 0;
+    hp->et_beta = 0.99f;
+    hp->et_warmup_steps = 50;
+    hp->et_capacity = 0.0f;
+
+    hp->seed = 1337;
+    hp->batch_size = 16;
+    hp->grad_accum = 1;
+    hp->max_steps = 400;
+    hp->matrix_optimizer = ETM_OPT_MUON;
+    hp->lr_matrix = 0.02f;
+    hp->lr_embed = 0.4f;
+    hp->lr_head = 0.008f;
+    hp->lr_router = 0.008f;
+    hp->adam_beta1 = 0.8f;
+    hp->adam_beta2 = 0.95f;
+    hp->adam_eps = 1e-10f;
+    hp->weight_decay = 0.0f;
+    hp->muon_momentum_start = 0.85f;
+    hp->muon_momentum_end = 0.95f;
+    hp->muon_warmup_steps = 100;
+    hp->ns_steps = 5;
+    hp->warmup_steps = 10;
+    hp->decay_fraction = 0.2f;
+    hp->final_lr_frac = 0.0f;
+    hp->grad_clip = 1.0f;
+
+    snprintf(hp->train_data, sizeof hp->train_data, "%s", "runs/data/austen/train_*.bin");
+    snprintf(hp->val_data, sizeof hp->val_data, "%s", "runs/data/austen/val_*.bin");
+    snprintf(hp->tokenizer, sizeof hp->tokenizer, "%s", "austen");
+    snprintf(hp->out_dir, sizeof hp->out_dir, "%s", "runs/demo");
+    snprintf(hp->backend, sizeof hp->backend, "%s", "cpu");
+    hp->eval_every = 50;
+    hp->eval_batches = 8;
+    hp->ckpt_every = 0;
+    hp->log_every = 10;
+    hp->thresholds_every = 10;
+}
+
+/* ---- the table ------------------------------------------------------------------------------- */
+
+int etm_hparams_n_keys(void) { return N_KEYS; }
+
+const char *etm_hparams_key(int i) { return i >= 0 && i < N_KEYS ? keys[i].key : NULL; }
+
+static int find_key(const char *key) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(keys[i].key, key)) return i;
+    return -1;
+}
+
+static void *field(etm_hparams *hp, int k) { return (char *)hp + keys[k].offset; }
+static const void *cfield(const etm_hparams *hp, int k) { return (const char *)hp + keys[k].offset; }
+static int int_of(const etm_hparams *hp, int k) { return *(const int *)cfield(hp, k); }
+static float float_of(const etm_hparams *hp, int k) { return *(const float *)cfield(hp, k); }
+
+/* Edit distance, for "did you mean" on unknown keys. */
+static int edit_distance(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 64 || lb > 64) return 99;
+    int row[65];
+    for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= la; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= lb; j++) {
+            int up = row[j];
+            int best = diag + (a[i - 1] != b[j - 1]);
+            if (row[j] + 1 < best) best = row[j] + 1;
+            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+static int unknown_key(etm_error *err, const char *where, const char *key) {
+    int best = -1, best_d = 4;
+    for (int i = 0; i < N_KEYS; i++) {
+        int d = edit_distance(key, keys[i].key);
+        if (d < best_d) best_d = d, best = i;
+    }
+    if (best >= 0)
+        return etm_fail(err, "%sunknown key '%s' (did you mean '%s'?)", where, key, keys[best].key);
+    return etm_fail(err, "%sunknown key '%s' (etmoe train --help lists the keys)", where, key);
+}
+
+/* ---- values ---------------------------------------------------------------------------------- */
+
+static void enum_list(const char *const *names, char *buf, size_t len) {
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; names[i] && n < len; i++)
+        n += (size_t)snprintf(buf + n, len - n, "%s%s", i ? ", " : "", names[i]);
+}
+
+/* Parses value into the field of key k. where prefixes messages ("file:line: " or ""). */
+static int set_value(etm_hparams *hp, int k, const char *value, const char *where, etm_error *err) {
+    const key_info *ki = &keys[k];
+    char *end = NULL;
+    switch (ki->type) {
+    case KEY_INT: {
+        errno = 0;
+        long v = strtol(value, &end, 10);
+        if (end == value || *end != '\0' || isspace((unsigned char)value[0]))
+            return etm_fail(err, "%s%s: '%s' is not a whole number", where, ki->key, value);
+        if (errno == ERANGE || v > INT_MAX || v < INT_MIN)
+            return etm_fail(err, "%s%s: %s is out of range", where, ki->key, value);
+        if (v < ki->min)
+            return etm_fail(err, "%s%s: %ld is below the minimum %d", where, ki->key, v, ki->min);
+        *(int *)field(hp, k) = (int)v;
+        return 0;
+    }
+    case KEY_U64: {
+        const char *p = value;
+        while (isspace((unsigned char)*p)) p++;
+        if (*p == '-' || *p == '+' || !isdigit((unsigned char)*p))
+            return etm_fail(err, "%s%s: '%s' is not a whole number >= 0", where, ki->key, value);
+        errno = 0;
+        unsigned long long v = strtoull(value, &end, 10);
+        if (*end != '\0' || p != value)
+            return etm_fail(err, "%s%s: '%s' is not a whole number >= 0", where, ki->key, value);
+        if (errno == ERANGE)
+            return etm_fail(err, "%s%s: %s is out of range", where, ki->key, value);
+        *(uint64_t *)field(hp, k) = (uint64_t)v;
+        return 0;
+    }
+    case KEY_FLOAT: {
+        errno = 0;
+        float v = strtof(value, &end);
+        if (end == value || *end != '\0' || isspace((unsigned char)value[0]))
+            return etm_fail(err, "%s%s: '%s' is not a number", where, ki->key, value);
+        if (!isfinite(v))
+            return etm_fail(err, "%s%s: '%s' is not a finite number", where, ki->key, value);
+        *(float *)field(hp, k) = v;
+        return 0;
+    }
+    case KEY_STR: {
+        size_t n = strlen(value);
+        if (n >= ki->size)
+            return etm_fail(err, "%s%s: the value is %zu characters long; at most %zu fit", where,
+                            ki->key, n, ki->size - 1);
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)value[i] < 0x20 || value[i] == 0x7f)
+                return etm_fail(err, "%s%s: the value contains a control character", where, ki->key);
+        char *dst = field(hp, k);
+        memset(dst, 0, ki->size);
+        memcpy(dst, value, n);
+        return 0;
+    }
+    case KEY_ENUM:
+        for (int i = 0; ki->names[i]; i++)
+            if (!strcmp(ki->names[i], value)) {
+                *(int *)field(hp, k) = i;
+                return 0;
+            }
+        {
+            char list[256];
+            enum_list(ki->names, list, sizeof list);
+            return etm_fail(err, "%s%s: '%s' is not one of %s", where, ki->key, value, list);
+        }
+    }
+    return etm_fail(err, "%s%s: internal error: bad key type", where, ki->key);
+}
+
+/* The shortest %g form (6 to 9 significant digits) that strtof reads back as exactly x: 0.02
+ * rather than 0.0199999996; 9 digits always suffice for a float. */
+static void format_float(float x, char *buf, size_t len) {
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(buf, len, "%.*g", digits, (double)x);
+        float back = strtof(buf, NULL);
+        if (memcmp(&back, &x, sizeof x) == 0) return;
+    }
+}
+
+/* Formats the value of key k; quote puts strings in double quotes with \" and \\ escaped. */
+static void format_value(const etm_hparams *hp, int k, int quote, char *buf, size_t len) {
+    const key_info *ki = &keys[k];
+    switch (ki->type) {
+    case KEY_INT: snprintf(buf, len, "%d", int_of(hp, k)); return;
+    case KEY_U64: snprintf(buf, len, "%" PRIu64, *(const uint64_t *)cfield(hp, k)); return;
+    case KEY_FLOAT: format_float(float_of(hp, k), buf, len); return;
+    case KEY_ENUM: {
+        int v = int_of(hp, k), n = 0;
+        while (ki->names[n]) n++;
+        snprintf(buf, len, "%s", v >= 0 && v < n ? ki->names[v] : "(invalid)");
+        return;
+    }
+    case KEY_STR: {
+        const char *s = cfield(hp, k);
+        if (!quote) {
+            snprintf(buf, len, "%s", s);
+            return;
+        }
+        size_t o = 0;
+        if (len < 3) {
+            buf[0] = '\0';
+            return;
+        }
+        buf[o++] = '"';
+        for (; *s && o + 3 < len; s++) {
+            if (*s == '"' || *s == '\\') buf[o++] = '\\';
+            buf[o++] = *s;
+        }
+        buf[o++] = '"';
+        buf[o] = '\0';
+        return;
+    }
+    }
+}
+
+int etm_hparams_set(etm_hparams *hp, const char *key, const char *value, etm_error *err) {
+    int k = find_key(key);
+    if (k < 0) return unknown_key(err, "", key);
+    return set_value(hp, k, value, "", err);
+}
+
+int etm_hparams_get(const etm_hparams *hp, const char *key, char *buf, size_t len, etm_error *err) {
+    int k = find_key(key);
+    if (k < 0) return unknown_key(err, "", key);
+    format_value(hp, k, 0, buf, len);
+    return 0;
+}
+
+const char *etm_hparams_first_difference(const etm_hparams *a, const etm_hparams *b) {
+    for (int k = 0; k < N_KEYS; k++) {
+        const key_info *ki = &keys[k];
+        const void *x = cfield(a, k), *y = cfield(b, k);
+        int differ = ki->type == KEY_STR ? strncmp(x, y, ki->size) != 0 : memcmp(x, y, ki->size) != 0;
+        if (differ) return ki->key;
+    }
+    return NULL;
+}
+
+/* ---- validation ------------------------------------------------------------------------------ */
+
+/* Where each key got its value ("demo.conf:7", "argument 'd_model=64'"); empty = the default. */
+typedef struct {
+    char where[N_KEYS][200];
+} origins;
+
+static void origin_note(const origins *o, const char *key, char *buf, size_t len, size_t *used) {
+    int k = find_key(key);
+    if (!o || k < 0 || !o->where[k][0] || *used >= len) return;
+    *used += (size_t)snprintf(buf + *used, len - *used, "%s%s from %s", *used ? "; " : "", key,
+                              o->where[k]);
+}
+
+/* Fails with the message and, when known, where the keys involved (a space-separated list) were
+ * set. */
+static int invalid(etm_error *err, const origins *o, const char *involved, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static int invalid(etm_error *err, const origins *o, const char *involved, const char *fmt, ...) {
+    char msg[600], notes[420] = "";
+    size_t used = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    for (const char *p = involved; *p;) {
+        char key[64];
+        size_t n = strcspn(p, " ");
+        snprintf(key, sizeof key, "%.*s", (int)n, p);
+        origin_note(o, key, notes, sizeof notes, &used);
+        p += n;
+        while (*p == ' ') p++;
+    }
+    if (notes[0]) return etm_fail(err, "%s (%s)", msg, notes);
+    return etm_fail(err, "%s", msg);
+}
+
+static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
+    /* Each key on its own: integer minimums, finite floats, known enum values. */
+    for (int k = 0; k < N_KEYS; k++) {
+        const key_info *ki = &keys[k];
+        if (ki->type == KEY_INT && int_of(hp, k) < ki->min)
+            return invalid(err, o, ki->key, "%s: %d is below the minimum %d", ki->key,
+                           int_of(hp, k), ki->min);
+        if (ki->type == KEY_FLOAT && !isfinite(float_of(hp, k)))
+            return invalid(err, o, ki->key, "%s: %g is not a finite number", ki->key,
+                           (double)float_of(hp, k));
+        if (ki->type == KEY_ENUM) {
+            int v = int_of(hp, k), n = 0;
+            while (ki->names[n]) n++;
+            if (v < 0 || v >= n) return invalid(err, o, ki->key, "%s: invalid value %d", ki->key, v);
+        }
+        if (ki->type == KEY_STR && memchr(cfield(hp, k), '\0', ki->size) == NULL)
+            return invalid(err, o, ki->key, "%s: the string is not terminated", ki->key);
+    }
+
+    /* Float ranges. */
+    struct {
+        const char *key;
+        double lo, hi;
+        int lo_open, hi_open; /* 1: the bound itself is not allowed */
+    } ranges[] = {
+        {"rope_base", 0, INFINITY, 1, 0},       {"logit_cap", 0, INFINITY, 1, 0},
+        {"norm_eps", 0, INFINITY, 1, 0},        {"aux_alpha", 0, INFINITY, 0, 0},
+        {"lossfree_rate", 0, INFINITY, 0, 0},   {"z_loss", 0, INFINITY, 0, 0},
+        {"capacity_factor", 0, INFINITY, 0, 0}, {"et_beta", 0, 1, 0, 1},
+        {"et_capacity", 0, 1, 0, 0},            {"lr_matrix", 0, INFINITY, 0, 0},
+        {"lr_embed", 0, INFINITY, 0, 0},        {"lr_head", 0, INFINITY, 0, 0},
+        {"lr_router", 0, INFINITY, 0, 0},       {"adam_beta1", 0, 1, 0, 1},
+        {"adam_beta2", 0, 1, 0, 1},             {"adam_eps", 0, INFINITY, 1, 0},
+        {"weight_decay", 0, INFINITY, 0, 0},    {"muon_momentum_start", 0, 1, 0, 1},
+        {"muon_momentum_end", 0, 1, 0, 1},      {"decay_fraction", 0, 1, 0, 0},
+        {"final_lr_frac", 0, 1, 0, 0},          {"grad_clip", 0, INFINITY, 0, 0},
+    };
+    for (size_t r = 0; r < ETM_ARRAY_LEN(ranges); r++) {
+        int k = find_key(ranges[r].key);
+        double v = float_of(hp, k);
+        int below = ranges[r].lo_open ? v <= ranges[r].lo : v < ranges[r].lo;
+        int above = ranges[r].hi_open ? v >= ranges[r].hi : v > ranges[r].hi;
+        if (below || above) {
+            char range[64];
+            if (isinf(ranges[r].hi))
+                snprintf(range, sizeof range, "%s %g", ranges[r].lo_open ? ">" : ">=", ranges[r].lo);
+            else
+                snprintf(range, sizeof range, "in %c%g, %g%c", ranges[r].lo_open ? '(' : '[',
+                         ranges[r].lo, ranges[r].hi, ranges[r].hi_open ? ')' : ']');
+            char value[32];
+            format_float((float)v, value, sizeof value);
+            return invalid(err, o, ranges[r].key, "%s = %s must be %s", ranges[r].key, value, range);
+        }
+    }
+
+    /* Attention shapes. */
+    if (hp->d_model % hp->n_head)
+        return invalid(err, o, "n_head d_model", "n_head = %d does not divide d_model = %d",
+                       hp->n_head, hp->d_model);
+    if (hp->n_head % hp->n_kv_head)
+        return invalid(err, o, "n_kv_head n_head", "n_kv_head = %d does not divide n_head = %d",
+                       hp->n_kv_head, hp->n_head);
+    if (etm_head_dim(hp) % 2)
+        return invalid(err, o, "d_model n_head",
+                       "head_dim = d_model / n_head = %d / %d = %d is odd; rotary embeddings need it even",
+                       hp->d_model, hp->n_head, etm_head_dim(hp));
+
+    /* Mixture of experts. */
+    if (hp->dense_layers > hp->n_layer)
+        return invalid(err, o, "dense_layers n_layer", "dense_layers = %d exceeds n_layer = %d",
+                       hp->dense_layers, hp->n_layer);
+    if (hp->router != ETM_ROUTER_DENSE) {
+        if (hp->top_k > hp->n_routed)
+            return invalid(err, o, "top_k n_routed", "top_k = %d exceeds n_routed = %d", hp->top_k,
+                           hp->n_routed);
+        if (hp->router == ETM_ROUTER_EC || hp->router == ETM_ROUTER_ET) {
+            if (hp->pool_seqs > hp->batch_size || (hp->pool_seqs && hp->batch_size % hp->pool_seqs))
+                return invalid(err, o, "pool_seqs batch_size",
+                               "pool_seqs = %d does not divide batch_size = %d", hp->pool_seqs,
+                               hp->batch_size);
+            long long pool = (long long)(hp->pool_seqs ? hp->pool_seqs : hp->batch_size) * hp->seq_len;
+            if (pool * hp->top_k < hp->n_routed)
+                return invalid(err, o, "pool_seqs batch_size seq_len top_k n_routed",
+                               "a routing pool of %lld tokens gives each of the %d experts less than "
+                               "one token at top_k = %d (k_target = pool * top_k / n_routed < 1)",
+                               pool, hp->n_routed, hp->top_k);
+        }
+    }
+
+    /* Strings that must name something. */
+    if (!hp->backend[0]) return invalid(err, o, "backend", "backend: empty (use cpu or cuda)");
+    if (!hp->tokenizer[0]) return invalid(err, o, "tokenizer", "tokenizer: empty");
+    return 0;
+}
+
+int etm_hparams_validate(const etm_hparams *hp, etm_error *err) { return validate(hp, NULL, err); }
+
+/* ---- config text ----------------------------------------------------------------------------- */
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s)) s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1])) s[--n] = '\0';
+    return s;
+}
+
+/* Cuts a '#' comment (at the line start or after whitespace) from an unquoted value. */
+static void cut_comment(char *s) {
+    for (char *p = s; *p; p++)
+        if (*p == '#' && (p == s || isspace((unsigned char)p[-1]))) {
+            *p = '\0';
+            return;
+        }
+}
+
+/* Turns a value into its text in place: "quoted" (with \" and \\) or bare up to a comment. */
+static int parse_value(char *v, const char *where, const char *key, etm_error *err) {
+    if (*v != '"') {
+        cut_comment(v);
+        char *t = trim(v);
+        memmove(v, t, strlen(t) + 1);
+        return 0;
+    }
+    char *out = v;
+    const char *p = v + 1;
+    for (;; p++) {
+        if (*p == '\0') return etm_fail(err, "%s%s: the closing quote is missing", where, key);
+        if (*p == '"') break;
+        if (*p == '\\') {
+            if (p[1] != '"' && p[1] != '\\')
+                return etm_fail(err, "%s%s: unknown escape '\\%c' (only \\\" and \\\\)", where, key,
+                                p[1] ? p[1] : ' ');
+            p++;
+        }
+        *out++ = *p;
+    }
+    const char *rest = p + 1;
+    while (isspace((unsigned char)*rest)) rest++;
+    if (*rest && *rest != '#')
+        return etm_fail(err, "%s%s: unexpected text after the closing quote", where, key);
+    *out = '\0';
+    return 0;
+}
+
+/* Parses config text into hp. name is used in messages; o (may be NULL) records each key's line. */
+static int parse_text(etm_hparams *hp, const char *text, const char *name, origins *o, etm_error *err) {
+    char *copy = etm_strdup(text);
+    int line_of[N_KEYS] = {0};
+    int line_no = 0, rc = 0;
+    char *line = copy;
+    while (line && rc == 0) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        line_no++;
+        char where[1200];
+        snprintf(where, sizeof where, "%s:%d: ", name, line_no);
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[--len] = '\0';
+        char *s = trim(line);
+        if (*s == '\0' || *s == '#') {
+            line = next;
+            continue;
+        }
+        if (*s == '[') {
+            char *close = strchr(s, ']');
+            if (!close) {
+                rc = etm_fail(err, "%sthe section header has no closing ']'", where);
+                break;
+            }
+            *close = '\0';
+            char *rest = close + 1;
+            cut_comment(rest);
+            if (*trim(rest)) {
+                rc = etm_fail(err, "%sunexpected text after the section header", where);
+                break;
+            }
+            char *sec = trim(s + 1);
+            int known = 0;
+            for (int i = 0; sections[i]; i++) known |= !strcmp(sections[i], sec);
+            if (!known) rc = etm_fail(err, "%sunknown section [%s] (model, moe, optim or run)", where, sec);
+            line = next;
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq) {
+            rc = etm_fail(err, "%sexpected 'key = value'", where);
+            break;
+        }
+        *eq = '\0';
+        char *key = trim(s);
+        char *value = trim(eq + 1);
+        int k = find_key(key);
+        if (*key == '\0') rc = etm_fail(err, "%sthe key before '=' is missing", where);
+        else if (k < 0) rc = unknown_key(err, where, key);
+        else if (line_of[k]) rc = etm_fail(err, "%s%s is already set on line %d", where, key, line_of[k]);
+        else if ((rc = parse_value(value, where, key, err)) == 0) {
+            if (*value == '\0' && keys[k].type != KEY_STR)
+                rc = etm_fail(err, "%s%s: the value is missing", where, key);
+            else rc = set_value(hp, k, value, where, err);
+        }
+        if (rc == 0) {
+            line_of[k] = line_no;
+            if (o) snprintf(o->where[k], sizeof o->where[k], "%s:%d", name, line_no);
+        }
+        line = next;
+    }
+    free(copy);
+    return rc;
+}
+
+/* A preset name (letters, digits, '_', '-', no '/' or '.') means <data dir>/configs/<name>.conf. */
+static void resolve_config(const char *path_or_preset, char *buf, size_t len) {
+    int bare = *path_or_preset != '\0';
+    for (const char *p = path_or_preset; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_' && *p != '-') bare = 0;
+    if (bare) {
+        char dir[1024];
+        snprintf(buf, len, "%s/configs/%s.conf", etm_data_dir(dir, sizeof dir), path_or_preset);
+    } else {
+        snprintf(buf, len, "%s", path_or_preset);
+    }
+}
+
+static int load_file(etm_hparams *hp, const char *path_or_preset, origins *o, etm_error *err) {
+    char path[2048];
+    resolve_config(path_or_preset, path, sizeof path);
+    char *text = etm_read_file(path, NULL, err);
+    if (!text) {
+        if (strcmp(path, path_or_preset))
+            etm_fail(err, "no preset '%s' (%s: cannot read it); presets live in data/configs/",
+                     path_or_preset, path);
+        return -1;
+    }
+    if (memchr(text, '\0', strlen(text) + 1) != text + strlen(text)) {
+        free(text);
+        return etm_fail(err, "%s: not a text file", path);
+    }
+    int rc = parse_text(hp, text, path, o, err);
+    free(text);
+    return rc;
+}
+
+int etm_hparams_configure(etm_hparams *hp, const char *path_or_preset, int n_args,
+                          char *const *args, etm_error *err) {
+    origins *o = etm_calloc(1, sizeof *o);
+    etm_hparams tmp;
+    etm_hparams_defaults(&tmp);
+    int rc = path_or_preset ? load_file(&tmp, path_or_preset, o, err) : 0;
+    for (int i = 0; rc == 0 && i < n_args; i++) {
+        const char *eq = strchr(args[i], '=');
+        if (!eq || eq == args[i]) {
+            rc = etm_fail(err, "argument '%s': expected key=value", args[i]);
+            break;
+        }
+        char key[128];
+        size_t klen = (size_t)(eq - args[i]);
+        if (klen >= sizeof key) {
+            rc = etm_fail(err, "argument '%s': the key is too long", args[i]);
+            break;
+        }
+        memcpy(key, args[i], klen);
+        key[klen] = '\0';
+        char where[300];
+        snprintf(where, sizeof where, "argument '%.200s': ", args[i]);
+        int k = find_key(key);
+        if (k < 0) rc = unknown_key(err, where, key);
+        else rc = set_value(&tmp, k, eq + 1, where, err);
+        if (rc == 0 && k >= 0) snprintf(o->where[k], sizeof o->where[k], "argument '%.150s'", args[i]);
+    }
+    if (rc == 0) rc = validate(&tmp, o, err);
+    if (rc == 0) *hp = tmp;
+    free(o);
+    return rc;
+}
+
+int etm_hparams_load(etm_hparams *hp, const char *path_or_preset, etm_error *err) {
+    return etm_hparams_configure(hp, path_or_preset, 0, NULL, err);
+}
+
+int etm_hparams_set_arg(etm_hparams *hp, const char *key_eq_value, etm_error *err) {
+    const char *eq = strchr(key_eq_value, '=');
+    if (!eq || eq == key_eq_value)
+        return etm_fail(err, "argument '%s': expected key=value", key_eq_value);
+    char key[128];
+    size_t klen = (size_t)(eq - key_eq_value);
+    if (klen >= sizeof key) return etm_fail(err, "argument '%s': the key is too long", key_eq_value);
+    memcpy(key, key_eq_value, klen);
+    key[klen] = '\0';
+    return etm_hparams_set(hp, key, eq + 1, err);
+}
+
+int etm_hparams_from_string(etm_hparams *hp, const char *text, const char *name, etm_error *err) {
+    origins *o = etm_calloc(1, sizeof *o);
+    etm_hparams tmp;
+    etm_hparams_defaults(&tmp);
+    int rc = parse_text(&tmp, text, name ? name : "(config text)", o, err);
+    if (rc == 0) rc = validate(&tmp, o, err);
+    if (rc == 0) *hp = tmp;
+    free(o);
+    return rc;
+}
+
+char *etm_hparams_to_string(const etm_hparams *hp) {
+    size_t cap = 8192, n = 0;
+    char *out = etm_malloc(cap);
+    n += (size_t)snprintf(out, cap, "# etmoe configuration: every key (doc/config.md)\n");
+    const char *section = "";
+    for (int k = 0; k < N_KEYS; k++) {
+        char value[2200];
+        format_value(hp, k, 1, value, sizeof value);
+        size_t need = strlen(keys[k].key) + strlen(value) + strlen(keys[k].section) + 16;
+        while (n + need >= cap) out = etm_realloc(out, cap *= 2);
+        if (strcmp(section, keys[k].section)) {
+            section = keys[k].section;
+            n += (size_t)snprintf(out + n, cap - n, "\n[%s]\n", section);
+        }
+        n += (size_t)snprintf(out + n, cap - n, "%s = %s\n", keys[k].key, value);
+    }
+    return out;
+}
+
+void etm_hparams_print_help(FILE *f) {
+    etm_hparams d;
+    etm_hparams_defaults(&d);
+    const char *section = "";
+    for (int k = 0; k < N_KEYS; k++) {
+        if (strcmp(section, keys[k].section)) {
+            section = keys[k].section;
+            fprintf(f, "\n[%s]\n", section);
+        }
+        char value[2200], type[256];
+        format_value(&d, k, 1, value, sizeof value);
+        switch (keys[k].type) {
+        case KEY_INT: snprintf(type, sizeof type, "integer >= %d", keys[k].min); break;
+        case KEY_U64: snprintf(type, sizeof type, "integer >= 0"); break;
+        case KEY_FLOAT: snprintf(type, sizeof type, "number"); break;
+        case KEY_STR: snprintf(type, sizeof type, "text"); break;
+        case KEY_ENUM: enum_list(keys[k].names, type, sizeof type); break;
+        }
+        fprintf(f, "  %-20s %s [%s; default %s]\n", keys[k].key, keys[k].doc, type, value);
+    }
+}

@@ -1,0 +1,106 @@
+/* optim.h: the optimizers: AdamW for the embedding, LM head and routers, Muon (or AdamW) for the
+ * hidden matrices, the learning-rate schedule, the Muon momentum warm-up and global gradient-norm
+ * clipping. Everything runs through the backend's operations (backends/backend.h), so the same
+ * code drives the CPU and CUDA backends.
+ *
+ * One optimizer step, given the gradients of every parameter (summed or averaged by the caller):
+ *   1. the global gradient norm sqrt(sum of squares of every gradient), parameters in table order;
+ *      a non-finite norm stops the step with an error before anything changes;
+ *   2. clipping: with grad_clip > 0 and norm > grad_clip, every gradient is scaled IN PLACE by
+ *      grad_clip / norm;
+ *   3. each parameter's update with its group's learning rate times the schedule's multiplier:
+ *      AdamW: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ *             p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p),   t = step + 1;
+ *      Muon:  m = mu m + (1-mu) g;  u = (1-mu) g + mu m  (Nesterov);
+ *             u = NewtonSchulz(u) per matrix;  p = (1 - lr wd) p - lr max(1, rows/cols)^0.5 u,
+ *             mu warming up linearly from muon_momentum_start to muon_momentum_end.
+ *
+ * Newton-Schulz (Keller Jordan's quintic iteration, as in nanochat): X = G / (||G||_F + 1e-7), then
+ * ns_steps times A = X X^T, B = b A + c A A, X = a X + B X, with (a, b, c) = (3.4445, -4.7750,
+ * 2.0315). It maps G = U S V^T to about U V^T (singular values pushed into roughly [0.7, 1.2]).
+ * A tall matrix (rows > cols) is iterated as its transpose: A = X^T X, X = a X + X B, the same
+ * result without moving memory. A 3-D parameter (E, rows, cols), e.g. the experts of an MoE layer,
+ * is E matrices, each orthogonalised on its own. */
+#ifndef ETM_OPTIM_H
+#define ETM_OPTIM_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "hparams.h"
+#include "safetensors.h"
+
+typedef enum {
+    ETM_GROUP_EMBED = 0, /* token embedding: AdamW at lr_embed */
+    ETM_GROUP_HEAD,      /* LM head: AdamW at lr_head */
+    ETM_GROUP_MATRIX,    /* hidden matrices: Muon (or AdamW) at lr_matrix */
+    ETM_GROUP_ROUTER,    /* router weights: AdamW at lr_router */
+    ETM_N_GROUPS
+} etm_param_group;
+
+const char *etm_param_group_name(etm_param_group g); /* "embed", "head", "matrix", "router" */
+
+/* One trainable tensor as the optimizer sees it. */
+typedef struct {
+    const char *name;      /* checkpoint name, e.g. "layers.3.moe.up" (copied by the optimizer) */
+    etm_param_group group;
+    float *data;           /* backend memory, shape below; updated in place */
+    float *grad;           /* backend memory, same shape; clipping scales it in place */
+    int ndim;              /* 1, 2 or 3; Muon needs 2 (rows, cols) or 3 (E, rows, cols) */
+    int64_t shape[3];      /* (ndim) */
+} etm_param;
+
+/* One tensor of optimizer state, for checkpoints: "opt.<param>.m" and "opt.<param>.v" (AdamW),
+ * "opt.<param>.momentum" (Muon), each of its parameter's shape. */
+typedef struct {
+    char *name;
+    float *data;      /* backend memory */
+    int ndim;
+    int64_t shape[3]; /* (ndim) */
+} etm_optim_state;
+
+typedef struct {
+    double grad_norm;    /* global norm before clipping */
+    float clip_scale;    /* factor applied to the gradients (1 when not clipped) */
+    float lr_mult;       /* schedule multiplier of this step */
+    float muon_momentum; /* mu of this step */
+} etm_optim_stats;
+
+typedef struct etm_optim etm_optim;
+
+/* An optimizer for n parameters under hp's settings (a copy of hp is kept). Fails, naming the
+ * parameter, for an empty or duplicate name, a bad shape or group, or a Muon matrix that is not
+ * 2-D or 3-D. State starts at zero. */
+etm_optim *etm_optim_create(etm_backend *be, const etm_hparams *hp, const etm_param *params,
+                            int n_params, etm_error *err);
+void etm_optim_free(etm_optim *opt);
+
+/* Optimizer step number step (0 for the first; it sets the schedule and AdamW's bias correction).
+ * stats may be NULL. Fails, changing nothing, when the gradient norm is not finite. */
+int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *err);
+
+/* The learning-rate multiplier of step (0-based): linear warm-up (step + 1) / warmup_steps, then 1,
+ * then over the last W = round(decay_fraction * max_steps) steps linear decay: at step s >
+ * max_steps - W, p = (max_steps - s) / W and the multiplier is p + (1 - p) final_lr_frac (it
+ * reaches final_lr_frac at step max_steps, just after the last). Where warm-up and decay overlap,
+ * the smaller wins. */
+float etm_lr_multiplier(const etm_hparams *hp, int step);
+/* Muon momentum of step: start + min(step / muon_warmup_steps, 1) (end - start). */
+float etm_muon_momentum(const etm_hparams *hp, int step);
+
+/* Orthogonalises count matrices (rows, cols), stored one after another in X (backend memory), in
+ * place, with steps Newton-Schulz iterations. work is backend memory of
+ * etm_newton_schulz_work(count, rows, cols) floats. */
+void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols, int steps, float *work);
+size_t etm_newton_schulz_work(int count, int rows, int cols);
+
+/* The optimizer's state tensors, in a fixed order (parameter order; m before v). */
+int etm_optim_state_count(const etm_optim *opt);
+const etm_optim_state *etm_optim_state_at(const etm_optim *opt, int i);
+/* Adds every state tensor to a checkpoint writer (downloaded into buffers the writer owns). */
+int etm_optim_save(const etm_optim *opt, etm_st_writer *w, etm_error *err);
+/* Restores every state tensor from a checkpoint; checks that all of them exist with the right
+ * dtype and shape before changing any. */
+int etm_optim_load(etm_optim *opt, etm_st_file *f, etm_error *err);
+
+#endif
