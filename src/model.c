@@ -68,23 +68,22 @@ static float matrix_std(int fan_out, int fan_in) {
 static void place(layout_walk *w, float **wslot, float **gslot, etm_param_group group, float std,
                   int ndim, int d0, int d1, int d2, const char *fmt, int layer) {
     etm_model *m = w->m;
+    etm_param *p = &m->table[w->idx];
     if (!m->params_memory) {
-        etm_param *p = &m->table[w->idx];
         memset(p, 0, sizeof *p);
-        snprintf(p->name, sizeof p->name, fmt, layer);
+        snprintf(m->names[w->idx], ETM_PARAM_NAME_MAX, fmt, layer);
+        p->name = m->names[w->idx];
         p->ndim = ndim;
         p->shape[0] = d0;
-        p->shape[1] = ndim > 1 ? d1 : 1;
-        p->shape[2] = ndim > 2 ? d2 : 1;
-        p->numel = (size_t)p->shape[0] * p->shape[1] * p->shape[2];
-        p->offset = w->off;
+        p->shape[1] = d1;
+        p->shape[2] = d2;
         p->group = group;
+        m->offsets[w->idx] = w->off;
         if (w->init_std) w->init_std[w->idx] = std;
-        w->off += p->numel;
+        w->off += etm_model_param_numel(p);
     } else {
-        etm_param *p = &m->table[w->idx];
-        p->data = m->params_memory + p->offset;
-        p->grad = m->grads_memory + p->offset;
+        p->data = m->params_memory + m->offsets[w->idx];
+        p->grad = m->grads_memory + m->offsets[w->idx];
         *wslot = p->data;
         *gslot = p->grad;
     }
@@ -97,32 +96,32 @@ static void walk_params(layout_walk *w) {
     int V = hp->vocab_size, D = hp->d_model, hd = etm_head_dim(hp);
     int HD = hp->n_head * hd, KVD = hp->n_kv_head * hd;
     int F = hp->ffn_hidden, E = hp->n_routed, S = hp->n_shared, Hx = hp->expert_hidden;
-    place(w, &m->w.wte, &m->g.wte, ETM_PARAM_EMBED, 1.0f, 2, V, D, 1, "wte", 0);
+    place(w, &m->w.wte, &m->g.wte, ETM_GROUP_EMBED, 1.0f, 2, V, D, 1, "wte", 0);
     for (int l = 0; l < hp->n_layer; l++) {
         etm_layer_weights *lw = &m->w.layers[l], *lg = &m->g.layers[l];
-        place(w, &lw->wq, &lg->wq, ETM_PARAM_MATRIX, matrix_std(HD, D), 2, HD, D, 1, "layers.%d.attn.wq", l);
-        place(w, &lw->wk, &lg->wk, ETM_PARAM_MATRIX, matrix_std(KVD, D), 2, KVD, D, 1, "layers.%d.attn.wk", l);
-        place(w, &lw->wv, &lg->wv, ETM_PARAM_MATRIX, matrix_std(KVD, D), 2, KVD, D, 1, "layers.%d.attn.wv", l);
-        place(w, &lw->wo, &lg->wo, ETM_PARAM_MATRIX, 0.0f, 2, D, HD, 1, "layers.%d.attn.wo", l);
+        place(w, &lw->wq, &lg->wq, ETM_GROUP_MATRIX, matrix_std(HD, D), 2, HD, D, 1, "layers.%d.attn.wq", l);
+        place(w, &lw->wk, &lg->wk, ETM_GROUP_MATRIX, matrix_std(KVD, D), 2, KVD, D, 1, "layers.%d.attn.wk", l);
+        place(w, &lw->wv, &lg->wv, ETM_GROUP_MATRIX, matrix_std(KVD, D), 2, KVD, D, 1, "layers.%d.attn.wv", l);
+        place(w, &lw->wo, &lg->wo, ETM_GROUP_MATRIX, 0.0f, 2, D, HD, 1, "layers.%d.attn.wo", l);
         if (!etm_is_moe_layer(hp, l)) {
-            place(w, &lw->mlp_up, &lg->mlp_up, ETM_PARAM_MATRIX, matrix_std(F, D), 2, F, D, 1,
+            place(w, &lw->mlp_up, &lg->mlp_up, ETM_GROUP_MATRIX, matrix_std(F, D), 2, F, D, 1,
                   "layers.%d.mlp.up", l);
-            place(w, &lw->mlp_down, &lg->mlp_down, ETM_PARAM_MATRIX, 0.0f, 2, D, F, 1, "layers.%d.mlp.down", l);
+            place(w, &lw->mlp_down, &lg->mlp_down, ETM_GROUP_MATRIX, 0.0f, 2, D, F, 1, "layers.%d.mlp.down", l);
         } else {
-            place(w, &lw->moe.router, &lg->moe.router, ETM_PARAM_ROUTER, (float)(1.0 / sqrt((double)D)), 2, E,
+            place(w, &lw->moe.router, &lg->moe.router, ETM_GROUP_ROUTER, (float)(1.0 / sqrt((double)D)), 2, E,
                   D, 1, "layers.%d.moe.router", l);
-            place(w, &lw->moe.up, &lg->moe.up, ETM_PARAM_MATRIX, matrix_std(Hx, D), 3, E, Hx, D,
+            place(w, &lw->moe.up, &lg->moe.up, ETM_GROUP_MATRIX, matrix_std(Hx, D), 3, E, Hx, D,
                   "layers.%d.moe.up", l);
-            place(w, &lw->moe.down, &lg->moe.down, ETM_PARAM_MATRIX, 0.0f, 3, E, D, Hx, "layers.%d.moe.down", l);
+            place(w, &lw->moe.down, &lg->moe.down, ETM_GROUP_MATRIX, 0.0f, 3, E, D, Hx, "layers.%d.moe.down", l);
             if (S > 0) {
-                place(w, &lw->moe.shared_up, &lg->moe.shared_up, ETM_PARAM_MATRIX, matrix_std(Hx, D), 3, S, Hx,
+                place(w, &lw->moe.shared_up, &lg->moe.shared_up, ETM_GROUP_MATRIX, matrix_std(Hx, D), 3, S, Hx,
                       D, "layers.%d.moe.shared_up", l);
-                place(w, &lw->moe.shared_down, &lg->moe.shared_down, ETM_PARAM_MATRIX, 0.0f, 3, S, D, Hx,
+                place(w, &lw->moe.shared_down, &lg->moe.shared_down, ETM_GROUP_MATRIX, 0.0f, 3, S, D, Hx,
                       "layers.%d.moe.shared_down", l);
             }
         }
     }
-    place(w, &m->w.lm_head, &m->g.lm_head, ETM_PARAM_HEAD, 0.0f, 2, V, D, 1, "lm_head", 0);
+    place(w, &m->w.lm_head, &m->g.lm_head, ETM_GROUP_HEAD, 0.0f, 2, V, D, 1, "lm_head", 0);
 }
 
 static int count_tensors(const etm_hparams *hp) {
@@ -137,16 +136,17 @@ static void init_params(etm_model *m, const float *init_std) {
     etm_rng rng;
     etm_rng_seed(&rng, m->hp.seed);
     size_t max_numel = 0;
-    for (int i = 0; i < m->n_tensors; i++) max_numel = ETM_MAX(max_numel, m->table[i].numel);
+    for (int i = 0; i < m->n_tensors; i++) max_numel = ETM_MAX(max_numel, etm_model_param_numel(&m->table[i]));
     float *buf = etm_malloc(max_numel * sizeof(float));
     for (int i = 0; i < m->n_tensors; i++) {
         const etm_param *p = &m->table[i];
+        size_t n = etm_model_param_numel(p);
         if (init_std[i] == 0.0f) {
-            m->be->zero(m->be, p->data, p->numel * sizeof(float));
+            m->be->zero(m->be, p->data, n * sizeof(float));
             continue;
         }
-        etm_rng_fill_normal(&rng, buf, p->numel, init_std[i]);
-        m->be->upload(m->be, p->data, buf, p->numel * sizeof(float));
+        etm_rng_fill_normal(&rng, buf, n, init_std[i]);
+        m->be->upload(m->be, p->data, buf, n * sizeof(float));
     }
     free(buf);
 }
@@ -257,6 +257,8 @@ etm_model *etm_model_create(etm_backend *be, const etm_hparams *hp, int max_batc
     m->g.layers = etm_calloc(L, sizeof(etm_layer_weights));
     m->n_tensors = count_tensors(hp);
     m->table = etm_calloc(m->n_tensors, sizeof(etm_param));
+    m->offsets = etm_calloc(m->n_tensors, sizeof(size_t));
+    m->names = etm_calloc(m->n_tensors, sizeof *m->names);
     float *init_std = etm_calloc(m->n_tensors, sizeof(float));
     layout_walk walk = {m, 0, 0, init_std};
     walk_params(&walk);
@@ -309,6 +311,8 @@ void etm_model_free(etm_model *m) {
     free(m->w.layers);
     free(m->g.layers);
     free(m->table);
+    free(m->offsets);
+    free(m->names);
     free(m->host_losses);
     free(m);
 }
@@ -488,6 +492,12 @@ void etm_model_step_end(etm_model *m) {
 /* ---- sizes --------------------------------------------------------------------------------- */
 
 size_t etm_model_num_params(const etm_model *m) { return m->n_params; }
+
+size_t etm_model_param_numel(const etm_param *p) {
+    size_t n = 1;
+    for (int i = 0; i < p->ndim; i++) n *= (size_t)p->shape[i];
+    return n;
+}
 
 double etm_model_active_matmul_params(const etm_model *m, double routed_per_token) {
     const etm_hparams *hp = &m->hp;

@@ -17,6 +17,7 @@
  *
  * Parameter names (the checkpoint tensor names) and their order, which is also the order in
  * which etm_model_create draws their initial values from one RNG seeded with hp->seed:
+ *   name                          shape         group   initial values
  *   "wte"                         (V, D)        embed   N(0, 1)
  *   for l = 0 .. L-1:
  *   "layers.l.attn.wq"            (H*hd, D)     matrix  N(0, s)
@@ -46,26 +47,9 @@
 #include "common.h"
 #include "hparams.h"
 #include "moe.h"
+#include "optim.h" /* etm_param, etm_param_group: the table is handed to the optimizer as is */
 
-/* Which optimizer family a parameter belongs to. */
-typedef enum {
-    ETM_PARAM_EMBED = 0, /* token embedding: AdamW at lr_embed */
-    ETM_PARAM_HEAD,      /* LM head: AdamW at lr_head */
-    ETM_PARAM_MATRIX,    /* hidden matrices: Muon (or AdamW) at lr_matrix */
-    ETM_PARAM_ROUTER     /* router weights: AdamW at lr_router */
-} etm_param_group;
-
-/* One entry of the parameter table. */
-typedef struct {
-    char name[48];          /* checkpoint tensor name, e.g. "layers.3.moe.up" */
-    float *data;            /* (numel) inside the parameter block */
-    float *grad;            /* (numel) same offset inside the gradient block */
-    int ndim;               /* 1..3 */
-    int shape[3];           /* row-major sizes; unused trailing entries are 1 */
-    size_t numel;           /* product of shape */
-    size_t offset;          /* element offset of data in the parameter block */
-    etm_param_group group;
-} etm_param;
+#define ETM_PARAM_NAME_MAX 48
 
 /* Weights of one layer: pointers into the parameter (or gradient) block. */
 typedef struct {
@@ -142,7 +126,10 @@ typedef struct {
     float *grads_memory;  /* (n_params) */
     etm_weights w;        /* pointers into params_memory */
     etm_weights g;        /* pointers into grads_memory */
-    etm_param *table;     /* host (n_tensors) in the documented order */
+    etm_param *table;     /* host (n_tensors) in the documented order: name, group, data and grad
+                             (pointers into the two blocks), ndim, shape */
+    size_t *offsets;      /* host (n_tensors) element offset of each tensor in both blocks */
+    char (*names)[ETM_PARAM_NAME_MAX]; /* host (n_tensors) storage of the table's names */
     int n_tensors;
 
     /* MoE layers (NULL for dense layers); the routers' state lives in them */
@@ -195,6 +182,9 @@ void etm_model_step_end(etm_model *m);
 
 /* All parameters (floats). */
 size_t etm_model_num_params(const etm_model *m);
+
+/* Elements of one table entry (the product of its shape). */
+size_t etm_model_param_numel(const etm_param *p);
 
 /* Matrix-multiply parameters one token touches in a forward: attention projections, the dense
  * MLP or the router + shared experts + routed_per_token routed experts, and the LM head (the
