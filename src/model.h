@@ -36,7 +36,10 @@
  *   "lm_head"                     (V, D)        head    zero
  * with s = min(1, sqrt(fan_out / fan_in)) / sqrt(fan_in) for a matrix (fan_out, fan_in) (per
  * expert for stacked expert tensors). Values are drawn in row-major order of each tensor; zero
- * tensors draw nothing. The optimizer sees each stacked (E, rows, cols) tensor as E matrices. */
+ * tensors draw nothing. The optimizer sees each stacked (E, rows, cols) tensor as E matrices.
+ *
+ * Use: create; per micro-batch forward (with targets) and backward; per optimizer step
+ * zero_grad before the micro-batches, etm_optim_step on m->table, then etm_model_step_end. */
 #ifndef ETM_MODEL_H
 #define ETM_MODEL_H
 
@@ -197,8 +200,11 @@ double etm_model_train_flops_per_token(const etm_model *m, int T, double routed_
 
 /* ---- KV-cache decoding --------------------------------------------------------------------- */
 /* Keys and values of one sequence for every layer, plus one-token scratch. MoE layers route
- * each token alone with the frozen router state (ETM_MOE_EVAL), which is causal for ET (and for
- * EC evaluated with thresholds) and for TC. */
+ * each token alone with the frozen router state (ETM_MOE_EVAL): by thresholds for ET and EC, by
+ * top-k for TC, so decoding gives the logits of a full ETM_MOE_EVAL forward. One exception, from
+ * router.h: an ec/et layer whose thresholds were never updated (no etm_model_step_end after a
+ * training forward) routes by expert choice, which depends on the batch, so its one-token
+ * decoding differs from a full forward. Load or train thresholds first. */
 typedef struct etm_kv_cache etm_kv_cache;
 
 /* A cache for sequences of up to max_len <= hp.seq_len tokens. NULL with a message on error. */
