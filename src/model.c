@@ -404,11 +404,17 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     return 0;
 }
 
-void etm_model_logits(etm_model *m, float *out, int first, int rows) {
+int etm_model_logits(etm_model *m, float *out, int first, int rows, etm_error *err) {
+    int N = m->last_B * m->last_T;
+    if (!m->last_B) return etm_fail(err, "model logits: no forward pass yet");
+    if (first < 0 || rows < 1 || first > N - rows)
+        return etm_fail(err, "model logits: rows %d..%d outside the last forward's 0..%d", first, first + rows - 1,
+                        N - 1);
     size_t V = m->hp.vocab_size;
     float *tmp = m->scratch.dlogits; /* idle until the next backward overwrites it */
     m->be->softcap(m->be, tmp, m->acts.logits + (size_t)first * V, (size_t)rows * V, m->hp.logit_cap);
     m->be->download(m->be, out, tmp, (size_t)rows * V * sizeof(float));
+    return 0;
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */

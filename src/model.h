@@ -177,8 +177,9 @@ int etm_model_backward(etm_model *m, float loss_scale, etm_error *err);
 void etm_model_zero_grad(etm_model *m);
 
 /* Soft-capped logits (cap * tanh(logits / cap)) of the last forward: host out (rows, V) gets
- * rows first..first+rows-1 of its (B*T, V) logits. */
-void etm_model_logits(etm_model *m, float *out, int first, int rows);
+ * rows first..first+rows-1 of its (B*T, V) logits. Returns 0, or -1 with a message when there
+ * was no forward or the rows are outside it. */
+int etm_model_logits(etm_model *m, float *out, int first, int rows, etm_error *err);
 
 /* Once per optimizer step: the routers' threshold / bias updates (etm_moe_step_end per layer). */
 void etm_model_step_end(etm_model *m);

@@ -107,6 +107,11 @@ static double forward_ok(etm_model *m, const int32_t *tok, const int32_t *tgt, i
     return loss;
 }
 
+static void logits_ok(etm_model *m, float *out, int first, int rows) {
+    etm_error err = {{0}};
+    ck_assert_msg(etm_model_logits(m, out, first, rows, &err) == 0, "logits: %s", err.msg);
+}
+
 static void backward_ok(etm_model *m, float scale) {
     etm_error err = {{0}};
     ck_assert_msg(etm_model_backward(m, scale, &err) == 0, "backward: %s", err.msg);
@@ -305,13 +310,13 @@ static causal_result causal_probe(etm_model *m, etm_moe_mode mode, int t) {
     float *ref = malloc(sizeof(float) * T * V), *alt = malloc(sizeof(float) * T * V);
     causal_result r;
     forward_ok(m, a, NULL, 1, T, mode);
-    etm_model_logits(m, ref, 0, T);
+    logits_ok(m, ref, 0, T);
     forward_ok(m, a2, NULL, 1, T, mode);
-    etm_model_logits(m, alt, 0, T);
+    logits_ok(m, alt, 0, T);
     r.future = max_abs_diff(ref, alt, (size_t)(t + 1) * V);
     r.after = max_abs_diff(ref + (size_t)(t + 1) * V, alt + (size_t)(t + 1) * V, (size_t)(T - t - 1) * V);
     forward_ok(m, ba, NULL, 2, T, mode);
-    etm_model_logits(m, alt, T, T); /* sequence a is the second one */
+    logits_ok(m, alt, T, T); /* sequence a is the second one */
     r.batch = max_abs_diff(ref, alt, (size_t)(t + 1) * V);
     free(ref);
     free(alt);
@@ -375,9 +380,9 @@ static void check_decode(etm_router_kind router) {
     tok2[4] = (tok[4] + 7) % V;
     float *full = malloc(sizeof(float) * T * V), *full2 = malloc(sizeof(float) * T * V);
     forward_ok(m, tok, NULL, 1, T, ETM_MOE_EVAL);
-    etm_model_logits(m, full, 0, T);
+    logits_ok(m, full, 0, T);
     forward_ok(m, tok2, NULL, 1, T, ETM_MOE_EVAL);
-    etm_model_logits(m, full2, 0, T);
+    logits_ok(m, full2, 0, T);
 
     etm_error err = {{0}};
     etm_kv_cache *c = etm_kv_cache_create(m, T, &err);
@@ -603,6 +608,10 @@ START_TEST(test_errors) {
     ck_assert_int_eq(etm_model_backward(m, 1.0f, &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "no targets"));
     ck_assert_ptr_null(etm_kv_cache_create(m, 7, &err));
+    float row[37];
+    ck_assert_int_eq(etm_model_logits(m, row, 6, 1, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "outside"));
+    ck_assert_int_eq(etm_model_logits(m, row, 5, 1, &err), 0);
     etm_model_free(m);
     etm_backend_free(be);
 }
