@@ -11,7 +11,7 @@
 /* Every backend built in, as X(name, constructor), in the order `etmoe backends` lists them.
  * A new backend is one more line here (under its #ifdef) plus its constructor's header above. */
 #define ETM_BACKEND_TABLE(X)                                                                       \
-    X("cpu", etm_cpu_backend_create)                                                              \
+    X("cpu", etm_cpu_backend_create)                                                               \
     ETM_CUDA_ENTRY(X)
 
 /* The CUDA backend does not exist yet; when it does (with backends/cuda/cuda.h included above):
