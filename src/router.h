@@ -29,6 +29,12 @@
  *    Nothing is recorded.
  *  - REPLAY: the previous mask is kept; scores and losses are recomputed from the new logits
  *    (the balance loss keeps the previous counts f_i). Nothing is recorded.
+ *  - Balance losses (tc), counts taken from the top-k choice before capacity dropping:
+ *    aux = alpha sum_i f_i P_i, f_i = count_i E / (N k), P_i = mean gate score (sigmoid or
+ *    softmax); switch = alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
+ *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
+ *    the same number; the two differ only in P_i, and coincide for softmax scores.
+ *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
  *  - Selection compares logits (plus the loss-free bias for tc): the scores are monotone in r
  *    within a row (softmax) or per element (sigmoid), and logits do not saturate into ties.
  *    Ties are broken towards the lower token / expert index.
