@@ -300,9 +300,10 @@ int cmd_generate(int argc, char **argv) {
     const char *why = res.end == ETM_GEN_STOP_TOKEN ? "the model ended the text (<|endoftext|>)"
                       : res.end == ETM_GEN_CONTEXT  ? "the context is full"
                                                     : "token limit";
-    fprintf(stderr, "etmoe generate: %d prompt tokens, %d generated (%s) in %.2f s, %.1f tokens/s decoded; seed %llu\n",
-            o.n_prompt, res.n_generated, why, secs, secs > 0 ? (o.n_prompt + res.n_generated) / secs : 0.0,
-            (unsigned long long)seed);
+    fprintf(stderr, "etmoe generate: %d prompt tokens after <|endoftext|>, %d generated (%s); %d decoded in %.2f s, "
+                    "%.1f tokens/s; seed %llu\n",
+            o.n_prompt - 1, res.n_generated, why, o.n_prompt + res.n_generated, secs,
+            secs > 0 ? (o.n_prompt + res.n_generated) / secs : 0.0, (unsigned long long)seed);
     if (n_moe > 0)
         fprintf(stderr, "etmoe generate: routed experts per token and MoE layer (%d layers, %s, top_k %d): "
                         "prompt %.3f, generated %.3f\n",

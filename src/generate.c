@@ -327,9 +327,17 @@ void etm_token_writer_put(etm_token_writer *w, const char *bytes, size_t len, in
     size_t keep = utf8_complete_prefix(buf, n);
     if (w->mode == ETM_SHOW_ANSI)
         put_coloured(w->f, buf, keep, etm_expert_bucket_ansi(etm_expert_bucket(total, budget)));
-    else {
-        fwrite(buf, 1, keep, w->f);
+    else { /* newlines as \n before the annotation, the line breaks after it */
+        int breaks = 0;
+        for (size_t i = 0; i < keep; i++) {
+            if (buf[i] == '\n') {
+                fputs("\\n", w->f);
+                breaks++;
+            } else
+                fputc(buf[i], w->f);
+        }
         fprintf(w->f, "[%d]", total);
+        while (breaks-- > 0) fputc('\n', w->f);
     }
     w->n_held = (int)(n - keep);
     memcpy(w->held, buf + keep, n - keep);
@@ -445,9 +453,20 @@ static const char html_style[] =
     ".t{border-radius:2px;padding:1px 0}\n"
     ".t:empty{padding-left:.3em}\n"
     ".g{box-shadow:inset 0 -2px 0 #000}\n"
+    ".nl::before{content:\"\\21b5\";opacity:.6}\n"
     ".legend span.t{display:inline-block;min-width:4em;text-align:center;font-family:ui-monospace,monospace}\n"
     "table{border-collapse:collapse;margin-top:.5em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}\n"
     ".note{color:#555;font-size:.9em}\n";
+
+/* Whitespace with a line break in it: such a token has no visible text, so the page marks it. */
+static int line_break_only(const char *b, size_t n) {
+    int nl = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (b[i] == '\n') nl = 1;
+        else if (b[i] != ' ' && b[i] != '\t' && b[i] != '\r') return 0;
+    }
+    return nl;
+}
 
 char *etm_trace_html(const etm_expert_trace *t, const etm_tokenizer *tok, const char *title,
                      const char *heading, size_t *len) {
@@ -482,13 +501,6 @@ char *etm_trace_html(const etm_expert_trace *t, const etm_tokenizer *tok, const 
     for (size_t i = 0; i < t->n; i++) {
         int total = etm_trace_total(t, i);
         const int *ex = t->experts + i * (size_t)t->n_moe;
-        sb_printf(&s, "<span class=\"t b%d %s\" data-id=\"%d\" data-experts=\"%d\" data-layers=\"",
-                  etm_expert_bucket(total, budget), t->generated[i] ? "g" : "p", (int)t->ids[i], total);
-        for (int j = 0; j < t->n_moe; j++) sb_printf(&s, "%s%d", j ? "," : "", ex[j]);
-        sb_printf(&s, "\" title=\"token %d (%s): %d routed expert%s", (int)t->ids[i],
-                  t->generated[i] ? "sampled" : "prompt", total, total == 1 ? "" : "s");
-        for (int j = 0; j < t->n_moe; j++) sb_printf(&s, "&#10;layer %d: %d", t->layers[j], ex[j]);
-        sb_str(&s, "\">");
         size_t blen = 0;
         const char *bytes = tok ? etm_tokenizer_token_bytes(tok, t->ids[i], &blen) : NULL;
         char idtext[24];
@@ -497,6 +509,14 @@ char *etm_trace_html(const etm_expert_trace *t, const etm_tokenizer *tok, const 
             bytes = idtext;
             blen = strlen(idtext);
         }
+        sb_printf(&s, "<span class=\"t b%d %s%s\" data-id=\"%d\" data-experts=\"%d\" data-layers=\"",
+                  etm_expert_bucket(total, budget), t->generated[i] ? "g" : "p",
+                  line_break_only(bytes, blen) ? " nl" : "", (int)t->ids[i], total);
+        for (int j = 0; j < t->n_moe; j++) sb_printf(&s, "%s%d", j ? "," : "", ex[j]);
+        sb_printf(&s, "\" title=\"token %d (%s): %d routed expert%s", (int)t->ids[i],
+                  t->generated[i] ? "sampled" : "prompt", total, total == 1 ? "" : "s");
+        for (int j = 0; j < t->n_moe; j++) sb_printf(&s, "&#10;layer %d: %d", t->layers[j], ex[j]);
+        sb_str(&s, "\">");
         unsigned char *buf = etm_malloc(blen + n_held + 1);
         memcpy(buf, held, n_held);
         memcpy(buf + n_held, bytes, blen);

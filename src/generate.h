@@ -139,7 +139,10 @@ typedef enum {
 
 /* Writes tokens to a stream one at a time. A token that ends inside a UTF-8 character keeps
  * those bytes back until the character completes, so colour codes never split a character (the
- * character is shown in the colour of the token that completes it). */
+ * character is shown in the colour of the token that completes it). ANSI resets the colour
+ * around each newline (a terminal would otherwise paint the rest of the line). ANNOTATED writes
+ * a token's newlines as the two characters \n, then [n], then the line breaks, so that every
+ * annotation follows its token's visible text. */
 typedef struct {
     FILE *f;             /* not owned */
     etm_show_mode mode;
@@ -162,7 +165,8 @@ void etm_print_legend(FILE *f, etm_show_mode mode, const etm_expert_trace *t);
 /* A self-contained HTML page (inline CSS, no scripts or external resources) showing the trace's
  * tokens as spans coloured by bucket, each with class "t", data-id, data-experts (the sum) and
  * data-layers (the per-layer counts, comma-separated) attributes and a tooltip (title) listing
- * the per-layer counts; prompt tokens carry class "p", sampled ones "g"; then a legend and the
+ * the per-layer counts; prompt tokens carry class "p", sampled ones "g", tokens that are only
+ * whitespace with a line break also "nl" (marked with a U+21B5 arrow); then a legend and the
  * mean routed experts per layer for the prompt and the sampled tokens. heading (may be NULL) is
  * shown as the page's description line. Returns the malloc'd page and its length in *len; the
  * page is valid UTF-8 (bytes that are not are shown as U+FFFD). */
