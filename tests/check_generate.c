@@ -314,7 +314,7 @@ static void check_cache_equals_full_forward(etm_router_kind router, float temper
         }
         ck_assert_int_eq(r.generated[len - 1], len > 3);
         ck_assert_msg(etm_model_forward(m, seq, NULL, 1, len, ETM_MOE_EVAL, NULL, &err) == 0, "%s", err.msg);
-        etm_model_logits(m, logits, len - 1, 1);
+        ck_assert_msg(etm_model_logits(m, logits, len - 1, 1, &err) == 0, "%s", err.msg);
         for (int v = 0; v < V; v++) {
             double d = fabs((double)logits[v] - r.logits[(size_t)(len - 1) * V + v]);
             if (d > worst) worst = d;
