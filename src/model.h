@@ -212,4 +212,8 @@ void etm_kv_cache_free(etm_kv_cache *c);
  * state is read from the model at each call. */
 const float *etm_model_decode(etm_model *m, etm_kv_cache *c, int32_t token, int pos, etm_error *err);
 
+/* The cache's one-token copy of MoE layer `layer` (NULL for a dense layer): after a decode call
+ * its etm_moe_last_stats / etm_moe_mask describe how that call's token was routed. */
+const etm_moe_layer *etm_kv_cache_moe(const etm_kv_cache *c, int layer);
+
 #endif
