@@ -13,16 +13,7 @@
 #include "moe.h"
 #include "safetensors.h"
 
-/* model.h and optim.h each define a type called etm_param (and etm_param_group) today; until the
- * two are reconciled, optim.h is included under other names when model.h has not brought it in.
- * Only the optimizer's functions are used here, never its parameter type by name. */
-#ifndef ETM_OPTIM_H
-#define etm_param etm_optim_param
-#define etm_param_group etm_optim_param_group
 #include "optim.h"
-#undef etm_param
-#undef etm_param_group
-#endif
 
 #define N_ROUTER_FIELDS 4
 static const char *const router_fields[N_ROUTER_FIELDS] = {"threshold", "ema", "bias", "counters"};

@@ -46,26 +46,8 @@
 #include "common.h"
 #include "hparams.h"
 #include "moe.h"
+#include "param.h"
 
-/* Which optimizer family a parameter belongs to. */
-typedef enum {
-    ETM_PARAM_EMBED = 0, /* token embedding: AdamW at lr_embed */
-    ETM_PARAM_HEAD,      /* LM head: AdamW at lr_head */
-    ETM_PARAM_MATRIX,    /* hidden matrices: Muon (or AdamW) at lr_matrix */
-    ETM_PARAM_ROUTER     /* router weights: AdamW at lr_router */
-} etm_param_group;
-
-/* One entry of the parameter table. */
-typedef struct {
-    char name[48];          /* checkpoint tensor name, e.g. "layers.3.moe.up" */
-    float *data;            /* (numel) inside the parameter block */
-    float *grad;            /* (numel) same offset inside the gradient block */
-    int ndim;               /* 1..3 */
-    int shape[3];           /* row-major sizes; unused trailing entries are 1 */
-    size_t numel;           /* product of shape */
-    size_t offset;          /* element offset of data in the parameter block */
-    etm_param_group group;
-} etm_param;
 
 /* Weights of one layer: pointers into the parameter (or gradient) block. */
 typedef struct {

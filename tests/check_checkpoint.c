@@ -18,18 +18,7 @@
 
 #include <sys/stat.h>
 
-/* model.h and optim.h each define a type called etm_param today (see checkpoint.c): the
- * optimizer's is used here as optim_param, whichever way the two headers are reconciled. */
-#ifndef ETM_OPTIM_H
-#define etm_param etm_optim_param
-#define etm_param_group etm_optim_param_group
 #include "optim.h"
-#undef etm_param
-#undef etm_param_group
-typedef etm_optim_param optim_param;
-#else
-typedef etm_param optim_param;
-#endif
 
 #define ASSERT_MSG_HAS(err, s) \
     ck_assert_msg(strstr((err).msg, (s)) != NULL, "message '%s' lacks '%s'", (err).msg, (s))
@@ -73,23 +62,12 @@ typedef struct {
     etm_backend *be;
     etm_model *m;
     etm_optim *opt;
-    optim_param *params; /* (m->n_tensors) the optimizer's view of the model's table */
 } fixture;
 
-static etm_optim *make_optim(etm_model *m, optim_param **params_out) {
-    optim_param *p = etm_calloc((size_t)m->n_tensors, sizeof(optim_param));
-    for (int i = 0; i < m->n_tensors; i++) {
-        p[i].name = m->table[i].name;
-        p[i].group = (int)m->table[i].group; /* the same order in both enums */
-        p[i].data = m->table[i].data;
-        p[i].grad = m->table[i].grad;
-        p[i].ndim = m->table[i].ndim;
-        for (int d = 0; d < 3; d++) p[i].shape[d] = (int64_t)m->table[i].shape[d];
-    }
+static etm_optim *make_optim(etm_model *m) {
     etm_error err = {{0}};
-    etm_optim *opt = etm_optim_create(m->be, &m->hp, p, m->n_tensors, &err);
+    etm_optim *opt = etm_optim_create(m->be, &m->hp, m->table, m->n_tensors, &err);
     ck_assert_msg(opt != NULL, "%s", err.msg);
-    *params_out = p;
     return opt;
 }
 
@@ -98,12 +76,11 @@ static void fixture_make(fixture *fx, const etm_hparams *hp) {
     fx->be = test_backend();
     fx->m = etm_model_create(fx->be, hp, hp->batch_size, &err);
     ck_assert_msg(fx->m != NULL, "%s", err.msg);
-    fx->opt = make_optim(fx->m, &fx->params);
+    fx->opt = make_optim(fx->m);
 }
 
 static void fixture_free(fixture *fx) {
     etm_optim_free(fx->opt);
-    free(fx->params);
     etm_model_free(fx->m);
     etm_backend_free(fx->be);
 }
