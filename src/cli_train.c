@@ -235,10 +235,9 @@ int cmd_eval(int argc, char **argv) {
     int rc = ETM_EXIT_FAIL;
     etm_model *m = NULL;
     etm_backend *be = etm_backend_create(hp.backend, &err);
-    if (be) m = etm_model_create(be, &hp, hp.batch_size, &err);
+    if (be) m = etm_checkpoint_load_model(path, be, hp.batch_size, &err);
     etm_eval_result ev;
-    if (m && etm_checkpoint_load(path, m, NULL, NULL, &err) == 0 &&
-        etm_evaluate(m, data, batches * hp.batch_size, routing, &ev, &err) == 0) {
+    if (m && etm_evaluate(m, data, batches * hp.batch_size, routing, &ev, &err) == 0) {
         printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
                routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
                    ? "batch (expert choice per pool)"

@@ -2,14 +2,6 @@
  * directory, the step, progress lines, metrics as JSON Lines, checkpoints and resume. */
 #include <config.h>
 
-/* model.h and optim.h both define etm_param and etm_param_group (the model's parameter table
- * entry, the optimizer's view of a parameter); model.h's are renamed in this file. */
-#define etm_param etm_model_param
-#define etm_param_group etm_model_param_group
-#include "model.h"
-#undef etm_param
-#undef etm_param_group
-
 #include "trainer.h"
 
 #include <errno.h>
@@ -402,27 +394,6 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
     return 0;
 }
 
-/* The optimizer over the model's parameter table (same names, shapes and groups). */
-static etm_optim *create_optimizer(run *r, etm_error *err) {
-    etm_model *m = r->m;
-    etm_param *params = etm_calloc(m->n_tensors, sizeof *params);
-    for (int i = 0; i < m->n_tensors; i++) {
-        const etm_model_param *t = &m->table[i];
-        params[i].name = t->name;
-        params[i].group = t->group == ETM_PARAM_EMBED ? ETM_GROUP_EMBED
-                          : t->group == ETM_PARAM_HEAD ? ETM_GROUP_HEAD
-                          : t->group == ETM_PARAM_ROUTER ? ETM_GROUP_ROUTER
-                                                         : ETM_GROUP_MATRIX;
-        params[i].data = t->data;
-        params[i].grad = t->grad;
-        params[i].ndim = t->ndim;
-        for (int d = 0; d < 3; d++) params[i].shape[d] = d < t->ndim ? t->shape[d] : 1;
-    }
-    etm_optim *o = etm_optim_create(r->be, &r->hp, params, m->n_tensors, err);
-    free(params);
-    return o;
-}
-
 static void run_free(run *r) {
     if (r->metrics) fclose(r->metrics);
     if (r->acc)
@@ -473,7 +444,7 @@ static int run_setup(run *r, etm_error *err) {
     if (hp->router != ETM_ROUTER_DENSE && etm_moe_check_hparams(hp, tokens_per_batch, err) != 0) return -1;
     r->m = etm_model_create(r->be, hp, hp->batch_size, err);
     if (!r->m) return -1;
-    r->optim = create_optimizer(r, err);
+    r->optim = etm_optim_create(r->be, hp, r->m->table, r->m->n_tensors, err);
     if (!r->optim) return -1;
     r->train = etm_loader_open(hp->train_data, hp->batch_size, hp->seq_len, hp->seed, 1, hp->vocab_size, &e2);
     if (!r->train) return etm_fail(err, "train_data: %s", e2.msg);
@@ -573,17 +544,20 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     FILE *log = opt->progress;
     int64_t tokens_per_step = (int64_t)hp->batch_size * hp->seq_len * hp->grad_accum;
     if (log) {
-        fprintf(log, "train: %s, %zu parameters, %s router, %lld tokens/step, steps %d..%d of %d%s\n",
-                hp->out_dir, etm_model_num_params(r.m),
+        fprintf(log, "train: %s: %s router, %.2fM parameters (%.2fM active in matmuls per token), "
+                "%lld tokens/step\n", hp->out_dir,
                 hp->router == ETM_ROUTER_DENSE ? "dense" : hp->router == ETM_ROUTER_TC ? "tc"
                 : hp->router == ETM_ROUTER_EC ? "ec" : "et",
-                (long long)tokens_per_step, start + 1, end, hp->max_steps,
-                opt->resume ? " (resumed)" : "");
+                etm_model_num_params(r.m) / 1e6,
+                etm_model_active_matmul_params(r.m, hp->router == ETM_ROUTER_DENSE ? 0 : hp->top_k) / 1e6,
+                (long long)tokens_per_step);
+        fprintf(log, "train: data %s: %zu tokens; steps %d..%d of %d%s\n", hp->train_data,
+                etm_loader_n_tokens(r.train), start + 1, end, hp->max_steps, opt->resume ? " (resumed)" : "");
         if (start >= end) fprintf(log, "train: nothing to do, %d steps are already done\n", start);
     }
 
-    double train_time = 0.0;
-    int rc = 0;
+    double train_time = 0.0, window_time = 0.0; /* window: since the last progress line */
+    int window_steps = 0, rc = 0;
     char note[1300], buf[32];
     for (int s = start; s < end; s++) {
         if (opt->before_step) opt->before_step(opt->hook_ctx, r.m, s);
@@ -597,6 +571,8 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         }
         double step_time = etm_now() - ts;
         train_time += step_time;
+        window_time += step_time;
+        window_steps++;
         int done = s + 1;
         res.step = done;
         res.train_loss = ce;
@@ -628,7 +604,10 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
             double eta = (elapsed / (done - start)) * (end - done);
             fprintf(log, "step %5d/%d  loss %.4f", done, hp->max_steps, ce);
             if (!isnan(val)) fprintf(log, "  val %.4f", val);
-            fprintf(log, "  lr %.3g  %.0f tok/s  ETA %s", lr, tok_s, format_duration(buf, sizeof buf, eta));
+            fprintf(log, "  lr %.3g  %.0f tok/s  ETA %s", lr, window_time > 0 ? (double)tokens_per_step * window_steps / window_time : 0.0,
+                    format_duration(buf, sizeof buf, eta));
+            window_time = 0.0;
+            window_steps = 0;
             if (hp->router != ETM_ROUTER_DENSE) fprintf(log, "  experts/token %.2f", mean_experts(&r));
             fputc('\n', log);
             fflush(log);
