@@ -3,16 +3,6 @@
  * the routing disagreements measured against their decision boundaries), and training curves. */
 #include <config.h>
 
-/* model.h and optim.h both define etm_param and etm_param_group (the model's parameter table
- * entry, the optimizer's view of a parameter) until they move to one header; model.h's are
- * renamed in this file. */
-#define etm_param etm_model_param
-#define etm_param_group etm_model_param_group
-#include "model.h"
-#undef etm_param
-#undef etm_param_group
-#include "optim.h"
-
 #include "check_backend.h"
 
 #include <errno.h>
@@ -23,6 +13,8 @@
 
 #include "backend_check.h"
 #include "dump.h"
+#include "model.h"
+#include "optim.h"
 #include "rng.h"
 #include "router.h"
 #include "safetensors.h"
@@ -118,22 +110,7 @@ static int side_create(side *s, etm_backend *be, const etm_hparams *hp, etm_erro
     s->be = be;
     s->m = etm_model_create(be, hp, hp->batch_size, err);
     if (!s->m) return -1;
-    etm_model *m = s->m;
-    etm_param *params = etm_calloc((size_t)m->n_tensors, sizeof *params);
-    for (int i = 0; i < m->n_tensors; i++) {
-        const etm_model_param *t = &m->table[i];
-        params[i].name = t->name;
-        params[i].group = t->group == ETM_PARAM_EMBED    ? ETM_GROUP_EMBED
-                          : t->group == ETM_PARAM_HEAD   ? ETM_GROUP_HEAD
-                          : t->group == ETM_PARAM_ROUTER ? ETM_GROUP_ROUTER
-                                                         : ETM_GROUP_MATRIX;
-        params[i].data = t->data;
-        params[i].grad = t->grad;
-        params[i].ndim = t->ndim;
-        for (int d = 0; d < 3; d++) params[i].shape[d] = d < t->ndim ? t->shape[d] : 1;
-    }
-    s->opt = etm_optim_create(be, hp, params, m->n_tensors, err);
-    free(params);
+    s->opt = etm_optim_create(be, hp, s->m->table, s->m->n_tensors, err);
     if (!s->opt) {
         side_free(s);
         return -1;
@@ -436,7 +413,7 @@ static int write_state(side *s, const char *path, etm_error *err) {
     int rc = 0;
     char name[160];
     for (int i = 0; rc == 0 && i < m->n_tensors; i++) {
-        const etm_model_param *t = &m->table[i];
+        const etm_param *t = &m->table[i];
         int64_t shape[3];
         for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
         float *host = etm_malloc(t->numel * sizeof(float));
