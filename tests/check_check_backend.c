@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "backend.h"
 #include "check_backend.h"
@@ -321,4 +324,15 @@ static Suite *suite(void) {
     return s;
 }
 
-int main(void) { return test_run_suite(suite()); }
+/* One OpenMP thread in this process: the models here are so small that the cost of a run is the
+ * synchronisation of threads around each op, which on a loaded machine (threads spinning at
+ * every barrier) made this suite ten times slower. Nothing here depends on the thread count:
+ * both sides of every comparison run with the same threads, and thread-count independence is
+ * tested by check_ops_determinism, check_model and check_trainer. The verb runs below (separate
+ * processes) keep the caller's OMP_NUM_THREADS. */
+int main(void) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
+    return test_run_suite(suite());
+}
