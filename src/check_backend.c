@@ -565,6 +565,11 @@ int etm_cbk_compare_step(etm_backend *ref_be, etm_backend *test_be, const etm_hp
         }
     }
     r->passed = rc == 0 && r->tensors_failed == 0 && r->flips_bad == 0;
+    if (rc == 0 && report && r->flips > r->flips_bad && r->tensors_failed > 0)
+        fprintf(report, "\nnote: %ld acceptable routing disagreement%s sent tokens to other experts, so the "
+                "tensors downstream of them differ for that reason alone; rerun with another --seed for a "
+                "step without disagreements before reading the tensor table\n",
+                r->flips - r->flips_bad, r->flips - r->flips_bad == 1 ? "" : "s");
     if (!o->dump_dir) {
         for (int i = 0; i < 4; i++) unlink(path[i]);
         rmdir(dir);
