@@ -85,7 +85,8 @@ typedef struct {
 } etm_cbk_curve;
 
 /* Part (3): o->steps steps of fresh models built from hp on both backends; prints both curves to
- * report. Returns 0 with *c filled, or -1 with a message when the reference itself fails. */
+ * report. Returns 0 with *c filled, or -1 with a message when the reference itself fails (or the
+ * models cannot be built). Either way *c holds allocations: free them with etm_cbk_curve_free. */
 int etm_cbk_compare_curves(etm_backend *ref, etm_backend *test, const etm_hparams *hp,
                            const etm_cbk_options *o, FILE *report, etm_cbk_curve *c,
                            etm_error *err);

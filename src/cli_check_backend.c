@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 static const char *verb = "check-backend";
 
@@ -185,6 +186,11 @@ int cmd_check_backend(int argc, char **argv) {
             cli_usage_error(verb, "%s '%s': expected a number >= 0", tol_opt[t], tol_s[t]);
             goto done;
         }
+    struct stat st;
+    if (dumps && (stat(dumps, &st) != 0 || !S_ISDIR(st.st_mode))) {
+        cli_usage_error(verb, "--dumps '%s': not an existing directory", dumps);
+        goto done;
+    }
     o.dump_dir = dumps;
 
     etm_error err = {{0}};

@@ -292,6 +292,7 @@ START_TEST(test_verb_exit_status) {
     ck_assert_int_eq(etmoe("cpu router=tc", NULL, 0), 2);
     ck_assert_int_eq(etmoe("cpu no_such_key=1", NULL, 0), 2);
     ck_assert_int_eq(etmoe("cpu /no/such/config.conf", NULL, 0), 2);
+    ck_assert_int_eq(etmoe("cpu --dumps /no/such/dir", NULL, 0), 2);
     ck_assert_int_eq(etmoe("cpu --steps 1 d_model=48 n_head=3 n_kv_head=1", out, sizeof out), 0);
     ck_assert(strstr(out, "\nPASS\n") != NULL);
 
