@@ -16,11 +16,14 @@ static const etm_verb verbs[] = {
     {"tokenize", cmd_tokenize, "text <-> token ids (GPT-2 BPE or a trained one); --bench for speed"},
     {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer: tokenizer train --vocab-size N ..."},
     {"prepare", cmd_prepare, "text files -> train/val token shards: prepare --tokenizer T --out DIR FILES..."},
+    {"train", cmd_train, "train a model: train CONFIG [key=value...] [--resume] (progress, metrics, checkpoints)"},
+    {"eval", cmd_eval, "validation loss and perplexity of a checkpoint: eval CHECKPOINT [--data SHARDS]"},
     {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
     {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
     {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},
     {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
     {"generate", cmd_generate, "sample text from a checkpoint; --show-experts colours tokens by routed experts"},
+    {"check-backend", cmd_check_backend, "validate a backend (e.g. cuda) against cpu: ops, one training step, loss curves"},
     {NULL, NULL, NULL},
 };
 
