@@ -27,28 +27,6 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
-/* mkdir -p: every missing directory of path. */
-static int make_dirs(const char *path, etm_error *err) {
-    char buf[1100];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return etm_fail(err, "out_dir '%s' is too long", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char c = *p;
-        *p = '\0';
-        struct stat st;
-        if (stat(buf, &st) != 0) {
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return etm_fail(err, "%s: cannot create the directory: %s", buf, strerror(errno));
-        } else if (!S_ISDIR(st.st_mode)) {
-            return etm_fail(err, "%s: exists and is not a directory", buf);
-        }
-        *p = c;
-        if (c == '\0') break;
-    }
-    return 0;
-}
-
 static void run_path(char *buf, size_t len, const etm_hparams *hp, const char *file) {
     snprintf(buf, len, "%s/%s", hp->out_dir, file);
 }
@@ -410,7 +388,7 @@ static int run_setup(run *r, etm_error *err) {
     if (etm_hparams_validate(hp, err) != 0) return -1;
     if (!hp->out_dir[0]) return etm_fail(err, "out_dir is empty: the run needs a directory");
     if (!hp->train_data[0]) return etm_fail(err, "train_data is empty: nothing to train on");
-    if (make_dirs(hp->out_dir, err) != 0) return -1;
+    if (etm_mkdir_p(hp->out_dir, err) != 0) return -1;
     run_path(r->ckpt_path, sizeof r->ckpt_path, hp, ETM_RUN_CHECKPOINT);
     run_path(r->metrics_path, sizeof r->metrics_path, hp, ETM_RUN_METRICS);
 
