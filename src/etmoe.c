@@ -20,6 +20,7 @@ static const etm_verb verbs[] = {
     {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
     {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},
     {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
+    {"bench", cmd_bench, "training-step speed of a config's model: tokens/s, GFLOP/s, % of GEMM ceiling"},
     {NULL, NULL, NULL},
 };
 
