@@ -329,13 +329,15 @@ int etm_bench_run(etm_backend *be, const etm_hparams *hp, const etm_bench_option
     out->ceiling_n = hp->ffn_hidden;
     out->ceiling_k = hp->d_model;
     double best_fb = INFINITY, best_opt = INFINITY, best_step = INFINITY;
-    double fwd = 0.0, bwd = 0.0, opt_s = 0.0, routed = 0.0;
+    double fwd = 0.0, bwd = 0.0, opt_s = 0.0, routed = 0.0, ratio_sum = 0.0;
+    double ceil_prev = 0.0, ceil_sum = 0.0;
     for (int step = 0; step < opt->warmup + opt->steps; step++) {
         int timed = step >= opt->warmup;
         if (step == opt->warmup) {
             out->load_before = etm_load_average();
-            out->ceiling_before = ceiling_gflops(be, out->ceiling_m, out->ceiling_n, out->ceiling_k,
-                                                 opt->ceiling_reps);
+            ceil_prev = ceiling_gflops(be, out->ceiling_m, out->ceiling_n, out->ceiling_k,
+                                       opt->ceiling_reps);
+            out->ceiling_before = out->ceiling_min = out->ceiling_max = ceil_sum = ceil_prev;
             if (pr) profiler_reset(pr);
         }
         if (timed) out->timed_threshold_steps += routes_by_threshold(m);
@@ -362,12 +364,24 @@ int etm_bench_run(etm_backend *be, const etm_hparams *hp, const etm_bench_option
         best_fb = ETM_MIN(best_fb, t2 - t0);
         best_opt = ETM_MIN(best_opt, t3 - t2);
         best_step = ETM_MIN(best_step, t3 - t0);
-        routed += routed_per_token(m);
+        double r = routed_per_token(m);
+        routed += r;
+        /* this step's ratio, against the ceilings measured just before and just after it */
+        double ceil_next = ceiling_gflops(be, out->ceiling_m, out->ceiling_n, out->ceiling_k,
+                                          opt->ceiling_reps);
+        double step_gflops = etm_model_train_flops_per_token(m, T, r) * N / (t2 - t0) * 1e-9;
+        double around = 0.5 * (ceil_prev + ceil_next);
+        double step_ratio = around > 0.0 ? step_gflops / around : 0.0;
+        ratio_sum += step_ratio;
+        out->best_ratio = ETM_MAX(out->best_ratio, step_ratio);
+        ceil_sum += ceil_next;
+        out->ceiling_min = ETM_MIN(out->ceiling_min, ceil_next);
+        out->ceiling_max = ETM_MAX(out->ceiling_max, ceil_next);
+        ceil_prev = ceil_next;
     }
-    out->ceiling_after =
-        ceiling_gflops(be, out->ceiling_m, out->ceiling_n, out->ceiling_k, opt->ceiling_reps);
+    out->ceiling_after = ceil_prev;
     out->load_after = etm_load_average();
-    out->ceiling = 0.5 * (out->ceiling_before + out->ceiling_after);
+    out->ceiling = ceil_sum / (opt->steps + 1);
 
     const int S = opt->steps;
     out->fwd_s = fwd / S;
@@ -390,8 +404,7 @@ int etm_bench_run(etm_backend *be, const etm_hparams *hp, const etm_bench_option
     out->best_gflops = out->flops_per_step / best_fb * 1e-9;
     out->step_tokens_per_s = N / (fb + out->opt_s);
     out->optim_gflops = out->opt_s > 0.0 ? out->optim_flops / out->opt_s * 1e-9 : 0.0;
-    out->ratio = out->ceiling > 0.0 ? out->gflops / out->ceiling : 0.0;
-    out->best_ratio = out->ceiling > 0.0 ? out->best_gflops / out->ceiling : 0.0;
+    out->ratio = ratio_sum / S;
     if (pr) {
         out->profiled = 1;
         profile_fill(&out->profile[ETM_BENCH_FWDBWD], &pr->t[ETM_BENCH_FWDBWD], fb, S);
@@ -448,16 +461,18 @@ void etm_bench_print(FILE *f, const etm_bench_result *r) {
             r->flops_per_step * 1e-9, r->flops_per_token * 1e-6);
     if (r->optim_flops > 0.0)
         fprintf(f, ", optimizer %.1f GFLOP (Newton-Schulz)", r->optim_flops * 1e-9);
-    fprintf(f, "\n  ceiling: %.1f GFLOP/s, %s %dx%dx%d (%.1f before, %.1f after); load average %.2f, "
-               "%.2f\n",
-            r->ceiling, strcmp(r->backend, "cpu") ? "gemm" : "cblas_sgemm", r->ceiling_m,
-            r->ceiling_n, r->ceiling_k, r->ceiling_before, r->ceiling_after, r->load_before,
+    fprintf(f, "\n  ceiling: %s %dx%dx%d, mean %.1f GFLOP/s of %d measurements between steps (%.1f to "
+               "%.1f); load average %.2f, %.2f\n",
+            strcmp(r->backend, "cpu") ? "gemm" : "cblas_sgemm", r->ceiling_m, r->ceiling_n,
+            r->ceiling_k, r->ceiling, r->steps + 1, r->ceiling_min, r->ceiling_max, r->load_before,
             r->load_after);
     fprintf(f, "  forward + backward: mean %.3f s (forward %.3f s, backward %.3f s): %.0f tokens/s, "
-               "%.1f GFLOP/s = %.0f%% of the ceiling\n",
-            r->fwd_s + r->bwd_s, r->fwd_s, r->bwd_s, r->tokens_per_s, r->gflops, 100.0 * r->ratio);
-    fprintf(f, "                      best %.3f s: %.0f tokens/s, %.1f GFLOP/s = %.0f%% of the ceiling\n",
-            r->best_fwdbwd_s, r->best_tokens_per_s, r->best_gflops, 100.0 * r->best_ratio);
+               "%.1f GFLOP/s\n",
+            r->fwd_s + r->bwd_s, r->fwd_s, r->bwd_s, r->tokens_per_s, r->gflops);
+    fprintf(f, "                      best %.3f s: %.0f tokens/s, %.1f GFLOP/s\n", r->best_fwdbwd_s,
+            r->best_tokens_per_s, r->best_gflops);
+    fprintf(f, "  of the ceiling around each step: %.0f%% mean, %.0f%% best\n", 100.0 * r->ratio,
+            100.0 * r->best_ratio);
     fprintf(f, "  optimizer step: mean %.3f s, best %.3f s", r->opt_s, r->best_opt_s);
     if (r->optim_flops > 0.0) fprintf(f, ", %.1f GFLOP/s (Newton-Schulz FLOPs)", r->optim_gflops);
     fprintf(f, "\n  whole step: mean %.3f s, best %.3f s: %.0f tokens/s\n",

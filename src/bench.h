@@ -20,8 +20,10 @@
  * Ceiling: on the CPU backend, cblas_sgemm with the BLAS's own threading over all OpenMP threads
  * (etm_cpu_sgemm_gflops); on another backend, its gemm (etm_backend_gemm_gflops). Shape: the
  * dense MLP's up-projection (B*T tokens x D times D x ffn_hidden), best of ceiling_reps calls,
- * measured just before and just after the timed steps; the ratio uses their mean (a shared
- * machine's load drifts). */
+ * measured before the first timed step and after every timed step (steps + 1 measurements). A
+ * shared machine's load drifts, so each step is compared with the mean of the two ceilings
+ * measured just before and just after it; the reported ratio is the mean of these per-step
+ * ratios, the best ratio their maximum. */
 #ifndef ETM_BENCH_H
 #define ETM_BENCH_H
 
@@ -90,11 +92,12 @@ typedef struct {
     double step_tokens_per_s; /* B T / mean (forward + backward + optimizer) */
     double optim_gflops;      /* optim_flops / mean optimizer time */
 
-    /* the ceiling */
+    /* the ceiling (GFLOP/s) */
     int ceiling_m, ceiling_n, ceiling_k;      /* GEMM shape */
-    double ceiling_before, ceiling_after;     /* GFLOP/s */
-    double ceiling;                           /* their mean */
-    double ratio, best_ratio;                 /* gflops / ceiling, best_gflops / ceiling */
+    double ceiling_before, ceiling_after;     /* the first and the last measurement */
+    double ceiling, ceiling_min, ceiling_max; /* mean, least and largest of all steps + 1 */
+    double ratio;      /* mean over timed steps of (step GFLOP/s) / (ceiling around the step) */
+    double best_ratio; /* the largest of those per-step ratios */
     double load_before, load_after;           /* 1-minute load average (-1 when unknown) */
 
     int profiled;                                /* whether profile[] is filled */
