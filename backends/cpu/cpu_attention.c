@@ -131,8 +131,7 @@ void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float 
                 float *p = P + (size_t)r * kb.n_keys;
                 int visible = visible_keys(&a, &kb, r);
                 float m = cpu_vmax(p, visible);
-                cpu_vexp(p, p, m, visible);
-                double sum = cpu_sum(p, visible);
+                double sum = cpu_vexp_sum(p, p, m, visible);
                 inv[r] = (float)(1.0 / sum);
                 for (int j = visible; j < kb.n_keys; j++) p[j] = 0.0f;
                 lse[lse_index(&a, &kb, r)] = m + (float)log(sum);

@@ -45,7 +45,8 @@ double cpu_sum_squares(etm_backend *be, const float *x, size_t n) {
     (void)be;
     long blocks = (long)((n + CPU_REDUCE_BLOCK - 1) / CPU_REDUCE_BLOCK);
     if (blocks == 0) return 0.0;
-    double *partial = etm_malloc((size_t)blocks * sizeof *partial);
+    double stack_partial[256]; /* up to 2M elements without a malloc (Muon calls this per matrix) */
+    double *partial = blocks <= 256 ? stack_partial : etm_malloc((size_t)blocks * sizeof *partial);
     ETM_OMP(parallel for schedule(static) if (blocks > 1))
     for (long b = 0; b < blocks; b++) {
         size_t i0 = (size_t)b * CPU_REDUCE_BLOCK, i1 = ETM_MIN(n, i0 + CPU_REDUCE_BLOCK);
@@ -59,7 +60,7 @@ double cpu_sum_squares(etm_backend *be, const float *x, size_t n) {
     }
     double total = 0.0;
     for (long b = 0; b < blocks; b++) total += partial[b];
-    free(partial);
+    if (partial != stack_partial) free(partial);
     return total;
 }
 

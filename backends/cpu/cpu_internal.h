@@ -86,6 +86,7 @@ uint32_t cpu_kth_largest_key(uint32_t *keys, uint32_t *tmp, int n, int k);
 /* ---- vectorised row loops (cpu_vector.c); outputs may be the inputs ---------------------- */
 float cpu_vmax(const float *x, int n);                          /* -infinity when n == 0 */
 void cpu_vexp(float *e, const float *x, float shift, int n);    /* e = exp(x - shift) */
+double cpu_vexp_sum(float *e, const float *x, float shift, int n); /* the same; returns cpu_sum(e) */
 void cpu_vsoftcap(float *z, const float *x, float cap, int n);  /* z = cap tanh(x / cap) */
 void cpu_vsigmoid(float *out, const float *x, int n);           /* 1 / (1 + exp(-x)) */
 /* d = dloss (d inv_sum) (1 - (z / cap)^2), the soft-capped cross-entropy gradient from
