@@ -33,5 +33,6 @@ int cmd_generate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_check_backend(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

@@ -24,6 +24,7 @@ static const etm_verb verbs[] = {
     {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
     {"generate", cmd_generate, "sample text from a checkpoint; --show-experts colours tokens by routed experts"},
     {"check-backend", cmd_check_backend, "validate a backend (e.g. cuda) against cpu: ops, one training step, loss curves"},
+    {"bench", cmd_bench, "training-step speed of a config's model: tokens/s, GFLOP/s, % of GEMM ceiling"},
     {NULL, NULL, NULL},
 };
 
