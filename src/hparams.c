@@ -116,10 +116,10 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->vocab_size = 4096;
     hp->seq_len = 256;
     hp->n_layer = 4;
-    hp->d_model = 192;
-    hp->n_head = 6;
-    hp->n_kv_head = 2;
-    hp->ffn_hidden = 768;
+    hp->d_model = 96;
+    hp->n_head = 3;
+    hp->n_kv_head = 1;
+    hp->ffn_hidden = 384;
     hp->rope_base = 10000.0f;
     hp->logit_cap = 15.0f;
     hp->norm_eps = 1e-6f;
@@ -128,7 +128,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->dense_layers = 1;
     hp->n_routed = 8;
     hp->n_shared = 1;
-    hp->expert_hidden = 384;
+    hp->expert_hidden = 192;
     hp->top_k = 1;
     hp->tc_score = ETM_SCORE_SIGMOID;
     hp->tc_balance = ETM_BALANCE_AUX;
@@ -137,19 +137,19 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->z_loss = 0.0f;
     hp->capacity_factor = 0.0f;
     hp->pool_seqs = 0;
-    hp->et_beta = 0.99f;
-    hp->et_warmup_steps = 50;
+    hp->et_beta = 0.8f;
+    hp->et_warmup_steps = 40;
     hp->et_capacity = 0.0f;
 
     hp->seed = 1337;
     hp->batch_size = 16;
     hp->grad_accum = 1;
-    hp->max_steps = 400;
+    hp->max_steps = 450;
     hp->matrix_optimizer = ETM_OPT_MUON;
     hp->lr_matrix = 0.02f;
-    hp->lr_embed = 0.4f;
-    hp->lr_head = 0.008f;
-    hp->lr_router = 0.008f;
+    hp->lr_embed = 0.57f;
+    hp->lr_head = 0.011f;
+    hp->lr_router = 0.001f;
     hp->adam_beta1 = 0.8f;
     hp->adam_beta2 = 0.95f;
     hp->adam_eps = 1e-10f;
@@ -159,7 +159,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->muon_warmup_steps = 100;
     hp->ns_steps = 5;
     hp->warmup_steps = 10;
-    hp->decay_fraction = 0.2f;
+    hp->decay_fraction = 0.4f;
     hp->final_lr_frac = 0.0f;
     hp->grad_clip = 1.0f;
 
@@ -168,7 +168,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     snprintf(hp->tokenizer, sizeof hp->tokenizer, "%s", "austen");
     snprintf(hp->out_dir, sizeof hp->out_dir, "%s", "runs/demo");
     snprintf(hp->backend, sizeof hp->backend, "%s", "cpu");
-    hp->eval_every = 50;
+    hp->eval_every = 75;
     hp->eval_batches = 8;
     hp->ckpt_every = 0;
     hp->log_every = 10;

@@ -283,8 +283,8 @@ START_TEST(validate_rejects_inconsistent_settings) {
         const char *args[3];
         const char *expect;
     } cases[] = {
-        {{"n_head=5"}, "n_head = 5 does not divide d_model = 192"},
-        {{"n_kv_head=4"}, "n_kv_head = 4 does not divide n_head = 6"},
+        {{"n_head=5"}, "n_head = 5 does not divide d_model = 96"},
+        {{"n_kv_head=2"}, "n_kv_head = 2 does not divide n_head = 3"},
         {{"d_model=90", "n_head=6", "n_kv_head=1"}, "head_dim = d_model / n_head = 90 / 6 = 15 is odd"},
         {{"top_k=9"}, "top_k = 9 exceeds n_routed = 8"},
         {{"dense_layers=5"}, "dense_layers = 5 exceeds n_layer = 4"},
@@ -443,7 +443,7 @@ START_TEST(configure_applies_overrides_after_the_file) {
     ASSERT_MSG_HAS(err, "argument 'd_model=abc': d_model: 'abc' is not a whole number");
     char *clash[] = {"n_head=7"};
     ck_assert_int_ne(etm_hparams_configure(&hp, "demo", 1, clash, &err), 0);
-    ASSERT_MSG_HAS(err, "n_head = 7 does not divide d_model = 192");
+    ASSERT_MSG_HAS(err, "n_head = 7 does not divide d_model = 96");
     ASSERT_MSG_HAS(err, "n_head from argument 'n_head=7'");
     ASSERT_MSG_HAS(err, "d_model from ");
     ASSERT_MSG_HAS(err, "demo.conf:");

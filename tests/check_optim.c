@@ -119,11 +119,11 @@ START_TEST(lr_schedule_at_key_steps) {
     ck_assert_msg(fabs(etm_lr_multiplier(&hp, 6) - 0.8) < 1e-6, "%g", (double)etm_lr_multiplier(&hp, 6));
     ck_assert_msg(fabs(etm_lr_multiplier(&hp, 3) - 0.5) < 1e-6, "%g", (double)etm_lr_multiplier(&hp, 3));
     ck_assert_msg(fabs(etm_lr_multiplier(&hp, 9) - 0.2) < 1e-6, "%g", (double)etm_lr_multiplier(&hp, 9));
-    /* The demo preset: warm-up 10 of 400 steps, decay over the last 80 to 0. */
+    /* The demo preset: warm-up 10 of 450 steps, decay over the last 180 to 0. */
     etm_hparams_defaults(&hp);
     ck_assert(fabs(etm_lr_multiplier(&hp, 0) - 0.1) < 1e-6);
-    ck_assert(etm_lr_multiplier(&hp, 320) == 1.0f);
-    ck_assert(fabs(etm_lr_multiplier(&hp, 399) - 1.0 / 80) < 1e-6);
+    ck_assert(etm_lr_multiplier(&hp, 270) == 1.0f);
+    ck_assert(fabs(etm_lr_multiplier(&hp, 449) - 1.0 / 180) < 1e-6);
 }
 END_TEST
 
