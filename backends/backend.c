@@ -4,6 +4,9 @@
 
 #include "backend.h"
 #include "cpu/cpu.h"
+#ifdef ETM_HAVE_CUDA
+#include "cuda/cuda_backend.h"
+#endif
 
 #include <stdlib.h>
 #include <string.h>
@@ -11,13 +14,15 @@
 /* Every backend built in, as X(name, constructor), in the order `etmoe backends` lists them.
  * A new backend is one more line here (under its #ifdef) plus its constructor's header above. */
 #define ETM_BACKEND_TABLE(X)                                                                       \
-    X("cpu", etm_cpu_backend_create)                                                              \
+    X("cpu", etm_cpu_backend_create)                                                               \
     ETM_CUDA_ENTRY(X)
 
-/* The CUDA backend does not exist yet; when it does (with backends/cuda/cuda.h included above):
- *     #define ETM_CUDA_ENTRY(X) X("cuda", etm_cuda_backend_create)
- * under #ifdef ETM_HAVE_CUDA. */
+/* The CUDA backend, built when configure found nvcc. */
+#ifdef ETM_HAVE_CUDA
+#define ETM_CUDA_ENTRY(X) X("cuda", etm_cuda_backend_create)
+#else
 #define ETM_CUDA_ENTRY(X)
+#endif
 
 typedef struct {
     const char *name;                       /* as given to etm_backend_create */

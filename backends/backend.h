@@ -14,7 +14,8 @@
  *    gradient buffers once per step. Exceptions are marked "(writes)".
  *  - Results must not depend on the number of threads: partition outputs, reduce in a fixed
  *    order, no atomics. Each backend documents which results are bit-identical to the CPU's.
- *  - Routing ties are broken towards the lower index (token or expert), always.
+ *  - Routing ties are broken towards the lower index (token or expert), always; NaN scores rank
+ *    below every number.
  */
 #ifndef ETM_BACKEND_H
 #define ETM_BACKEND_H
@@ -141,13 +142,14 @@ struct etm_backend {
     /* Column selection within pools of pool_rows consecutive rows (N a multiple of pool_rows).
      * For each pool and expert e: candidates are the rows with eligible[n,e] != 0 (all rows when
      * eligible is NULL); n_above = candidates with score >= threshold[e] (0 when threshold is
-     * NULL); the expert takes its top clamp(n_above, lo, hi) candidates by score (never more than
-     * there are). z (writes) marks them. Expert choice: threshold NULL, lo = hi = k_target.
+     * NULL); the expert takes its top min(max(n_above, lo), hi) candidates by score (never more
+     * than there are). z (writes) marks them. Expert choice: threshold NULL, lo = hi = k_target.
      * Expert threshold: threshold c, lo = 0, hi = pool_rows (or the capacity clamp).
      * TC capacity: eligible = top-k mask, threshold NULL, lo = hi = capacity. */
     void (*select_columns)(etm_backend *be, uint8_t *z, const float *score, const uint8_t *eligible,
                            const float *threshold, int N, int E, int pool_rows, int lo, int hi);
-    /* out(N/pool_rows, E) (writes) = the k-th largest score of each column within each pool. */
+    /* out(N/pool_rows, E) (writes) = the k-th largest score of each column within each pool
+     * (+infinity when k < 1, -infinity when k > pool_rows). */
     void (*kth_largest_columns)(etm_backend *be, float *out, const float *score, int N, int E,
                                 int pool_rows, int k);
 

@@ -26,5 +26,8 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 int cmd_prepare(int argc, char **argv);
 int cmd_backends(int argc, char **argv);
+int cmd_dump(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
 
 #endif

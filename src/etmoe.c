@@ -17,6 +17,9 @@ static const etm_verb verbs[] = {
     {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer: tokenizer train --vocab-size N ..."},
     {"prepare", cmd_prepare, "text files -> train/val token shards: prepare --tokenizer T --out DIR FILES..."},
     {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
+    {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
+    {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},
+    {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
     {NULL, NULL, NULL},
 };
 

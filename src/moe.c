@@ -269,6 +269,10 @@ const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *L) { return &L->sta
 
 const uint8_t *etm_moe_mask(const etm_moe_layer *L) { return etm_router_mask(L->router); }
 
+const float *etm_moe_logits(const etm_moe_layer *L) { return L->logits; }
+
+const etm_router *etm_moe_router(const etm_moe_layer *L) { return L->router; }
+
 void etm_moe_get_state(const etm_moe_layer *L, etm_router_state *out) {
     etm_router_get_state(L->router, out);
 }

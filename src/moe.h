@@ -73,6 +73,10 @@ void etm_moe_step_end(etm_moe_layer *layer);
 const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *layer);
 /* The routing mask z (N,E) of the last forward, backend memory: 1 = token n went to expert e. */
 const uint8_t *etm_moe_mask(const etm_moe_layer *layer);
+/* The router logits r = x W_r^T (N,E) of the last forward, backend memory (read-only). */
+const float *etm_moe_logits(const etm_moe_layer *layer);
+/* The layer's router (router.h: the gate scores, the rule in use), for diagnostics. */
+const struct etm_router *etm_moe_router(const etm_moe_layer *layer);
 
 /* Router state that checkpoints save and restore (host memory, E floats each). */
 typedef struct {

@@ -14,10 +14,10 @@
 #define NS_C 2.0315f
 #define NS_EPS 1e-7 /* added to the Frobenius norm before dividing */
 
-static const char *const group_names[ETM_N_GROUPS] = {"embed", "head", "matrix", "router"};
+static const char *const group_names[ETM_N_PARAM_GROUPS] = {"embed", "head", "matrix", "router"};
 
 const char *etm_param_group_name(etm_param_group g) {
-    return (unsigned)g < ETM_N_GROUPS ? group_names[g] : "(invalid group)";
+    return (unsigned)g < ETM_N_PARAM_GROUPS ? group_names[g] : "(invalid group)";
 }
 
 /* One parameter with its optimizer and state. */
@@ -142,10 +142,10 @@ static void add_state(etm_optim *opt, const opt_param *op, const char *suffix, f
 }
 
 static int check_param(const etm_param *p, int i, const etm_param *all, int muon, etm_error *err) {
-    if (!p->name || !*p->name) return etm_fail(err, "optimizer: parameter %d has no name", i);
+    if (!p->name[0]) return etm_fail(err, "optimizer: parameter %d has no name", i);
     for (int j = 0; j < i; j++)
         if (!strcmp(all[j].name, p->name)) return etm_fail(err, "optimizer: parameter '%s' listed twice", p->name);
-    if ((unsigned)p->group >= ETM_N_GROUPS)
+    if ((unsigned)p->group >= ETM_N_PARAM_GROUPS)
         return etm_fail(err, "optimizer: parameter '%s': invalid group %d", p->name, (int)p->group);
     if (p->ndim < 1 || p->ndim > 3)
         return etm_fail(err, "optimizer: parameter '%s' has %d dimensions (1 to 3 allowed)", p->name, p->ndim);
@@ -167,7 +167,7 @@ etm_optim *etm_optim_create(etm_backend *be, const etm_hparams *hp, const etm_pa
         return NULL;
     }
     for (int i = 0; i < n_params; i++) {
-        int muon = params[i].group == ETM_GROUP_MATRIX && hp->matrix_optimizer == ETM_OPT_MUON;
+        int muon = params[i].group == ETM_PARAM_MATRIX && hp->matrix_optimizer == ETM_OPT_MUON;
         if (check_param(&params[i], i, params, muon, err) != 0) return NULL;
     }
     etm_optim *opt = etm_calloc(1, sizeof *opt);
@@ -180,10 +180,9 @@ etm_optim *etm_optim_create(etm_backend *be, const etm_hparams *hp, const etm_pa
     for (int i = 0; i < n_params; i++) {
         opt_param *op = &opt->params[i];
         op->p = params[i];
-        op->p.name = etm_strdup(params[i].name);
         op->numel = 1;
         for (int d = 0; d < op->p.ndim; d++) op->numel *= (size_t)op->p.shape[d];
-        op->muon = op->p.group == ETM_GROUP_MATRIX && hp->matrix_optimizer == ETM_OPT_MUON;
+        op->muon = op->p.group == ETM_PARAM_MATRIX && hp->matrix_optimizer == ETM_OPT_MUON;
         if (op->muon) {
             op->count = op->p.ndim == 3 ? (int)op->p.shape[0] : 1;
             op->rows = (int)op->p.shape[op->p.ndim - 2];
@@ -214,7 +213,6 @@ void etm_optim_free(etm_optim *opt) {
         if (op->m) be->free(be, op->m);
         if (op->v) be->free(be, op->v);
         if (op->momentum) be->free(be, op->momentum);
-        free((char *)op->p.name);
     }
     for (int i = 0; i < opt->n_states; i++) free(opt->states[i].name);
     if (opt->update) be->free(be, opt->update);
@@ -228,10 +226,10 @@ void etm_optim_free(etm_optim *opt) {
 
 static float group_lr(const etm_hparams *hp, etm_param_group g) {
     switch (g) {
-    case ETM_GROUP_EMBED: return hp->lr_embed;
-    case ETM_GROUP_HEAD: return hp->lr_head;
-    case ETM_GROUP_MATRIX: return hp->lr_matrix;
-    case ETM_GROUP_ROUTER: return hp->lr_router;
+    case ETM_PARAM_EMBED: return hp->lr_embed;
+    case ETM_PARAM_HEAD: return hp->lr_head;
+    case ETM_PARAM_MATRIX: return hp->lr_matrix;
+    case ETM_PARAM_ROUTER: return hp->lr_router;
     default: return 0.0f;
     }
 }

@@ -28,27 +28,9 @@
 
 #include "backend.h"
 #include "hparams.h"
+#include "param.h"
 #include "safetensors.h"
 
-typedef enum {
-    ETM_GROUP_EMBED = 0, /* token embedding: AdamW at lr_embed */
-    ETM_GROUP_HEAD,      /* LM head: AdamW at lr_head */
-    ETM_GROUP_MATRIX,    /* hidden matrices: Muon (or AdamW) at lr_matrix */
-    ETM_GROUP_ROUTER,    /* router weights: AdamW at lr_router */
-    ETM_N_GROUPS
-} etm_param_group;
-
-const char *etm_param_group_name(etm_param_group g); /* "embed", "head", "matrix", "router" */
-
-/* One trainable tensor as the optimizer sees it. */
-typedef struct {
-    const char *name;      /* checkpoint name, e.g. "layers.3.moe.up" (copied by the optimizer) */
-    etm_param_group group;
-    float *data;           /* backend memory, shape below; updated in place */
-    float *grad;           /* backend memory, same shape; clipping scales it in place */
-    int ndim;              /* 1, 2 or 3; Muon needs 2 (rows, cols) or 3 (E, rows, cols) */
-    int64_t shape[3];      /* (ndim) */
-} etm_param;
 
 /* One tensor of optimizer state, for checkpoints: "opt.<param>.m" and "opt.<param>.v" (AdamW),
  * "opt.<param>.momentum" (Muon), each of its parameter's shape. */

@@ -223,8 +223,12 @@ typedef struct {
 } det_op;
 
 static const det_op ops[] = {
-    {"elementwise", op_elementwise}, {"rows", op_rows},       {"embedding/rope/xent", op_embedding_rope_xent},
-    {"attention", op_attention},     {"routing/dispatch", op_routing}, {"gemm", op_gemm},
+    {"elementwise", op_elementwise},
+    {"rows", op_rows},
+    {"embedding/rope/xent", op_embedding_rope_xent},
+    {"attention", op_attention},
+    {"routing/dispatch", op_routing},
+    {"gemm", op_gemm},
 };
 
 START_TEST(every_op_is_identical_across_thread_counts) {
@@ -257,6 +261,7 @@ END_TEST
 static Suite *determinism_suite(void) {
     Suite *s = suite_create("ops_determinism");
     TCase *tc = tcase_create("determinism");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_loop_test(tc, every_op_is_identical_across_thread_counts, 0, (int)ETM_ARRAY_LEN(ops));
     suite_add_tcase(s, tc);
     return s;

@@ -1,7 +1,89 @@
 /* check_ops_elementwise.c: tests of the backend's elementwise operations, reductions, softmax
  * family and AdamW: forwards against slow double-precision loops, backwards by finite
  * differences, and a check that the gradient checker itself rejects a wrong gradient. */
+#include "cpu/cpu_internal.h"
 #include "ops_testutil.h"
+
+START_TEST(fast_exp_and_tanh_are_accurate) {
+    /* every 997th float bit pattern from -104 to 89, plus the edges */
+    int worst_ulp = 0;
+    for (float x = -104.0f; x < 89.0f;) {
+        double want = exp((double)x);
+        float got = cpu_expf(x);
+        if (want < 1.1754944e-38) { /* below FLT_MIN: 0 (or the tiny value itself) */
+            OPS_REQUIRE(got >= 0.0f && got < 1.2e-38f, "exp(%g) = %g", (double)x, (double)got);
+        } else if (x <= 88.3f) {
+            float wf = (float)want;
+            int32_t a, b;
+            memcpy(&a, &got, 4);
+            memcpy(&b, &wf, 4);
+            int ulp = abs(a - b);
+            worst_ulp = ulp > worst_ulp ? ulp : worst_ulp;
+            OPS_REQUIRE(ulp <= 2, "exp(%.9g) = %.9g, want %.9g (%d ulp)", (double)x, (double)got,
+                        want, ulp);
+        }
+        double t = tanh((double)x / 8.0);
+        float tg = cpu_tanhf(x / 8.0f);
+        OPS_REQUIRE(fabs(tg - tanh((double)(x / 8.0f))) <= 2e-7, "tanh(%g) = %.9g, want %.9g",
+                    (double)(x / 8.0f), (double)tg, t);
+        int32_t bits;
+        memcpy(&bits, &x, 4);
+        bits += x < 0 ? -997 : 997;
+        memcpy(&x, &bits, 4);
+        if (fabsf(x) < 1e-30f) x = 1e-30f; /* step over zero */
+    }
+    ck_assert_int_le(worst_ulp, 2);
+    ck_assert_float_eq(cpu_expf(0.0f), 1.0f);
+    ck_assert_float_eq(cpu_expf(-INFINITY), 0.0f);
+    ck_assert(isnan(cpu_expf(NAN)) && isnan(cpu_tanhf(NAN)));
+    ck_assert(isinf(cpu_expf(INFINITY)) || cpu_expf(INFINITY) > 1e38f);
+    ck_assert_float_eq(cpu_tanhf(100.0f), 1.0f);
+    ck_assert_float_eq(cpu_tanhf(-100.0f), -1.0f);
+    ck_assert_float_eq(cpu_tanhf(0.0f), 0.0f);
+}
+END_TEST
+
+/* The vectorised loops (whichever instruction-set clone this machine runs) must give the same
+ * bits as the scalar functions: results may not depend on the machine's vector width. */
+START_TEST(vector_loops_match_scalar_functions) {
+    etm_rng rng;
+    etm_rng_seed(&rng, 9);
+    const int n = 1003; /* odd: vector body and scalar tail */
+    float *x = ops_uniform(&rng, n, -30, 30), *y = ops_floats(n), *z = ops_uniform(&rng, n, -1, 1);
+    float *dp = ops_copy(z, n);
+    x[5] = NAN;
+    x[6] = -INFINITY;
+    x[7] = 200.0f;
+    cpu_vexp(y, x, 1.5f, n);
+    for (int i = 0; i < n; i++) {
+        float want = cpu_expf(x[i] - 1.5f);
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vexp[%d]", i);
+    }
+    cpu_vsoftcap(y, x, 15.0f, n);
+    for (int i = 0; i < n; i++) {
+        float want = cpu_softcap1(x[i], 15.0f, 1.0f / 15.0f);
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vsoftcap[%d]", i);
+    }
+    cpu_vsigmoid(y, x, n);
+    for (int i = 0; i < n; i++) {
+        float want = 1.0f / (1.0f + cpu_expf(-x[i]));
+        OPS_REQUIRE(!memcmp(&y[i], &want, 4), "vsigmoid[%d]", i);
+    }
+    memcpy(y, x, n * sizeof *y);
+    cpu_vattention_ds(y, dp, 2.0f, 0.25f, n);
+    for (int i = 0; i < n; i++) {
+        float p = cpu_expf(x[i] - 2.0f), ds = p * (z[i] - 0.25f);
+        OPS_REQUIRE(!memcmp(&y[i], &p, 4) && !memcmp(&dp[i], &ds, 4), "vattention_ds[%d]", i);
+    }
+    float m = cpu_vmax(z, n), want_m = -INFINITY;
+    for (int i = 0; i < n; i++) want_m = z[i] > want_m ? z[i] : want_m;
+    ck_assert_float_eq(m, want_m);
+    free(x);
+    free(y);
+    free(z);
+    free(dp);
+}
+END_TEST
 
 START_TEST(fill_scale_axpy_match_loops) {
     etm_backend *be = ops_backend();
@@ -11,11 +93,11 @@ START_TEST(fill_scale_axpy_match_loops) {
     float *x = ops_uniform(&rng, n, -2, 2), *y = ops_uniform(&rng, n, -2, 2);
     float *x0 = ops_copy(x, n), *y0 = ops_copy(y, n);
     be->axpy(be, y, -0.375f, x, n);
-    for (size_t i = 0; i < n; i++) ck_assert_float_eq(y[i], y0[i] + -0.375f * x0[i]);
+    for (size_t i = 0; i < n; i++) OPS_CHECK((y[i]) == (y0[i] + -0.375f * x0[i]));
     be->scale(be, x, 3.0f, n);
-    for (size_t i = 0; i < n; i++) ck_assert_float_eq(x[i], x0[i] * 3.0f);
+    for (size_t i = 0; i < n; i++) OPS_CHECK((x[i]) == (x0[i] * 3.0f));
     be->fill(be, x, 0.25f, n - 1);
-    for (size_t i = 0; i + 1 < n; i++) ck_assert_float_eq(x[i], 0.25f);
+    for (size_t i = 0; i + 1 < n; i++) OPS_CHECK((x[i]) == (0.25f));
     ck_assert_float_eq(x[n - 1], x0[n - 1] * 3.0f); /* one past the end untouched */
     be->fill(be, x, 1.0f, 0);
     free(x);
@@ -37,8 +119,8 @@ START_TEST(sum_squares_and_column_sum_match_loops) {
         double want = 0.0;
         for (size_t i = 0; i < n; i++) want += (double)x[i] * x[i];
         double got = be->sum_squares(be, x, n);
-        ck_assert_msg(fabs(got - want) <= 1e-12 * want, "sum_squares n=%zu: %.17g vs %.17g", n,
-                      got, want);
+        ck_assert_msg(fabs(got - want) <= 1e-12 * want, "sum_squares n=%zu: %.17g vs %.17g", n, got,
+                      want);
         free(x);
     }
     static const int shapes[][2] = {{1, 1}, {5, 3}, {1000, 37}, {3000, 16}, {64, 200}};
@@ -69,13 +151,13 @@ START_TEST(row_broadcasts_match_loops) {
     be->add_row_vector(be, y, v, N, E);
     for (int n = 0; n < N; n++)
         for (int e = 0; e < E; e++)
-            ck_assert_float_eq(y[(size_t)n * E + e], y0[(size_t)n * E + e] + v[e]);
+            OPS_CHECK((y[(size_t)n * E + e]) == (y0[(size_t)n * E + e] + v[e]));
     memcpy(y0, y, (size_t)N * E * sizeof *y);
     be->add_scaled_rows(be, y, a, x, N, E);
     for (int n = 0; n < N; n++)
         for (int e = 0; e < E; e++)
-            ck_assert_float_eq(y[(size_t)n * E + e],
-                               y0[(size_t)n * E + e] + a[n] * x[(size_t)n * E + e]);
+            OPS_CHECK((y[(size_t)n * E + e]) ==
+                      (y0[(size_t)n * E + e] + a[n] * x[(size_t)n * E + e]));
     free(y);
     free(v);
     free(a);
@@ -88,9 +170,9 @@ END_TEST
 /* ---- pointwise functions with a backward: relu^2 and sigmoid ------------------------------ */
 typedef struct {
     etm_backend *be;
-    int op;        /* 0 relu2, 1 sigmoid */
-    float *x, *w;  /* (n) input, loss weights */
-    float *out;    /* (n) scratch */
+    int op;       /* 0 relu2, 1 sigmoid */
+    float *x, *w; /* (n) input, loss weights */
+    float *out;   /* (n) scratch */
     size_t n;
 } pointwise_ctx;
 
@@ -119,8 +201,8 @@ START_TEST(relu2_and_sigmoid_forward_and_gradients) {
     etm_rng rng;
     etm_rng_seed(&rng, 13);
     const size_t n = 40000;
-    pointwise_ctx c = {be, 0, ops_uniform(&rng, n, -3, 3), ops_uniform(&rng, n, -1, 1),
-                       ops_floats(n), n};
+    pointwise_ctx c = {
+        be, 0, ops_uniform(&rng, n, -3, 3), ops_uniform(&rng, n, -1, 1), ops_floats(n), n};
     float *dx = ops_floats(n);
     for (size_t i = 0; i < n; i++) /* keep central differences off relu's kink */
         if (fabsf(c.x[i]) < 0.05f) c.x[i] += c.x[i] < 0 ? -0.1f : 0.1f;
@@ -128,15 +210,15 @@ START_TEST(relu2_and_sigmoid_forward_and_gradients) {
     be->relu2_forward(be, c.out, c.x, n);
     for (size_t i = 0; i < n; i++) {
         double r = c.x[i] > 0 ? c.x[i] : 0.0;
-        ck_assert_double_le(fabs(c.out[i] - r * r), 1e-6 * r * r);
+        OPS_CHECK((fabs(c.out[i] - r * r)) <= (1e-6 * r * r));
     }
     be->sigmoid_forward(be, c.out, c.x, n);
     for (size_t i = 0; i < n; i++)
-        ck_assert_double_le(fabs(c.out[i] - 1.0 / (1.0 + exp(-(double)c.x[i]))), 1e-7);
+        OPS_CHECK((fabs(c.out[i] - 1.0 / (1.0 + exp(-(double)c.x[i])))) <= (1e-7));
     for (c.op = 0; c.op < 2; c.op++) {
         pointwise_grad(&c, dx, 0.5f);
-        ck_assert_int_eq(ops_grad_check(c.op ? "sigmoid" : "relu2", c.x, n, dx, pointwise_loss,
-                                        &c, 1e-2f, 1e-2, 1e-3, 200, &rng),
+        ck_assert_int_eq(ops_grad_check(c.op ? "sigmoid" : "relu2", c.x, n, dx, pointwise_loss, &c,
+                                        1e-2f, 1e-2, 1e-3, 200, &rng),
                          0);
     }
     /* the checker must notice a wrong gradient */
@@ -161,8 +243,7 @@ START_TEST(softcap_matches_formula) {
     const size_t n = 30000;
     float *x = ops_uniform(&rng, n, -60, 60), *out = ops_floats(n);
     be->softcap(be, out, x, n, 15.0f);
-    for (size_t i = 0; i < n; i++)
-        ck_assert_double_le(fabs(out[i] - 15.0 * tanh(x[i] / 15.0)), 4e-6);
+    for (size_t i = 0; i < n; i++) OPS_CHECK((fabs(out[i] - 15.0 * tanh(x[i] / 15.0))) <= (4e-6));
     be->softcap(be, x, x, n, 15.0f); /* in place */
     ck_assert(!memcmp(x, out, n * sizeof *x));
     be->softcap(be, out, x, n, 0.0f); /* no cap: identity */
@@ -192,8 +273,8 @@ START_TEST(softmax_and_logsumexp_forward_and_gradient) {
     etm_rng_seed(&rng, 15);
     const int N = 50, E = 13;
     size_t n = (size_t)N * E;
-    softmax_ctx c = {be, ops_uniform(&rng, n, -4, 4), ops_uniform(&rng, n, -1, 1), ops_floats(n),
-                     N, E};
+    softmax_ctx c = {be, ops_uniform(&rng, n, -4, 4), ops_uniform(&rng, n, -1, 1), ops_floats(n), N,
+                     E};
     c.x[0] = 1000.0f; /* large logits must not overflow */
     c.x[1] = 999.0f;
     float *lse = ops_floats(N), *dx = ops_uniform(&rng, n, -1, 1), *dx0 = ops_copy(dx, n);
@@ -252,14 +333,21 @@ START_TEST(xent_forward_and_gradient_with_softcap_and_ignored_targets) {
     static const float caps[] = {15.0f, 2.0f, 0.0f};
     for (size_t ci = 0; ci < ETM_ARRAY_LEN(caps); ci++) {
         size_t n = (size_t)N * V;
-        xent_ctx c = {be, ops_uniform(&rng, n, -6, 6), etm_malloc(N * sizeof(int32_t)),
-                      ops_floats(N), N, V, caps[ci], 0.7f};
-        for (int r = 0; r < N; r++) c.targets[r] = r % 4 == 1 ? -1 : (int32_t)etm_rng_below(&rng, V);
+        xent_ctx c = {be,
+                      ops_uniform(&rng, n, -6, 6),
+                      etm_malloc(N * sizeof(int32_t)),
+                      ops_floats(N),
+                      N,
+                      V,
+                      caps[ci],
+                      0.7f};
+        for (int r = 0; r < N; r++)
+            c.targets[r] = r % 4 == 1 ? -1 : (int32_t)etm_rng_below(&rng, V);
         c.logits[5] = 40.0f; /* far into the cap */
         xent_loss(&c);
         for (int r = 0; r < N; r++) {
             if (c.targets[r] < 0) {
-                ck_assert_float_eq(c.losses[r], 0.0f);
+                OPS_CHECK((c.losses[r]) == (0.0f));
                 continue;
             }
             double m = -INFINITY, s = 0.0, zt = 0.0;
@@ -274,20 +362,20 @@ START_TEST(xent_forward_and_gradient_with_softcap_and_ignored_targets) {
                 s += exp((c.cap > 0 ? c.cap * tanh(x / c.cap) : x) - m);
             }
             double want = m + log(s) - zt;
-            ck_assert_msg(fabs(c.losses[r] - want) <= 1e-5 * (1 + fabs(want)),
-                          "xent cap %g row %d: %.8g vs %.8g", (double)c.cap, r,
-                          (double)c.losses[r], want);
+            OPS_REQUIRE(fabs(c.losses[r] - want) <= 1e-5 * (1 + fabs(want)),
+                        "xent cap %g row %d: %.8g vs %.8g", (double)c.cap, r, (double)c.losses[r],
+                        want);
         }
         float *dlogits = ops_uniform(&rng, n, 7, 8); /* (writes): garbage must vanish */
         be->xent_backward(be, dlogits, c.logits, c.targets, N, V, c.cap, c.dloss);
         for (int r = 0; r < N; r++)
             if (c.targets[r] < 0)
-                for (int j = 0; j < V; j++) ck_assert_float_eq(dlogits[(size_t)r * V + j], 0.0f);
+                for (int j = 0; j < V; j++) OPS_CHECK((dlogits[(size_t)r * V + j]) == (0.0f));
         char what[64];
         snprintf(what, sizeof what, "xent cap %g", (double)c.cap);
-        ck_assert_int_eq(ops_grad_check(what, c.logits, n, dlogits, xent_loss, &c, 1e-2f, 1e-2,
-                                        1e-4, 400, &rng),
-                         0);
+        ck_assert_int_eq(
+            ops_grad_check(what, c.logits, n, dlogits, xent_loss, &c, 1e-2f, 1e-2, 1e-4, 400, &rng),
+            0);
         free(c.logits);
         free(c.targets);
         free(c.losses);
@@ -334,6 +422,9 @@ END_TEST
 static Suite *elementwise_suite(void) {
     Suite *s = suite_create("ops_elementwise");
     TCase *tc = tcase_create("elementwise");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
+    tcase_add_test(tc, fast_exp_and_tanh_are_accurate);
+    tcase_add_test(tc, vector_loops_match_scalar_functions);
     tcase_add_test(tc, fill_scale_axpy_match_loops);
     tcase_add_test(tc, sum_squares_and_column_sum_match_loops);
     tcase_add_test(tc, row_broadcasts_match_loops);

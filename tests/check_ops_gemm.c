@@ -31,14 +31,13 @@ static void check_product(const char *what, const float *C, const float *C0, int
         for (int j = 0; j < N; j++) {
             double got = C[(size_t)i * ldc + j], w = want[(size_t)i * N + j];
             double tol = 1e-6 * (K + 4) * mag[(size_t)i * N + j] + 1e-30;
-            ck_assert_msg(fabs(got - w) <= tol, "%s: C[%d,%d] = %.9g, want %.9g", what, i, j, got,
-                          w);
+            OPS_REQUIRE(fabs(got - w) <= tol, "%s: C[%d,%d] = %.9g, want %.9g", what, i, j, got, w);
         }
         for (int j = N; j < ldc; j++)
-            ck_assert_msg(C[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j] ||
-                              (C[(size_t)i * ldc + j] != C[(size_t)i * ldc + j] &&
-                               C0[(size_t)i * ldc + j] != C0[(size_t)i * ldc + j]),
-                          "%s: padding C[%d,%d] changed", what, i, j);
+            OPS_REQUIRE(C[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j] ||
+                            (C[(size_t)i * ldc + j] != C[(size_t)i * ldc + j] &&
+                             C0[(size_t)i * ldc + j] != C0[(size_t)i * ldc + j]),
+                        "%s: padding C[%d,%d] changed", what, i, j);
     }
 }
 
@@ -74,7 +73,7 @@ START_TEST(gemm_matches_loops_for_all_transposes) {
     etm_rng rng;
     etm_rng_seed(&rng, 1);
     /* shapes from tiny to several tiles in both directions */
-    static const int shapes[][3] = {{1, 1, 1},    {3, 5, 7},    {17, 33, 65},  {64, 64, 64},
+    static const int shapes[][3] = {{1, 1, 1},       {3, 5, 7},      {17, 33, 65},  {64, 64, 64},
                                     {130, 1100, 40}, {700, 90, 130}, {300, 700, 64}};
     for (size_t s = 0; s < ETM_ARRAY_LEN(shapes); s++)
         for (int ta = 0; ta < 2; ta++)
@@ -91,10 +90,10 @@ START_TEST(gemm_beta_zero_ignores_c_and_k_zero_scales) {
     etm_backend *be = ops_backend();
     etm_rng rng;
     etm_rng_seed(&rng, 2);
-    run_gemm_case(be, &rng, 0, 1, 70, 40, 30, 2, 1.0f, 0.0f, 1);   /* NaN in C, beta 0 */
+    run_gemm_case(be, &rng, 0, 1, 70, 40, 30, 2, 1.0f, 0.0f, 1);    /* NaN in C, beta 0 */
     run_gemm_case(be, &rng, 1, 0, 20, 600, 300, 0, -2.0f, 1.0f, 0); /* accumulate */
-    run_gemm_case(be, &rng, 0, 0, 9, 11, 0, 1, 1.0f, 0.5f, 0);     /* K = 0: C = beta C */
-    run_gemm_case(be, &rng, 0, 0, 9, 11, 0, 1, 1.0f, 0.0f, 1);     /* K = 0, beta 0: zeros */
+    run_gemm_case(be, &rng, 0, 0, 9, 11, 0, 1, 1.0f, 0.5f, 0);      /* K = 0: C = beta C */
+    run_gemm_case(be, &rng, 0, 0, 9, 11, 0, 1, 1.0f, 0.0f, 1);      /* K = 0, beta 0: zeros */
     /* M or N zero: nothing happens, nothing is read */
     be->gemm(be, 0, 0, 0, 5, 5, 1.0f, NULL, 5, NULL, 5, 0.0f, NULL, 5);
     be->gemm(be, 0, 0, 5, 0, 5, 1.0f, NULL, 5, NULL, 1, 0.0f, NULL, 1);
@@ -116,7 +115,7 @@ START_TEST(gemm_grouped_matches_loops_with_empty_groups) {
         etm_gemm_group groups[9];
         int r0 = 0;
         for (int g = 0; g < G; g++) {
-            groups[g] = (etm_gemm_group){rows[g], N, K, (size_t)r0 * lda, (size_t)g * N * K,
+            groups[g] = (etm_gemm_group){rows[g],         N, K, (size_t)r0 * lda, (size_t)g * N * K,
                                          (size_t)r0 * ldc};
             r0 += rows[g];
         }
@@ -166,8 +165,8 @@ static void check_gemm_threads(etm_backend *be, etm_rng *rng, int ta, int tb, in
         ops_set_threads(t);
         be->gemm(be, ta, tb, M, N, K, 1.0f, A, lda, B, ldb, 0.0f, C, N);
         ck_assert_msg(!memcmp(C1, C, (size_t)M * N * sizeof *C),
-                      "gemm %dx%dx%d ta=%d tb=%d differs between 1 and %d threads", M, N, K, ta,
-                      tb, t);
+                      "gemm %dx%dx%d ta=%d tb=%d differs between 1 and %d threads", M, N, K, ta, tb,
+                      t);
         /* our use of OpenMP inside gemm must leave the caller's thread count alone */
         ck_assert_int_eq(ops_max_threads(), t);
     }
@@ -194,6 +193,51 @@ START_TEST(gemm_is_identical_across_thread_counts) {
 }
 END_TEST
 
+/* The weight-gradient form: C_g(M,N) += A_g^T B_g with A_g (K_g, M), B_g (K_g, N) stacked by rows,
+ * K_g the tokens of expert g (0 for an idle expert: C_g unchanged with beta 1). */
+START_TEST(gemm_grouped_weight_gradient_form) {
+    etm_backend *be = ops_backend();
+    etm_rng rng;
+    etm_rng_seed(&rng, 6);
+    static const int tokens[] = {30, 0, 300, 1, 700, 0};
+    const int G = (int)ETM_ARRAY_LEN(tokens), M = 72, N = 600;
+    int total = 0;
+    for (int g = 0; g < G; g++) total += tokens[g];
+    for (int tb = 0; tb < 2; tb++) {
+        etm_gemm_group groups[6];
+        int r0 = 0;
+        for (int g = 0; g < G; g++) {
+            /* B_g is (K_g, N) rows of a (total, N) matrix, or its transpose stored (N, total) */
+            groups[g] = (etm_gemm_group){M, N, tokens[g], (size_t)r0 * M,
+                                         tb ? (size_t)r0 : (size_t)r0 * N, (size_t)g * M * N};
+            r0 += tokens[g];
+        }
+        float *A = ops_uniform(&rng, (size_t)total * M, -1, 1);
+        float *B = ops_uniform(&rng, (size_t)total * N, -1, 1);
+        float *C = ops_uniform(&rng, (size_t)G * M * N, -1, 1), *C0 = ops_copy(C, (size_t)G * M * N);
+        int ldb = tb ? total : N;
+        be->gemm_grouped(be, ETM_TRANS, tb, G, groups, 1.0f, A, M, B, ldb, 1.0f, C, N);
+        double *want = etm_malloc((size_t)M * N * sizeof *want);
+        double *mag = etm_malloc((size_t)M * N * sizeof *mag);
+        for (int g = 0; g < G; g++) {
+            const etm_gemm_group *gr = &groups[g];
+            ref_gemm(1, tb, M, N, gr->K, 1.0f, A + gr->a_off, M, B + gr->b_off, ldb, 1.0f,
+                     C0 + gr->c_off, N, want, mag);
+            char what[64];
+            snprintf(what, sizeof what, "gemm_grouped dW tb=%d group %d", tb, g);
+            check_product(what, C + gr->c_off, C0 + gr->c_off, M, N, N, gr->K, want, mag);
+        }
+        free(want);
+        free(mag);
+        free(A);
+        free(B);
+        free(C);
+        free(C0);
+    }
+    etm_backend_free(be);
+}
+END_TEST
+
 START_TEST(gemm_grouped_is_identical_across_thread_counts) {
     etm_backend *be = ops_backend();
     etm_rng rng;
@@ -203,7 +247,7 @@ START_TEST(gemm_grouped_is_identical_across_thread_counts) {
     int total = 0;
     etm_gemm_group groups[8];
     for (int g = 0; g < G; g++) {
-        groups[g] = (etm_gemm_group){rows[g], N, K, (size_t)total * K, (size_t)g * N * K,
+        groups[g] = (etm_gemm_group){rows[g],          N, K, (size_t)total * K, (size_t)g * N * K,
                                      (size_t)total * N};
         total += rows[g];
     }
@@ -231,9 +275,11 @@ END_TEST
 static Suite *gemm_suite(void) {
     Suite *s = suite_create("ops_gemm");
     TCase *tc = tcase_create("gemm");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_test(tc, gemm_matches_loops_for_all_transposes);
     tcase_add_test(tc, gemm_beta_zero_ignores_c_and_k_zero_scales);
     tcase_add_test(tc, gemm_grouped_matches_loops_with_empty_groups);
+    tcase_add_test(tc, gemm_grouped_weight_gradient_form);
     tcase_add_test(tc, gemm_is_identical_across_thread_counts);
     tcase_add_test(tc, gemm_grouped_is_identical_across_thread_counts);
     suite_add_tcase(s, tc);

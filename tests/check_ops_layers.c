@@ -24,12 +24,19 @@ START_TEST(embedding_forward_and_backward) {
     etm_rng rng;
     etm_rng_seed(&rng, 20);
     const int N = 300, D = 70, V = 23; /* many repeated tokens; D not a multiple of 16 */
-    emb_ctx c = {be, ops_uniform(&rng, (size_t)V * D, -1, 1), ops_uniform(&rng, (size_t)N * D, -1, 1),
-                 ops_floats((size_t)N * D), etm_malloc(N * sizeof(int32_t)), N, D, V};
+    emb_ctx c = {be,
+                 ops_uniform(&rng, (size_t)V * D, -1, 1),
+                 ops_uniform(&rng, (size_t)N * D, -1, 1),
+                 ops_floats((size_t)N * D),
+                 etm_malloc(N * sizeof(int32_t)),
+                 N,
+                 D,
+                 V};
     for (int n = 0; n < N; n++) c.tokens[n] = (int32_t)etm_rng_below(&rng, V - 1); /* V-1 unused */
     emb_loss(&c);
     for (int n = 0; n < N; n++)
-        ck_assert(!memcmp(c.out + (size_t)n * D, c.wte + (size_t)c.tokens[n] * D, D * sizeof(float)));
+        OPS_CHECK(
+            !memcmp(c.out + (size_t)n * D, c.wte + (size_t)c.tokens[n] * D, D * sizeof(float)));
     float *dwte = ops_uniform(&rng, (size_t)V * D, -1, 1), *want = ops_copy(dwte, (size_t)V * D);
     be->embedding_backward(be, dwte, c.w, c.tokens, N, D, V);
     for (int n = 0; n < N; n++) /* the documented order: tokens in order, per dwte element */
@@ -71,8 +78,14 @@ START_TEST(rmsnorm_forward_and_gradient) {
     etm_rng_seed(&rng, 21);
     const int N = 9, C = 37;
     size_t n = (size_t)N * C;
-    rms_ctx c = {be, ops_uniform(&rng, n, -2, 2), ops_uniform(&rng, n, -1, 1), ops_floats(n),
-                 ops_floats(N), N, C, 1e-5f};
+    rms_ctx c = {be,
+                 ops_uniform(&rng, n, -2, 2),
+                 ops_uniform(&rng, n, -1, 1),
+                 ops_floats(n),
+                 ops_floats(N),
+                 N,
+                 C,
+                 1e-5f};
     rms_loss(&c);
     double *want = etm_malloc(n * sizeof *want), *want_r = etm_malloc(N * sizeof *want_r);
     for (int r = 0; r < N; r++) {
@@ -103,8 +116,8 @@ END_TEST
 /* ---- rotary embedding ----------------------------------------------------------------------- */
 typedef struct {
     etm_backend *be;
-    const float *x;      /* (B,T,H,hd) input */
-    float *w, *y;        /* weights, rotated copy */
+    const float *x;       /* (B,T,H,hd) input */
+    float *w, *y;         /* weights, rotated copy */
     const float *cs, *sn; /* (T_max, hd/2) */
     int B, T, H, hd, pos0;
 } rope_ctx;
@@ -168,7 +181,7 @@ END_TEST
 /* ---- attention ------------------------------------------------------------------------------ */
 typedef struct {
     etm_backend *be;
-    float *q, *k, *v;   /* (B,T,H,hd), (B,S,Hkv,hd) x2 */
+    float *q, *k, *v; /* (B,T,H,hd), (B,S,Hkv,hd) x2 */
     float *w, *out, *lse;
     int B, T, S, H, Hkv, hd;
 } att_ctx;
@@ -216,9 +229,19 @@ static void check_attention(int B, int T, int S, int H, int Hkv, int hd, int max
     etm_rng rng;
     etm_rng_seed(&rng, seed);
     size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * S * Hkv * hd, nl = (size_t)B * H * T;
-    att_ctx c = {be, ops_uniform(&rng, nq, -1.5, 1.5), ops_uniform(&rng, nk, -1.5, 1.5),
-                 ops_uniform(&rng, nk, -1, 1), ops_uniform(&rng, nq, -1, 1), ops_floats(nq),
-                 ops_floats(nl), B, T, S, H, Hkv, hd};
+    att_ctx c = {be,
+                 ops_uniform(&rng, nq, -1.5, 1.5),
+                 ops_uniform(&rng, nk, -1.5, 1.5),
+                 ops_uniform(&rng, nk, -1, 1),
+                 ops_uniform(&rng, nq, -1, 1),
+                 ops_floats(nq),
+                 ops_floats(nl),
+                 B,
+                 T,
+                 S,
+                 H,
+                 Hkv,
+                 hd};
     att_loss(&c);
     double *want = etm_malloc(nq * sizeof *want), *want_lse = etm_malloc(nl * sizeof *want_lse);
     ref_attention(&c, want, want_lse);
@@ -238,10 +261,10 @@ static void check_attention(int B, int T, int S, int H, int Hkv, int hd, int max
     }
     int bad = ops_grad_check("attention dq", c.q, nq, dq, att_loss, &c, 1e-2f, 1e-2, 1e-3,
                              max_checks, &rng);
-    bad += ops_grad_check("attention dk", c.k, nk, dk, att_loss, &c, 1e-2f, 1e-2, 1e-3,
-                          max_checks, &rng);
-    bad += ops_grad_check("attention dv", c.v, nk, dv, att_loss, &c, 1e-2f, 1e-2, 1e-3,
-                          max_checks, &rng);
+    bad += ops_grad_check("attention dk", c.k, nk, dk, att_loss, &c, 1e-2f, 1e-2, 1e-3, max_checks,
+                          &rng);
+    bad += ops_grad_check("attention dv", c.v, nk, dv, att_loss, &c, 1e-2f, 1e-2, 1e-3, max_checks,
+                          &rng);
     ck_assert_msg(bad == 0, "%s: %d gradients off", what, bad);
     free(c.q);
     free(c.k);
@@ -278,6 +301,7 @@ END_TEST
 static Suite *layers_suite(void) {
     Suite *s = suite_create("ops_layers");
     TCase *tc = tcase_create("layers");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_test(tc, embedding_forward_and_backward);
     tcase_add_test(tc, rmsnorm_forward_and_gradient);
     tcase_add_test(tc, rope_forward_and_gradient);

@@ -15,7 +15,7 @@ START_TEST(registry_lists_and_creates_cpu) {
     ck_assert_ptr_nonnull(be);
     ck_assert_str_eq(be->name, "cpu");
     /* every operation is filled in */
-    void (*const *slot)(void) = (void (*const *)(void))&be->destroy;
+    void (*const *slot)(void) = (void (*const *)(void)) & be->destroy;
     size_t slots = (sizeof *be - offsetof(etm_backend, destroy)) / sizeof(void (*)(void));
     for (size_t i = 0; i < slots; i++) ck_assert_msg(slot[i] != NULL, "operation %zu is NULL", i);
     float *x = be->alloc(be, 1000 * sizeof(float));
@@ -74,6 +74,7 @@ END_TEST
 static Suite *registry_suite(void) {
     Suite *s = suite_create("ops_registry");
     TCase *tc = tcase_create("registry");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_test(tc, registry_lists_and_creates_cpu);
     tcase_add_test(tc, registry_rejects_unknown_names);
     tcase_add_test(tc, backends_verb_lists_cpu);

@@ -10,10 +10,10 @@ static float *tied_scores(etm_rng *rng, size_t n, int levels) {
     float *s = ops_floats(n);
     for (size_t i = 0; i < n; i++) {
         uint64_t r = etm_rng_below(rng, (uint64_t)levels + 3);
-        s[i] = r == (uint64_t)levels ? INFINITY
-             : r == (uint64_t)levels + 1 ? -INFINITY
-             : r == (uint64_t)levels + 2 ? -0.0f
-                                         : 0.5f * (float)r - 1.0f;
+        s[i] = r == (uint64_t)levels       ? INFINITY
+               : r == (uint64_t)levels + 1 ? -INFINITY
+               : r == (uint64_t)levels + 2 ? -0.0f
+                                           : 0.5f * (float)r - 1.0f;
     }
     return s;
 }
@@ -43,8 +43,8 @@ START_TEST(topk_rows_matches_brute_force) {
                 int rank = 0;
                 for (int j = 0; j < E; j++)
                     rank += before(s[(size_t)n * E + j], j, s[(size_t)n * E + e], e);
-                ck_assert_msg(z[(size_t)n * E + e] == (rank < k), "topk k=%d row %d expert %d", k,
-                              n, e);
+                OPS_REQUIRE(z[(size_t)n * E + e] == (rank < k), "topk k=%d row %d expert %d", k, n,
+                            e);
             }
     }
     free(s);
@@ -102,11 +102,10 @@ START_TEST(select_columns_matches_brute_force) {
                 be->select_columns(be, z, s, el, th, N, E, R, lo, hi);
                 ref_select(want, s, el, th, N, E, R, lo, hi);
                 for (int i = 0; i < N * E; i++)
-                    ck_assert_msg(z[i] == want[i],
-                                  "select_columns pool %d lo %d hi %d elig %d thr %d: row %d "
-                                  "expert %d got %d want %d",
-                                  R, lo, hi, variant & 1, variant >> 1, i / E, i % E, z[i],
-                                  want[i]);
+                    OPS_REQUIRE(z[i] == want[i],
+                                "select_columns pool %d lo %d hi %d elig %d thr %d: row %d "
+                                "expert %d got %d want %d",
+                                R, lo, hi, variant & 1, variant >> 1, i / E, i % E, z[i], want[i]);
             }
     free(s);
     free(elig);
@@ -146,8 +145,8 @@ START_TEST(kth_largest_columns_matches_sorting) {
                     qsort(col, (size_t)R, sizeof *col, cmp_desc);
                     float want = k < 1 ? INFINITY : k > R ? -INFINITY : col[k - 1];
                     float got = out[(size_t)p * E + e];
-                    ck_assert_msg(got == want, "kth N %d pool %d k %d col %d: %g vs %g", N, R, k,
-                                  e, (double)got, (double)want);
+                    OPS_REQUIRE(got == want, "kth N %d pool %d k %d col %d: %g vs %g", N, R, k, e,
+                                (double)got, (double)want);
                 }
         }
         free(s);
@@ -172,9 +171,9 @@ static void check_dispatch_invariants(const etm_dispatch *d, const uint8_t *z, i
         ck_assert_int_eq(d->host_expert_offsets[e], d->expert_offsets[e]);
         ck_assert_int_eq(d->expert_offsets[e + 1] - d->expert_offsets[e], count);
         for (int p = d->expert_offsets[e]; p < d->expert_offsets[e + 1]; p++) {
-            ck_assert_int_eq(d->pair_expert[p], e);
-            ck_assert(z[(size_t)d->pair_token[p] * E + e]);
-            if (p > d->expert_offsets[e]) ck_assert_int_lt(d->pair_token[p - 1], d->pair_token[p]);
+            OPS_CHECK((d->pair_expert[p]) == (e));
+            OPS_CHECK(z[(size_t)d->pair_token[p] * E + e]);
+            if (p > d->expert_offsets[e]) OPS_CHECK((d->pair_token[p - 1]) < (d->pair_token[p]));
         }
     }
     ck_assert_int_eq(d->host_expert_offsets[E], total);
@@ -185,14 +184,14 @@ static void check_dispatch_invariants(const etm_dispatch *d, const uint8_t *z, i
         ck_assert_int_eq(d->token_offsets[n + 1] - d->token_offsets[n], count);
         for (int j = d->token_offsets[n]; j < d->token_offsets[n + 1]; j++) {
             int p = d->token_pairs[j];
-            ck_assert(p >= 0 && p < total);
-            ck_assert_int_eq(d->pair_token[p], n);
+            OPS_CHECK(p >= 0 && p < total);
+            OPS_CHECK((d->pair_token[p]) == (n));
             if (j > d->token_offsets[n])
-                ck_assert_int_lt(d->pair_expert[d->token_pairs[j - 1]], d->pair_expert[p]);
+                OPS_CHECK((d->pair_expert[d->token_pairs[j - 1]]) < (d->pair_expert[p]));
             seen[p]++;
         }
     }
-    for (int p = 0; p < total; p++) ck_assert_int_eq(seen[p], 1);
+    for (int p = 0; p < total; p++) OPS_CHECK((seen[p]) == (1));
     free(seen);
 }
 
@@ -205,7 +204,8 @@ START_TEST(build_dispatch_invariants) {
     etm_dispatch d;
     be->dispatch_alloc(be, &d, N, E);
     for (int variant = 0; variant < 3; variant++) {
-        for (int i = 0; i < N * E; i++) z[i] = etm_rng_below(&rng, 4) == 0 ? (uint8_t)(1 + variant) : 0;
+        for (int i = 0; i < N * E; i++)
+            z[i] = etm_rng_below(&rng, 4) == 0 ? (uint8_t)(1 + variant) : 0;
         for (int n = 0; n < N; n++) {
             z[(size_t)n * E + 3] = 0; /* empty expert */
             z[(size_t)n * E + 7] = 1; /* full expert */
@@ -234,7 +234,7 @@ static uint8_t *random_mask(etm_rng *rng, int N, int E) {
 typedef struct {
     etm_backend *be;
     const etm_dispatch *d;
-    float *src, *w, *out; /* gather: src (N,D) -> out (P,D); pairs: src (N,E) -> out (P) */
+    float *src, *w, *out;  /* gather: src (N,D) -> out (P,D); pairs: src (N,E) -> out (P) */
     float *ye, *gate, *y0; /* combine: ye (P,D), gate (P), y0 (N,D) */
     int D, op;             /* op 0 gather_rows, 1 gather_pairs, 2 combine */
 } disp_ctx;
@@ -271,7 +271,8 @@ START_TEST(gather_scatter_combine_match_loops_and_gradients) {
     /* gather_rows and scatter_add_rows against loops (same order of additions: exact) */
     be->gather_rows(be, rows, src, d.pair_token, P, D);
     for (int p = 0; p < P; p++)
-        ck_assert(!memcmp(rows + (size_t)p * D, src + (size_t)d.pair_token[p] * D, D * sizeof(float)));
+        OPS_CHECK(
+            !memcmp(rows + (size_t)p * D, src + (size_t)d.pair_token[p] * D, D * sizeof(float)));
     float *acc = ops_uniform(&rng, (size_t)N * D, -1, 1), *want = ops_copy(acc, (size_t)N * D);
     be->scatter_add_rows(be, acc, rows, &d, D);
     for (int n = 0; n < N; n++)
@@ -286,13 +287,13 @@ START_TEST(gather_scatter_combine_match_loops_and_gradients) {
     /* gather_pairs / scatter_add_pairs against loops */
     float *x = ops_uniform(&rng, (size_t)N * E, -1, 1), *px = ops_floats(P);
     be->gather_pairs(be, px, x, &d);
-    for (int p = 0; p < P; p++) ck_assert_float_eq(px[p], x[d.pair_token[p] * E + d.pair_expert[p]]);
+    for (int p = 0; p < P; p++) OPS_CHECK((px[p]) == (x[d.pair_token[p] * E + d.pair_expert[p]]));
     float *dx = ops_uniform(&rng, (size_t)N * E, -1, 1), *dx0 = ops_copy(dx, (size_t)N * E);
     be->scatter_add_pairs(be, dx, px, &d);
     for (int n = 0; n < N; n++)
         for (int e = 0; e < E; e++)
-            ck_assert_float_eq(dx[n * E + e], z[n * E + e] ? dx0[n * E + e] + x[n * E + e]
-                                                            : dx0[n * E + e]);
+            OPS_CHECK((dx[n * E + e]) ==
+                      (z[n * E + e] ? dx0[n * E + e] + x[n * E + e] : dx0[n * E + e]));
     /* combine_forward against a loop in ascending expert order */
     float *ye = ops_uniform(&rng, (size_t)P * D, -1, 1), *gate = ops_uniform(&rng, P, 0, 1);
     float *y = ops_uniform(&rng, (size_t)N * D, -1, 1), *ywant = ops_copy(y, (size_t)N * D);
@@ -307,12 +308,20 @@ START_TEST(gather_scatter_combine_match_loops_and_gradients) {
 
     /* gradients: scatter_add_rows is gather_rows' adjoint, scatter_add_pairs gather_pairs',
      * combine_backward combine_forward's */
-    disp_ctx c = {be, &d, src, ops_uniform(&rng, (size_t)P * D, -1, 1), ops_floats((size_t)N * E * D),
-                  ye, gate, ops_uniform(&rng, (size_t)N * D, -1, 1), D, 0};
+    disp_ctx c = {be,
+                  &d,
+                  src,
+                  ops_uniform(&rng, (size_t)P * D, -1, 1),
+                  ops_floats((size_t)N * E * D),
+                  ye,
+                  gate,
+                  ops_uniform(&rng, (size_t)N * D, -1, 1),
+                  D,
+                  0};
     float *g = ops_floats((size_t)N * D);
     be->scatter_add_rows(be, g, c.w, &d, D);
-    int bad = ops_grad_check("gather_rows", src, (size_t)N * D, g, disp_loss, &c, 1e-2f, 1e-3,
-                             1e-4, 300, &rng);
+    int bad = ops_grad_check("gather_rows", src, (size_t)N * D, g, disp_loss, &c, 1e-2f, 1e-3, 1e-4,
+                             300, &rng);
     c.op = 1;
     c.src = x;
     memset(g, 0, (size_t)N * E * sizeof *g);
@@ -326,8 +335,8 @@ START_TEST(gather_scatter_combine_match_loops_and_gradients) {
     be->combine_backward(be, dye, dgate, c.w, ye, gate, &d, D); /* (writes) */
     bad += ops_grad_check("combine ye", ye, (size_t)P * D, dye, disp_loss, &c, 1e-2f, 1e-3, 1e-4,
                           300, &rng);
-    bad += ops_grad_check("combine gate", gate, P, dgate, disp_loss, &c, 1e-2f, 1e-3, 1e-4, 300,
-                          &rng);
+    bad +=
+        ops_grad_check("combine gate", gate, P, dgate, disp_loss, &c, 1e-2f, 1e-3, 1e-4, 300, &rng);
     ck_assert_int_eq(bad, 0);
     be->dispatch_free(be, &d);
     free(z);
@@ -356,6 +365,7 @@ END_TEST
 static Suite *routing_suite(void) {
     Suite *s = suite_create("ops_routing");
     TCase *tc = tcase_create("routing");
+    tcase_set_timeout(tc, 300); /* busy machines; serial-tests ignores CK_DEFAULT_TIMEOUT */
     tcase_add_test(tc, topk_rows_matches_brute_force);
     tcase_add_test(tc, select_columns_matches_brute_force);
     tcase_add_test(tc, kth_largest_columns_matches_sorting);

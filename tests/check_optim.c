@@ -62,7 +62,7 @@ static etm_param make_param(etm_backend *be, const char *name, etm_param_group g
                             int64_t d1, int64_t d2) {
     etm_param p;
     memset(&p, 0, sizeof p);
-    p.name = name;
+    snprintf(p.name, sizeof p.name, "%s", name);
     p.group = g;
     p.ndim = ndim;
     p.shape[0] = d0;
@@ -176,10 +176,10 @@ START_TEST(adamw_matches_a_scalar_reference) {
     hp.final_lr_frac = 0.2f;
     hp.grad_clip = 0.0f;
     etm_param ps[4] = {
-        make_param(be, "embed", ETM_GROUP_EMBED, 2, 7, 5, 0),
-        make_param(be, "head", ETM_GROUP_HEAD, 2, 5, 7, 0),
-        make_param(be, "layers.1.moe.up", ETM_GROUP_MATRIX, 3, 3, 4, 5),
-        make_param(be, "layers.1.moe.router", ETM_GROUP_ROUTER, 1, 11, 0, 0),
+        make_param(be, "embed", ETM_PARAM_EMBED, 2, 7, 5, 0),
+        make_param(be, "head", ETM_PARAM_HEAD, 2, 5, 7, 0),
+        make_param(be, "layers.1.moe.up", ETM_PARAM_MATRIX, 3, 3, 4, 5),
+        make_param(be, "layers.1.moe.router", ETM_PARAM_ROUTER, 1, 11, 0, 0),
     };
     const float lrs[4] = {0.01f, 0.02f, 0.04f, 0.03f};
     etm_rng rng;
@@ -428,9 +428,9 @@ START_TEST(muon_matches_a_reference) {
     hp.final_lr_frac = 0.0f;
     hp.grad_clip = 0.0f;
     etm_param ps[3] = {
-        make_param(be, "wide", ETM_GROUP_MATRIX, 2, 6, 10, 0),
-        make_param(be, "tall", ETM_GROUP_MATRIX, 2, 12, 4, 0),  /* scaled by sqrt(12 / 4) */
-        make_param(be, "experts", ETM_GROUP_MATRIX, 3, 3, 8, 5), /* 3 matrices of (8, 5) */
+        make_param(be, "wide", ETM_PARAM_MATRIX, 2, 6, 10, 0),
+        make_param(be, "tall", ETM_PARAM_MATRIX, 2, 12, 4, 0),  /* scaled by sqrt(12 / 4) */
+        make_param(be, "experts", ETM_PARAM_MATRIX, 3, 3, 8, 5), /* 3 matrices of (8, 5) */
     };
     etm_rng rng;
     etm_rng_seed(&rng, 5);
@@ -503,12 +503,12 @@ START_TEST(clipping_scales_gradients_to_the_limit) {
     etm_hparams_defaults(&hp);
     hp.grad_clip = 0.5f;
     etm_param ps[2] = {
-        make_param(be, "embed", ETM_GROUP_EMBED, 2, 4, 3, 0),
-        make_param(be, "w", ETM_GROUP_MATRIX, 2, 3, 5, 0),
+        make_param(be, "embed", ETM_PARAM_EMBED, 2, 4, 3, 0),
+        make_param(be, "w", ETM_PARAM_MATRIX, 2, 3, 5, 0),
     };
     etm_param qs[2] = {
-        make_param(be, "embed", ETM_GROUP_EMBED, 2, 4, 3, 0),
-        make_param(be, "w", ETM_GROUP_MATRIX, 2, 3, 5, 0),
+        make_param(be, "embed", ETM_PARAM_EMBED, 2, 4, 3, 0),
+        make_param(be, "w", ETM_PARAM_MATRIX, 2, 3, 5, 0),
     };
     etm_rng rng;
     etm_rng_seed(&rng, 9);
@@ -590,8 +590,8 @@ START_TEST(non_finite_gradients_stop_the_step) {
     etm_hparams hp;
     etm_hparams_defaults(&hp);
     etm_param ps[2] = {
-        make_param(be, "embed", ETM_GROUP_EMBED, 2, 4, 3, 0),
-        make_param(be, "layers.2.attn.q", ETM_GROUP_MATRIX, 2, 3, 5, 0),
+        make_param(be, "embed", ETM_PARAM_EMBED, 2, 4, 3, 0),
+        make_param(be, "layers.2.attn.q", ETM_PARAM_MATRIX, 2, 3, 5, 0),
     };
     etm_error err = {{0}};
     etm_optim *opt = etm_optim_create(be, &hp, ps, 2, &err);
@@ -633,8 +633,8 @@ START_TEST(create_rejects_bad_parameters) {
     etm_hparams_defaults(&hp);
     etm_error err = {{0}};
     etm_param ps[2] = {
-        make_param(be, "a", ETM_GROUP_MATRIX, 1, 8, 0, 0),
-        make_param(be, "a", ETM_GROUP_EMBED, 2, 2, 4, 0),
+        make_param(be, "a", ETM_PARAM_MATRIX, 1, 8, 0, 0),
+        make_param(be, "a", ETM_PARAM_EMBED, 2, 2, 4, 0),
     };
     ck_assert_ptr_null(etm_optim_create(be, &hp, ps, 1, &err));
     ASSERT_MSG_HAS(err, "parameter 'a' (group matrix) is 1-D; Muon needs");
@@ -646,7 +646,7 @@ START_TEST(create_rejects_bad_parameters) {
     etm_optim_free(opt);
     ck_assert_ptr_null(etm_optim_create(be, &hp, ps, 2, &err));
     ASSERT_MSG_HAS(err, "parameter 'a' listed twice");
-    ps[1].name = "b";
+    snprintf(ps[1].name, sizeof ps[1].name, "b");
     ps[1].shape[1] = 0;
     ck_assert_ptr_null(etm_optim_create(be, &hp, ps, 2, &err));
     ASSERT_MSG_HAS(err, "parameter 'b': dimension 1 is 0");
@@ -654,8 +654,8 @@ START_TEST(create_rejects_bad_parameters) {
     ps[1].group = (etm_param_group)9;
     ck_assert_ptr_null(etm_optim_create(be, &hp, ps, 2, &err));
     ASSERT_MSG_HAS(err, "parameter 'b': invalid group 9");
-    ps[1].group = ETM_GROUP_HEAD;
-    ck_assert_str_eq(etm_param_group_name(ETM_GROUP_ROUTER), "router");
+    ps[1].group = ETM_PARAM_HEAD;
+    ck_assert_str_eq(etm_param_group_name(ETM_PARAM_ROUTER), "router");
     free_params(be, ps, 2);
     etm_backend_free(be);
 }
@@ -665,10 +665,10 @@ END_TEST
 
 #define N_CKPT 4
 static void ckpt_params(etm_backend *be, etm_param *ps) {
-    ps[0] = make_param(be, "embed", ETM_GROUP_EMBED, 2, 6, 4, 0);
-    ps[1] = make_param(be, "layers.0.attn.q", ETM_GROUP_MATRIX, 2, 4, 6, 0);
-    ps[2] = make_param(be, "layers.1.moe.up", ETM_GROUP_MATRIX, 3, 2, 5, 3);
-    ps[3] = make_param(be, "layers.1.moe.router", ETM_GROUP_ROUTER, 2, 2, 4, 0);
+    ps[0] = make_param(be, "embed", ETM_PARAM_EMBED, 2, 6, 4, 0);
+    ps[1] = make_param(be, "layers.0.attn.q", ETM_PARAM_MATRIX, 2, 4, 6, 0);
+    ps[2] = make_param(be, "layers.1.moe.up", ETM_PARAM_MATRIX, 3, 2, 5, 3);
+    ps[3] = make_param(be, "layers.1.moe.router", ETM_PARAM_ROUTER, 2, 2, 4, 0);
 }
 
 static void random_grads(etm_backend *be, etm_param *ps, etm_rng *rng) {

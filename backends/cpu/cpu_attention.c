@@ -22,21 +22,30 @@
 /* Geometry shared by forward and backward. Strides are in floats. */
 typedef struct {
     int B, T, S, H, Hkv, hd;
-    int group;         /* H / Hkv query heads per kv head */
-    size_t ldq, ldk;   /* row strides of q (B,T,H,hd) and k (B,S,Hkv,hd) */
-    float scale;       /* 1/sqrt(hd) */
-    int blocks;        /* query row blocks per (batch, head) */
+    int group;       /* H / Hkv query heads per kv head */
+    size_t ldq, ldk; /* row strides of q (B,T,H,hd) and k (B,S,Hkv,hd) */
+    float scale;     /* 1/sqrt(hd) */
+    int blocks;      /* query row blocks per (batch, head) */
 } att_shape;
 
 static att_shape make_shape(int B, int T, int S, int H, int Hkv, int hd) {
-    att_shape a = {B, T, S, H, Hkv, hd, H / Hkv, (size_t)H * hd, (size_t)Hkv * hd,
-                   1.0f / sqrtf((float)hd), (T + ATT_ROWS - 1) / ATT_ROWS};
+    att_shape a = {B,
+                   T,
+                   S,
+                   H,
+                   Hkv,
+                   hd,
+                   H / Hkv,
+                   (size_t)H * hd,
+                   (size_t)Hkv * hd,
+                   1.0f / sqrtf((float)hd),
+                   (T + ATT_ROWS - 1) / ATT_ROWS};
     return a;
 }
 
 /* Scores of rows [i0, i1) of (b, h) against keys [0, n_keys) into P (rows, n_keys), scaled. */
-static void block_scores(const att_shape *a, float *P, const float *q, const float *k, int b,
-                         int h, int i0, int i1, int n_keys) {
+static void block_scores(const att_shape *a, float *P, const float *q, const float *k, int b, int h,
+                         int i0, int i1, int n_keys) {
     const float *qb = q + ((size_t)b * a->T + i0) * a->ldq + (size_t)h * a->hd;
     const float *kb = k + (size_t)b * a->S * a->ldk + (size_t)(h / a->group) * a->hd;
     cpu_sgemm_1thread(ETM_NO_TRANS, ETM_TRANS, i1 - i0, n_keys, a->hd, a->scale, qb, (int)a->ldq,
@@ -49,9 +58,9 @@ void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float 
     if (B <= 0 || T <= 0 || H <= 0 || hd <= 0) return;
     att_shape a = make_shape(B, T, S, H, Hkv, hd);
     long tasks = (long)B * H * a.blocks;
-    ETM_OMP(parallel)
-    {
+    ETM_OMP(parallel) {
         float *P = etm_malloc((size_t)ATT_ROWS * S * sizeof *P);
+        float inv[ATT_ROWS]; /* 1 / sum of each row's exponentials */
         ETM_OMP(for schedule(dynamic, 1))
         for (long task = 0; task < tasks; task++) {
             int blk = (int)(task % a.blocks), h = (int)(task / a.blocks % H);
@@ -62,22 +71,22 @@ void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float 
             for (int r = 0; r < rows; r++) {
                 float *p = P + (size_t)r * n_keys;
                 int visible = S - T + i0 + r + 1;
-                float m = -INFINITY;
-                for (int j = 0; j < visible; j++) m = p[j] > m ? p[j] : m;
-                double sum = 0.0;
-                for (int j = 0; j < visible; j++) {
-                    p[j] = expf(p[j] - m);
-                    sum += p[j];
-                }
-                float inv = (float)(1.0 / sum);
-                for (int j = 0; j < visible; j++) p[j] *= inv;
+                float m = cpu_vmax(p, visible);
+                cpu_vexp(p, p, m, visible);
+                double sum = cpu_sum(p, visible);
+                inv[r] = (float)(1.0 / sum);
                 for (int j = visible; j < n_keys; j++) p[j] = 0.0f;
                 lse[((size_t)b * H + h) * T + i0 + r] = m + (float)log(sum);
             }
+            /* out = (exp(S - m) V) / sum: normalising the hd outputs, not the n_keys weights */
             const float *vb = v + (size_t)b * S * a.ldk + (size_t)(h / a.group) * hd;
             float *ob = out + ((size_t)b * T + i0) * a.ldq + (size_t)h * hd;
             cpu_sgemm_1thread(ETM_NO_TRANS, ETM_NO_TRANS, rows, hd, n_keys, 1.0f, P, n_keys, vb,
                               (int)a.ldk, 0.0f, ob, (int)a.ldq);
+            for (int r = 0; r < rows; r++) {
+                float *o = ob + (size_t)r * a.ldq;
+                for (int d = 0; d < hd; d++) o[d] *= inv[r];
+            }
         }
         free(P);
     }
@@ -97,8 +106,7 @@ void cpu_attention_backward(etm_backend *be, float *dq, float *dk, float *dv, co
         pv = etm_calloc((size_t)B * H * S * hd, sizeof *pv);
     }
     long tasks = (long)B * H;
-    ETM_OMP(parallel)
-    {
+    ETM_OMP(parallel) {
         float *P = etm_malloc((size_t)ATT_ROWS * S * sizeof *P);
         float *dP = etm_malloc((size_t)ATT_ROWS * S * sizeof *dP);
         ETM_OMP(for schedule(dynamic, 1))
@@ -135,17 +143,14 @@ void cpu_attention_backward(etm_backend *be, float *dq, float *dk, float *dv, co
                     double di = 0.0; /* D_i = dot(dO_i, O_i) = sum_j P_ij dP_ij */
                     for (int d = 0; d < hd; d++) di += (double)do_r[d] * o_r[d];
                     float fdi = (float)di;
-                    for (int j = 0; j < visible; j++) {
-                        p[j] = expf(p[j] - l);
-                        dp[j] = p[j] * (dp[j] - fdi); /* dS */
-                    }
+                    cpu_vattention_ds(p, dp, l, fdi, visible); /* P and dS */
                     for (int j = visible; j < n_keys; j++) p[j] = dp[j] = 0.0f;
                 }
                 /* dV += P^T dO; dQ += scale dS K; dK += scale dS^T Q */
                 cpu_sgemm_1thread(ETM_TRANS, ETM_NO_TRANS, n_keys, hd, rows, 1.0f, P, n_keys, dob,
                                   (int)a.ldq, 1.0f, dvb, lddk);
-                cpu_sgemm_1thread(ETM_NO_TRANS, ETM_NO_TRANS, rows, hd, n_keys, a.scale, dP,
-                                  n_keys, kb, (int)a.ldk, 1.0f, dqb, (int)a.ldq);
+                cpu_sgemm_1thread(ETM_NO_TRANS, ETM_NO_TRANS, rows, hd, n_keys, a.scale, dP, n_keys,
+                                  kb, (int)a.ldk, 1.0f, dqb, (int)a.ldq);
                 cpu_sgemm_1thread(ETM_TRANS, ETM_NO_TRANS, n_keys, hd, rows, a.scale, dP, n_keys,
                                   qb, (int)a.ldq, 1.0f, dkb, lddk);
             }

@@ -17,6 +17,10 @@
  *    heads sharing a kv head) partition the OUTPUT and add contributions in a fixed order (token
  *    order, ascending expert, ascending query head); there are no atomics anywhere.
  *  - Routing decisions compare exact keys and break ties by index, so they are exact.
+ *  - exp and tanh in the row loops are our own (cpu_math.h), vectorised and compiled per
+ *    instruction set (cpu_vector.c) without fused multiply-adds: every clone rounds alike, so the
+ *    results do not depend on the machine's vector width either (tested). They differ from
+ *    libm's expf/tanhf by an ulp or two.
  * tests/check_ops_determinism.c runs every operation with 1, 2 and 3 threads and compares bytes.
  *
  * Operations must be called from serial code (not from inside an OpenMP parallel region). */

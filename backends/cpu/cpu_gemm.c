@@ -6,8 +6,9 @@
  * into tiles whose sizes depend only on (M, N, K); each tile is one single-threaded sgemm over the
  * full K, run by whichever of our threads takes it. OpenBLAS's OpenMP build runs sgemm on one
  * thread inside an active parallel region; cpu_sgemm_1thread also sets this task's OpenMP thread
- * count to 1 so that a team of one (OMP_NUM_THREADS=1) or a BLAS that ignores omp_in_parallel()
- * stays single-threaded too.
+ * count to 1 around the call so that a team of one (OMP_NUM_THREADS=1) or a BLAS that ignores
+ * omp_in_parallel() stays single-threaded too. Another BLAS (--with-blas) keeps the guarantee only
+ * if it runs single-threaded when called from our threads (a sequential build does).
  *
  * The grouped product flattens the tiles of all groups into one task list with dynamic
  * scheduling: experts of very different sizes still keep every thread busy, and no group waits
@@ -33,46 +34,70 @@ void cpu_sgemm_1thread(int trans_a, int trans_b, int M, int N, int K, float alph
         return;
     }
 #ifdef _OPENMP
-    omp_set_num_threads(1); /* this implicit task's ICV only; gone when the region ends */
+    int threads = omp_get_max_threads(); /* this task's setting, restored below */
+    omp_set_num_threads(1);
 #endif
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+#ifdef _OPENMP
+    omp_set_num_threads(threads);
+#endif
 }
 
 /* A tile grid for an (M, N, K) product: rows in row_tiles tiles of tile_m (the last one shorter),
  * columns likewise. A function of the shape alone, never of the thread count. */
 typedef struct {
-    int tile_m, tile_n;     /* tile sizes */
+    int tile_m, tile_n; /* tile sizes */
     int row_tiles, col_tiles;
 } tile_plan;
 
-/* Tiles aim at about CPU_TILE_FLOPS floating-point operations each: small enough that a
- * transformer-sized product makes many tiles for load balance, large enough that sgemm's packing
- * of A and B stays a small part of each tile's time. */
-#define CPU_TILE_FLOPS (16.0 * 1024 * 1024)
+/* Tile sizes. Single-threaded sgemm (OpenBLAS 0.3.21, AVX-512, K = 256) runs at about 98 GFLOP/s
+ * on 512-row tiles, 95 on 256, 88 on 128 and 80 on 64 rows; columns matter less past 256. So
+ * tiles start near 512 x 1024 and are halved only while a product has fewer than min_tiles of
+ * them (so that a few threads stay busy) and each still has CPU_MIN_TILE_FLOPS of work. A grouped
+ * product asks each group for only its share of CPU_MIN_TILES: the groups keep the threads busy.
+ * Measured by CPU time on one thread, the tiles run at 90-99% of one whole-matrix sgemm on
+ * transformer shapes (the price of dynamic scheduling's balance); a loop over groups calling
+ * OpenBLAS's threaded sgemm ran 2-5x slower than the flat task list on the shared 2-core machine.
+ * Many-core machines get less speed-up on small products than OpenBLAS would give them: the
+ * price of tiles that do not depend on the thread count. */
+#define CPU_TILE_M 512
+#define CPU_TILE_N 1024
+#define CPU_MIN_TILES 4
+#define CPU_MIN_TILE_FLOPS 4.0e6
 #define CPU_TILE_ALIGN 16 /* tile sizes are multiples of this (sgemm kernels work in 16s) */
 
 static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-static tile_plan plan_tiles(int M, int N, int K) {
+/* n split into parts of about `target` (one part when n <= 1.5 target), a multiple of the
+ * alignment unless that is all of n. */
+static int split(int n, int target) {
+    if (n <= target + target / 2) return n;
+    int parts = (n + target - 1) / target;
+    return ETM_MIN(n, round_up((n + parts - 1) / parts, CPU_TILE_ALIGN));
+}
+
+/* The tiles of one (M, N, K) product, at least min_tiles of them where the work allows. */
+static tile_plan plan_tiles(int M, int N, int K, int min_tiles) {
     tile_plan p;
-    /* columns first: keep tiles at least 256 wide (or all of N) so B panels stay long */
-    double per_elem = 2.0 * (K > 0 ? K : 1);
-    double target_elems = CPU_TILE_FLOPS / per_elem; /* tile_m * tile_n */
-    int tn = N;
-    if (tn > 512 && (double)M * tn > target_elems) tn = 512;
-    int tm = (int)(target_elems / tn);
-    if (tm < 64) tm = 64;
-    if (tm >= M) tm = M;
-    p.col_tiles = (N + tn - 1) / tn;
+    int tm = split(M, CPU_TILE_M), tn = split(N, CPU_TILE_N);
+    for (;;) {
+        long tiles = (long)((M + tm - 1) / tm) * ((N + tn - 1) / tn);
+        if (tiles >= min_tiles || 2.0 * tm * tn * (K > 0 ? K : 1) < 2 * CPU_MIN_TILE_FLOPS)
+            break;
+        if (tn >= 256 && tn >= tm)
+            tn = split(tn, tn / 2);
+        else if (tm >= 128)
+            tm = split(tm, tm / 2);
+        else if (tn >= 256)
+            tn = split(tn, tn / 2);
+        else
+            break;
+    }
+    p.tile_m = tm;
+    p.tile_n = tn;
     p.row_tiles = (M + tm - 1) / tm;
-    /* even out the tiles */
-    p.tile_n = round_up((N + p.col_tiles - 1) / p.col_tiles, CPU_TILE_ALIGN);
-    p.tile_m = round_up((M + p.row_tiles - 1) / p.row_tiles, CPU_TILE_ALIGN);
-    if (p.tile_n > N) p.tile_n = N;
-    if (p.tile_m > M) p.tile_m = M;
-    p.col_tiles = (N + p.tile_n - 1) / p.tile_n;
-    p.row_tiles = (M + p.tile_m - 1) / p.tile_m;
+    p.col_tiles = (N + tn - 1) / tn;
     return p;
 }
 
@@ -92,25 +117,38 @@ void cpu_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, fl
               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
     if (M <= 0 || N <= 0) return;
-    tile_plan p = plan_tiles(M, N, K);
+    tile_plan p = plan_tiles(M, N, K, CPU_MIN_TILES);
     int tiles = p.row_tiles * p.col_tiles;
     /* Always a parallel region, even for one tile: see the top of this file. */
     ETM_OMP(parallel for schedule(dynamic, 1))
     for (int t = 0; t < tiles; t++)
-        run_tile(&p, t / p.col_tiles, t % p.col_tiles, trans_a, trans_b, M, N, K, alpha, A, lda,
-                 B, ldb, beta, C, ldc);
+        run_tile(&p, t / p.col_tiles, t % p.col_tiles, trans_a, trans_b, M, N, K, alpha, A, lda, B,
+                 ldb, beta, C, ldc);
 }
 
 typedef struct {
-    int group;  /* index into groups */
-    int ti, tj; /* tile in that group's plan */
+    int group;    /* index into groups */
+    int ti, tj;   /* tile in that group's plan */
+    double flops; /* of this tile, for largest-first ordering */
 } grouped_task;
+
+/* Largest tiles first, so that dynamic scheduling ends with small ones (ties: group order). */
+static int by_flops_desc(const void *pa, const void *pb) {
+    const grouped_task *a = pa, *b = pb;
+    if (a->flops != b->flops) return a->flops < b->flops ? 1 : -1;
+    if (a->group != b->group) return a->group < b->group ? -1 : 1;
+    return a->ti != b->ti ? (a->ti < b->ti ? -1 : 1) : (a->tj < b->tj ? -1 : a->tj > b->tj);
+}
 
 void cpu_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
                       const etm_gemm_group *groups, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc) {
     (void)be;
     if (count <= 0) return;
+    /* The groups themselves give the threads work: each needs only its share of CPU_MIN_TILES. */
+    int nonempty = 0;
+    for (int g = 0; g < count; g++) nonempty += groups[g].M > 0 && groups[g].N > 0;
+    int min_tiles = nonempty ? (CPU_MIN_TILES + nonempty - 1) / nonempty : 1;
     tile_plan *plans = etm_malloc((size_t)count * sizeof *plans);
     size_t n_tasks = 0;
     for (int g = 0; g < count; g++) {
@@ -119,14 +157,20 @@ void cpu_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
             plans[g].row_tiles = plans[g].col_tiles = 0;
             continue;
         }
-        plans[g] = plan_tiles(gr->M, gr->N, gr->K);
+        plans[g] = plan_tiles(gr->M, gr->N, gr->K, min_tiles);
         n_tasks += (size_t)plans[g].row_tiles * plans[g].col_tiles;
     }
     grouped_task *tasks = etm_malloc((n_tasks ? n_tasks : 1) * sizeof *tasks);
     size_t t = 0;
     for (int g = 0; g < count; g++)
         for (int ti = 0; ti < plans[g].row_tiles; ti++)
-            for (int tj = 0; tj < plans[g].col_tiles; tj++) tasks[t++] = (grouped_task){g, ti, tj};
+            for (int tj = 0; tj < plans[g].col_tiles; tj++) {
+                const tile_plan *p = &plans[g];
+                int m = ETM_MIN(p->tile_m, groups[g].M - ti * p->tile_m);
+                int n = ETM_MIN(p->tile_n, groups[g].N - tj * p->tile_n);
+                tasks[t++] = (grouped_task){g, ti, tj, (double)m * n * (groups[g].K + 1)};
+            }
+    qsort(tasks, n_tasks, sizeof *tasks, by_flops_desc);
     long n = (long)n_tasks;
     ETM_OMP(parallel for schedule(dynamic, 1))
     for (long i = 0; i < n; i++) {

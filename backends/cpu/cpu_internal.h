@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "cpu_math.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -60,12 +61,25 @@ static inline float cpu_key_float(uint32_t key) {
     return x;
 }
 
-/* cap * tanh(x / cap), the soft cap of the logits (cap > 0), shared by softcap and xent so both
- * round alike. */
-static inline float cpu_softcap1(float x, float cap) { return cap * tanhf(x / cap); }
+/* cap * tanh(x / cap), the soft cap of the logits (cap > 0, inv_cap = 1 / cap), shared by softcap
+ * and xent so both round alike. */
+static inline float cpu_softcap1(float x, float cap, float inv_cap) {
+    return cap * cpu_tanhf(x * inv_cap);
+}
 
 /* The k-th largest (k >= 1, k <= n) of keys[0..n); keys is reordered, tmp holds n keys. */
 uint32_t cpu_kth_largest_key(uint32_t *keys, uint32_t *tmp, int n, int k);
+
+/* ---- vectorised row loops (cpu_vector.c); outputs may be the inputs ---------------------- */
+float cpu_vmax(const float *x, int n);                          /* -infinity when n == 0 */
+void cpu_vexp(float *e, const float *x, float shift, int n);    /* e = exp(x - shift) */
+void cpu_vsoftcap(float *z, const float *x, float cap, int n);  /* z = cap tanh(x / cap) */
+void cpu_vsigmoid(float *out, const float *x, int n);           /* 1 / (1 + exp(-x)) */
+/* d = dloss (d inv_sum) (1 - (z / cap)^2), the soft-capped cross-entropy gradient from
+ * d = exp(z - max) (without the cap factor when cap <= 0) */
+void cpu_vxent_grad(float *d, const float *z, float inv_sum, float cap, float dloss, int n);
+/* p = exp(p - lse); dp = p (dp - di): attention's probabilities and dS from scores and dP */
+void cpu_vattention_ds(float *p, float *dp, float lse, float di, int n);
 
 /* ---- the operations, one family per file ------------------------------------------------- */
 /* cpu_gemm.c */
@@ -86,7 +100,8 @@ void cpu_add_scaled_rows(etm_backend *be, float *y, const float *a, const float 
 void cpu_relu2_forward(etm_backend *be, float *out, const float *x, size_t n);
 void cpu_relu2_backward(etm_backend *be, float *dx, const float *dout, const float *x, size_t n);
 void cpu_sigmoid_forward(etm_backend *be, float *out, const float *x, size_t n);
-void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out, size_t n);
+void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const float *out,
+                          size_t n);
 void cpu_softcap(etm_backend *be, float *out, const float *x, size_t n, float cap);
 void cpu_adamw_update(etm_backend *be, float *p, const float *g, float *m, float *v, size_t n,
                       float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
@@ -112,8 +127,8 @@ void cpu_softmax_backward(etm_backend *be, float *dx, const float *dout, const f
 void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int E);
 void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const int32_t *targets,
                       int N, int V, float cap);
-void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits,
-                       const int32_t *targets, int N, int V, float cap, float dloss);
+void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, const int32_t *targets,
+                       int N, int V, float cap, float dloss);
 
 /* cpu_attention.c */
 void cpu_attention_forward(etm_backend *be, float *out, float *lse, const float *q, const float *k,

@@ -46,8 +46,7 @@ static int ranks_before(uint32_t a, int ia, uint32_t b, int ib) {
 void cpu_topk_rows(etm_backend *be, uint8_t *z, const float *score, int N, int E, int k) {
     (void)be;
     if (k > E) k = E;
-    ETM_OMP(parallel)
-    {
+    ETM_OMP(parallel) {
         uint32_t *top_key = etm_malloc((size_t)(k > 0 ? k : 1) * sizeof *top_key);
         int *top_idx = etm_malloc((size_t)(k > 0 ? k : 1) * sizeof *top_idx);
         ETM_OMP(for schedule(static))
@@ -104,8 +103,7 @@ void cpu_select_columns(etm_backend *be, uint8_t *z, const float *score, const u
     memset(z, 0, (size_t)N * E);
     if (pool_rows <= 0 || N <= 0 || E <= 0) return;
     long tasks = (long)(N / pool_rows) * E;
-    ETM_OMP(parallel)
-    {
+    ETM_OMP(parallel) {
         column_scratch c;
         scratch_init(&c, pool_rows);
         ETM_OMP(for schedule(dynamic, 1))
@@ -149,8 +147,7 @@ void cpu_kth_largest_columns(etm_backend *be, float *out, const float *score, in
     (void)be;
     if (pool_rows <= 0 || N <= 0 || E <= 0) return;
     long tasks = (long)(N / pool_rows) * E;
-    ETM_OMP(parallel)
-    {
+    ETM_OMP(parallel) {
         column_scratch c;
         scratch_init(&c, pool_rows);
         ETM_OMP(for schedule(dynamic, 1))

@@ -2,20 +2,16 @@
  * backward, log-sum-exp of rows, and the soft-capped cross-entropy of the LM head (forward and
  * gradient).
  *
- * Each row belongs to one thread; its maximum and its sum of exponentials (in double) run in
- * index order, so results do not depend on the thread count. */
+ * Each row belongs to one thread. Exponentials and tanh come from cpu_math.h in vectorised loops
+ * (every element computed the same way on any path); sums of a row run in double over eight
+ * fixed lanes (cpu_sum), so results do not depend on the thread count. */
 #include <config.h>
 
 #include "cpu_internal.h"
+#include "cpu_math.h"
 
 #include <math.h>
 #include <stdlib.h>
-
-static float row_max(const float *x, int E) {
-    float m = -INFINITY;
-    for (int e = 0; e < E; e++) m = x[e] > m ? x[e] : m;
-    return m;
-}
 
 void cpu_softmax_forward(etm_backend *be, float *out, const float *x, int N, int E) {
     (void)be;
@@ -23,13 +19,8 @@ void cpu_softmax_forward(etm_backend *be, float *out, const float *x, int N, int
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * E;
         float *o = out + (size_t)n * E;
-        float m = row_max(xr, E);
-        double sum = 0.0;
-        for (int e = 0; e < E; e++) {
-            o[e] = expf(xr[e] - m);
-            sum += o[e];
-        }
-        float inv = (float)(1.0 / sum);
+        cpu_vexp(o, xr, cpu_vmax(xr, E), E);
+        float inv = (float)(1.0 / cpu_sum(o, E));
         for (int e = 0; e < E; e++) o[e] *= inv;
     }
 }
@@ -50,84 +41,81 @@ void cpu_softmax_backward(etm_backend *be, float *dx, const float *dout, const f
 
 void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int E) {
     (void)be;
-    ETM_OMP(parallel for schedule(static) if ((long)N * E >= CPU_PAR_MIN))
-    for (int n = 0; n < N; n++) {
-        const float *xr = x + (size_t)n * E;
-        float m = row_max(xr, E);
-        double sum = 0.0;
-        for (int e = 0; e < E; e++) sum += expf(xr[e] - m);
-        out[n] = m + (float)log(sum);
+    ETM_OMP(parallel if ((long)N * E >= CPU_PAR_MIN)) {
+        float *e = etm_malloc((size_t)(E > 0 ? E : 1) * sizeof *e);
+        ETM_OMP(for schedule(static))
+        for (int n = 0; n < N; n++) {
+            const float *xr = x + (size_t)n * E;
+            float m = cpu_vmax(xr, E);
+            cpu_vexp(e, xr, m, E);
+            out[n] = m + (float)log(cpu_sum(e, E));
+        }
+        free(e);
     }
 }
 
-/* Soft-capped logits of one row into z (cap <= 0: no cap), returning their maximum. */
+/* z = cap tanh(logits / cap) (cap <= 0: z = logits); returns max z. */
 static float capped_row(float *z, const float *logits, int V, float cap) {
-    float m = -INFINITY;
-    for (int j = 0; j < V; j++) {
-        float v = cap > 0.0f ? cpu_softcap1(logits[j], cap) : logits[j];
-        z[j] = v;
-        m = v > m ? v : m;
-    }
-    return m;
+    if (cap > 0.0f)
+        cpu_vsoftcap(z, logits, cap, V);
+    else
+        memcpy(z, logits, (size_t)V * sizeof *z);
+    return cpu_vmax(z, V);
 }
 
-/* log sum exp of z[0..V) given its maximum m; e (if non-NULL) gets exp(z - m). */
-static double row_lse(float *e, const float *z, int V, float m) {
-    double sum = 0.0;
-    for (int j = 0; j < V; j++) {
-        float ej = expf(z[j] - m);
-        if (e) e[j] = ej;
-        sum += ej;
-    }
-    return (double)m + log(sum);
-}
+/* Scratch of one thread for a row of V logits. */
+typedef struct {
+    float *z, *e; /* (V) capped logits, their exponentials */
+} xent_scratch;
 
 void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const int32_t *targets,
                       int N, int V, float cap) {
     (void)be;
-    ETM_OMP(parallel if ((long)N * V >= CPU_PAR_MIN))
-    {
-        float *z = etm_malloc((size_t)V * sizeof *z);
+    ETM_OMP(parallel if ((long)N * V >= CPU_PAR_MIN)) {
+        xent_scratch s = {etm_malloc((size_t)V * sizeof(float)),
+                          etm_malloc((size_t)V * sizeof(float))};
         ETM_OMP(for schedule(static))
         for (int n = 0; n < N; n++) {
             int32_t t = targets[n];
-            if (t < 0 || t >= V) { /* ignored; a target past the vocabulary is a bug: make it loud */
+            if (t < 0 ||
+                t >= V) { /* ignored; a target past the vocabulary is a bug: make it loud */
                 losses[n] = t < 0 ? 0.0f : NAN;
                 continue;
             }
-            float m = capped_row(z, logits + (size_t)n * V, V, cap);
-            losses[n] = (float)(row_lse(NULL, z, V, m) - (double)z[t]);
+            float m = capped_row(s.z, logits + (size_t)n * V, V, cap);
+            cpu_vexp(s.e, s.z, m, V);
+            losses[n] = (float)((double)m + log(cpu_sum(s.e, V)) - (double)s.z[t]);
         }
-        free(z);
+        free(s.z);
+        free(s.e);
     }
 }
 
-void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits,
-                       const int32_t *targets, int N, int V, float cap, float dloss) {
+void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, const int32_t *targets,
+                       int N, int V, float cap, float dloss) {
     (void)be;
-    ETM_OMP(parallel for schedule(static) if ((long)N * V >= CPU_PAR_MIN))
-    for (int n = 0; n < N; n++) {
-        float *d = dlogits + (size_t)n * V;
-        int32_t t = targets[n];
-        if (t < 0) {
-            memset(d, 0, (size_t)V * sizeof *d);
-            continue;
-        }
-        if (t >= V) { /* a bug upstream: poison the gradient rather than hide it */
-            for (int j = 0; j < V; j++) d[j] = NAN;
-            continue;
-        }
-        /* d holds z, then exp(z - m), then the gradient */
-        float m = capped_row(d, logits + (size_t)n * V, V, cap);
-        float lse = (float)row_lse(NULL, d, V, m);
-        for (int j = 0; j < V; j++) {
-            float zj = d[j], p = expf(zj - lse);
-            float g = p - (j == t ? 1.0f : 0.0f);
-            if (cap > 0.0f) {
-                float th = zj / cap;
-                g *= 1.0f - th * th; /* d z / d logit = 1 - tanh^2 */
+    ETM_OMP(parallel if ((long)N * V >= CPU_PAR_MIN)) {
+        float *z = etm_malloc((size_t)V * sizeof *z);
+        ETM_OMP(for schedule(static))
+        for (int n = 0; n < N; n++) {
+            float *d = dlogits + (size_t)n * V;
+            int32_t t = targets[n];
+            if (t < 0) {
+                memset(d, 0, (size_t)V * sizeof *d);
+                continue;
             }
-            d[j] = dloss * g;
+            if (t >= V) { /* a bug upstream: poison the gradient rather than hide it */
+                for (int j = 0; j < V; j++) d[j] = NAN;
+                continue;
+            }
+            /* d holds exp(z - m), then the gradient dloss (p - onehot) dz/dlogit */
+            float m = capped_row(z, logits + (size_t)n * V, V, cap);
+            cpu_vexp(d, z, m, V);
+            float inv = (float)(1.0 / cpu_sum(d, V));
+            float dt = d[t] * inv - 1.0f, th = cap > 0.0f ? z[t] * (1.0f / cap) : 0.0f;
+            cpu_vxent_grad(d, z, inv, cap, dloss, V);
+            d[t] = dloss * dt * (1.0f - th * th); /* the target's -1 */
         }
+        free(z);
     }
 }

@@ -1,0 +1,200 @@
+/* cuda_backend.cu: the CUDA backend's constructor and operation table, device memory (alloc,
+ * copies, zeroing), the stream and cuBLAS handle, and the grow-on-demand scratch buffer. The
+ * kernels live in the other cuda_*.cu files, one op family each. */
+#include <string.h>
+
+#include "cuda_backend.h"
+#include "cuda_internal.h"
+
+void etm_cuda_fail(const char *what, const char *msg, const char *file, int line) {
+    fprintf(stderr, "etmoe: cuda backend: %s failed at %s:%d: %s\n", what, file, line, msg);
+    fflush(stderr);
+    abort();
+}
+
+void *etm_cuda_scratch(etm_backend *be, size_t bytes) {
+    etm_cuda_ctx *c = etm_cuda(be);
+    if (bytes == 0) bytes = 1;
+    if (bytes > c->scratch_bytes) {
+        /* Earlier ops queued on the stream may still read the old buffer. */
+        ETM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+        if (c->scratch) ETM_CUDA_CHECK(cudaFree(c->scratch));
+        size_t grown = c->scratch_bytes * 2 > bytes ? c->scratch_bytes * 2 : bytes;
+        ETM_CUDA_CHECK(cudaMalloc(&c->scratch, grown));
+        c->scratch_bytes = grown;
+    }
+    return c->scratch;
+}
+
+/* ---- lifetime and memory ------------------------------------------------------------------- */
+static void cuda_destroy(etm_backend *be) {
+    etm_cuda_ctx *c = etm_cuda(be);
+    if (!c) return;
+    cudaStreamSynchronize(c->stream);
+    if (c->scratch) cudaFree(c->scratch);
+    if (c->sum_partials) cudaFree(c->sum_partials);
+    if (c->sum_host) cudaFreeHost(c->sum_host);
+    if (c->cublas) cublasDestroy(c->cublas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c);
+    be->ctx = NULL;
+}
+
+static void *cuda_alloc(etm_backend *be, size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) return NULL;
+    cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+        fprintf(stderr, "etmoe: cuda backend: out of device memory allocating %zu bytes: %s\n",
+                bytes, cudaGetErrorString(e));
+        abort();
+    }
+    ETM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, etm_cuda(be)->stream));
+    return p;
+}
+
+static void cuda_free(etm_backend *be, void *p) {
+    (void)be;
+    if (p) ETM_CUDA_CHECK(cudaFree(p)); /* cudaFree waits for work that may still use p */
+}
+
+static void cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
+    if (bytes == 0) return;
+    /* From pageable memory this returns once host_src has been staged, so the caller may reuse
+     * it; the copy is ordered with the kernels on the stream. */
+    ETM_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice,
+                                   etm_cuda(be)->stream));
+}
+
+static void cuda_download(etm_backend *be, void *host_dst, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    etm_cuda_ctx *c = etm_cuda(be);
+    ETM_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    ETM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
+}
+
+static void cuda_copy(etm_backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes == 0 || dst == src) return;
+    ETM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, etm_cuda(be)->stream));
+}
+
+static void cuda_zero(etm_backend *be, void *p, size_t bytes) {
+    if (bytes == 0) return;
+    ETM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, etm_cuda(be)->stream));
+}
+
+static void cuda_synchronize(etm_backend *be) {
+    ETM_CUDA_CHECK(cudaStreamSynchronize(etm_cuda(be)->stream));
+}
+
+/* ---- construction ----------------------------------------------------------------------------- */
+static void apply_math_mode(etm_cuda_ctx *c) {
+    /* Plain fp32 unless TF32 was asked for (CUBLAS_DEFAULT_MATH never uses TF32 for sgemm), so
+     * results stay comparable with the CPU backend at fp32 tolerances. */
+    ETM_CUBLAS_CHECK(cublasSetMathMode(c->cublas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                          : CUBLAS_DEFAULT_MATH));
+}
+
+extern "C" void etm_cuda_set_tf32(etm_backend *be, int on) {
+    etm_cuda_ctx *c = etm_cuda(be);
+    c->tf32 = on ? 1 : 0;
+    apply_math_mode(c);
+}
+
+extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess) {
+        etm_fail(err, "cuda backend: no usable CUDA device: cudaGetDeviceCount failed: %s",
+                 cudaGetErrorString(e));
+        return NULL;
+    }
+    if (count == 0) {
+        etm_fail(err, "cuda backend: no CUDA device found (cudaGetDeviceCount returned 0)");
+        return NULL;
+    }
+    int device = 0;
+    if ((e = cudaGetDevice(&device)) != cudaSuccess || (e = cudaSetDevice(device)) != cudaSuccess) {
+        etm_fail(err, "cuda backend: cannot select a CUDA device: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    etm_cuda_ctx *c = (etm_cuda_ctx *)etm_calloc(1, sizeof *c);
+    c->device = device;
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        etm_fail(err, "cuda backend: cannot create a stream on device %d: %s", device,
+                 cudaGetErrorString(e));
+        free(c);
+        return NULL;
+    }
+    cublasStatus_t s = cublasCreate(&c->cublas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        etm_fail(err, "cuda backend: cublasCreate failed on device %d: %s", device,
+                 cublasGetStatusString(s));
+        cudaStreamDestroy(c->stream);
+        free(c);
+        return NULL;
+    }
+    ETM_CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
+    ETM_CUBLAS_CHECK(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
+    ETM_CUBLAS_CHECK(cublasSetAtomicsMode(c->cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
+    const char *tf32 = getenv("ETM_CUDA_TF32");
+    c->tf32 = tf32 && strcmp(tf32, "1") == 0;
+    apply_math_mode(c);
+    ETM_CUDA_CHECK(cudaDeviceGetAttribute(&c->max_smem_optin,
+                                          cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    ETM_CUDA_CHECK(cudaMalloc(&c->sum_partials, (ETM_CUDA_SUM_BLOCKS + 1) * sizeof(double)));
+    ETM_CUDA_CHECK(cudaMallocHost(&c->sum_host, sizeof(double)));
+
+    etm_backend *be = (etm_backend *)etm_calloc(1, sizeof *be);
+    be->name = "cuda";
+    be->ctx = c;
+    be->destroy = cuda_destroy;
+    be->alloc = cuda_alloc;
+    be->free = cuda_free;
+    be->upload = cuda_upload;
+    be->download = cuda_download;
+    be->copy = cuda_copy;
+    be->zero = cuda_zero;
+    be->synchronize = cuda_synchronize;
+    be->gemm = etm_cuda_gemm;
+    be->gemm_grouped = etm_cuda_gemm_grouped;
+    be->fill = etm_cuda_fill;
+    be->scale = etm_cuda_scale;
+    be->axpy = etm_cuda_axpy;
+    be->sum_squares = etm_cuda_sum_squares;
+    be->column_sum = etm_cuda_column_sum;
+    be->add_row_vector = etm_cuda_add_row_vector;
+    be->add_scaled_rows = etm_cuda_add_scaled_rows;
+    be->embedding_forward = etm_cuda_embedding_forward;
+    be->embedding_backward = etm_cuda_embedding_backward;
+    be->rmsnorm_forward = etm_cuda_rmsnorm_forward;
+    be->rmsnorm_backward = etm_cuda_rmsnorm_backward;
+    be->rope_forward = etm_cuda_rope_forward;
+    be->rope_backward = etm_cuda_rope_backward;
+    be->attention_forward = etm_cuda_attention_forward;
+    be->attention_backward = etm_cuda_attention_backward;
+    be->relu2_forward = etm_cuda_relu2_forward;
+    be->relu2_backward = etm_cuda_relu2_backward;
+    be->softcap = etm_cuda_softcap;
+    be->xent_forward = etm_cuda_xent_forward;
+    be->xent_backward = etm_cuda_xent_backward;
+    be->sigmoid_forward = etm_cuda_sigmoid_forward;
+    be->sigmoid_backward = etm_cuda_sigmoid_backward;
+    be->softmax_forward = etm_cuda_softmax_forward;
+    be->softmax_backward = etm_cuda_softmax_backward;
+    be->logsumexp_rows = etm_cuda_logsumexp_rows;
+    be->topk_rows = etm_cuda_topk_rows;
+    be->select_columns = etm_cuda_select_columns;
+    be->kth_largest_columns = etm_cuda_kth_largest_columns;
+    be->dispatch_alloc = etm_cuda_dispatch_alloc;
+    be->dispatch_free = etm_cuda_dispatch_free;
+    be->build_dispatch = etm_cuda_build_dispatch;
+    be->gather_rows = etm_cuda_gather_rows;
+    be->scatter_add_rows = etm_cuda_scatter_add_rows;
+    be->gather_pairs = etm_cuda_gather_pairs;
+    be->scatter_add_pairs = etm_cuda_scatter_add_pairs;
+    be->combine_forward = etm_cuda_combine_forward;
+    be->combine_backward = etm_cuda_combine_backward;
+    be->adamw_update = etm_cuda_adamw_update;
+    return be;
+}

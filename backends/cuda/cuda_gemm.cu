@@ -1,0 +1,56 @@
+/* cuda_gemm.cu: row-major GEMM and grouped GEMM on cuBLAS.
+ *
+ * cuBLAS is column-major. A row-major matrix X with leading dimension ldx is, read column-major,
+ * X^T with the same leading dimension, so the row-major C = op(A) op(B) is computed as the
+ * column-major C^T = op(B)^T op(A)^T: swap the operands and the sizes M and N, keep the
+ * transpose flags. cuBLAS sgemm with atomics disallowed is deterministic on a given GPU. */
+#include "cuda_internal.h"
+
+/* C(M,N) = beta * C, the K == 0 case (cuBLAS requires lda >= 1 and is not asked). beta == 0
+ * writes zeros even over NaN, as BLAS does. */
+__global__ void k_scale_matrix(float *C, int M, int N, int ldc, float beta) {
+    size_t total = (size_t)M * N;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / N, col = i % N;
+        float *c = C + r * ldc + col;
+        *c = beta == 0.0f ? 0.0f : beta * *c;
+    }
+}
+
+static void gemm_one(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                     const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                     int ldc) {
+    etm_cuda_ctx *c = etm_cuda(be);
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        if (beta != 1.0f) {
+            k_scale_matrix<<<etm_cuda_blocks((size_t)M * N), ETM_CUDA_THREADS, 0, c->stream>>>(
+                C, M, N, ldc, beta);
+            ETM_CUDA_LAUNCHED();
+        }
+        return;
+    }
+    cublasOperation_t op_a = trans_a == ETM_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = trans_b == ETM_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N;
+    ETM_CUBLAS_CHECK(cublasSgemm(c->cublas, op_b, op_a, N, M, K, &alpha, B, ldb, A, lda, &beta,
+                                 C, ldc));
+}
+
+void etm_cuda_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,
+                   const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                   int ldc) {
+    gemm_one(be, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* One cuBLAS call per group, in group order. The groups are few (one per expert) and each is a
+ * full-sized GEMM, so a loop keeps every group on cuBLAS's best kernel for its shape. */
+void etm_cuda_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
+                           const etm_gemm_group *groups, float alpha, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C, int ldc) {
+    for (int g = 0; g < count; g++) {
+        const etm_gemm_group *gr = &groups[g];
+        gemm_one(be, trans_a, trans_b, gr->M, gr->N, gr->K, alpha, A + gr->a_off, lda,
+                 B + gr->b_off, ldb, beta, C + gr->c_off, ldc);
+    }
+}

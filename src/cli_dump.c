@@ -1,0 +1,204 @@
+/* cli_dump.c: `etmoe dump` (one training forward+backward of a checkpoint on a fixed batch,
+ * written as a dump file, doc/dump-format.md) and `etmoe compare` (two dump files, tensor by
+ * tensor, within tolerances). */
+#include <config.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "cli.h"
+#include "common.h"
+#include "dump.h"
+#include "loader.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
+static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
+    size_t k = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, k) != 0) return 0;
+    if (a[k] == '=') {
+        *value = a + k + 1;
+        return 1;
+    }
+    if (a[k] != '\0') return 0;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return 1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
+static int parse_long(const char *text, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *text, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (errno || end == text || *end || !(v >= 0)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* ---- dump ---------------------------------------------------------------------------------- */
+static void dump_usage(void) {
+    printf("usage: etmoe dump CHECKPOINT --data SHARDS --out STATE.safetensors [--batch B] [--backend NAME]\n"
+           "\n"
+           "Runs one forward and backward pass of the checkpoint's model in training mode on a fixed\n"
+           "batch, the first B sequences of the shards in validation order, and writes the inputs,\n"
+           "targets, logits, per-token losses, loss, every parameter gradient and each MoE layer's\n"
+           "routing (mask, router logits, gates, thresholds) to one safetensors file\n"
+           "(doc/dump-format.md), for comparing backends or frameworks with `etmoe compare`.\n"
+           "The router state is not stepped; the checkpoint is only read.\n"
+           "\n"
+           "  --data SHARDS    token shards (a glob, e.g. 'runs/data/austen/val_*.bin')\n"
+           "  --out FILE       the dump file to write (atomically)\n"
+           "  --batch B        sequences in the batch (default: the config's batch_size)\n"
+           "  --backend NAME   compute backend (default: the config's backend)\n"
+           "  --help           this text\n");
+}
+
+int cmd_dump(int argc, char **argv) {
+    const char *ckpt = NULL, *data = NULL, *out = NULL, *backend = NULL, *batch_text = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int missing = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            dump_usage();
+            return ETM_EXIT_OK;
+        }
+        if (option_value(argc, argv, &i, "--data", &data, &missing) ||
+            option_value(argc, argv, &i, "--out", &out, &missing) ||
+            option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
+            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+            if (missing) return cli_usage_error("dump", "option '%s' needs a value", a);
+            continue;
+        }
+        if (a[0] == '-' && a[1]) return cli_usage_error("dump", "unknown option '%s'", a);
+        if (ckpt) return cli_usage_error("dump", "one checkpoint only ('%s' and '%s')", ckpt, a);
+        ckpt = a;
+    }
+    if (!ckpt) return cli_usage_error("dump", "no checkpoint given");
+    if (!data) return cli_usage_error("dump", "--data SHARDS is required");
+    if (!out) return cli_usage_error("dump", "--out FILE is required");
+    if (!is_file(ckpt)) return cli_usage_error("dump", "no checkpoint file '%s'", ckpt);
+
+    etm_error err = {{0}};
+    etm_hparams hp;
+    if (etm_checkpoint_read_config(ckpt, &hp, &err) != 0) {
+        fprintf(stderr, "etmoe dump: %s\n", err.msg);
+        return ETM_EXIT_FAIL;
+    }
+    long B = hp.batch_size;
+    if (batch_text && parse_long(batch_text, 1, 1 << 20, &B) != 0)
+        return cli_usage_error("dump", "--batch must be a positive integer, not '%s'", batch_text);
+
+    int rc = ETM_EXIT_FAIL;
+    etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
+    etm_model *m = NULL;
+    etm_loader *ld = NULL;
+    int32_t *inputs = NULL, *targets = NULL;
+    if (!be) goto done;
+    m = etm_checkpoint_load_model(ckpt, be, (int)B, &err);
+    if (!m) goto done;
+    ld = etm_loader_open(data, (int)B, hp.seq_len, hp.seed, 0, hp.vocab_size, &err);
+    if (!ld) goto done;
+    inputs = etm_malloc((size_t)B * hp.seq_len * sizeof(int32_t));
+    targets = etm_malloc((size_t)B * hp.seq_len * sizeof(int32_t));
+    if (etm_loader_next(ld, inputs, targets, &err) != 0) goto done;
+    double loss;
+    if (etm_dump_write(m, inputs, targets, (int)B, ckpt, out, &loss, &err) != 0) goto done;
+    printf("wrote %s: batch %ld x %d tokens, loss %.6f, backend %s\n", out, B, hp.seq_len, loss, be->name);
+    rc = ETM_EXIT_OK;
+done:
+    if (rc != ETM_EXIT_OK) fprintf(stderr, "etmoe dump: %s\n", err.msg);
+    free(inputs);
+    free(targets);
+    etm_loader_free(ld);
+    etm_model_free(m);
+    if (be) etm_backend_free(be);
+    return rc;
+}
+
+/* ---- compare ------------------------------------------------------------------------------- */
+static void compare_usage(const etm_compare_opts *d) {
+    printf("usage: etmoe compare A B [--rtol R] [--atol A] [--max-flips N] [--list N]\n"
+           "\n"
+           "Compares two dump files (etmoe dump; any two safetensors files work) tensor by tensor and\n"
+           "prints a table: max absolute and relative error, normalised error ||a-b|| / max(||a||, ||b||),\n"
+           "elements beyond tolerance and NaN counts. Integer tensors must be equal. For the routing\n"
+           "masks it counts the disagreements and lists each with the router logits on both sides and\n"
+           "their distance from the thresholds.\n"
+           "\n"
+           "  --rtol R        relative tolerance (default %g): |a-b| <= atol + rtol max(|a|, |b|)\n"
+           "  --atol A        absolute tolerance (default %g)\n"
+           "  --max-flips N   routing disagreements allowed in total (default %ld)\n"
+           "  --list N        disagreements listed per layer (default %d)\n"
+           "  --help          this text\n"
+           "\n"
+           "Exit status: 0 within tolerance, 1 beyond it (or a file that cannot be read), 2 usage error.\n",
+           d->rtol, d->atol, d->max_flips, d->max_listed);
+}
+
+int cmd_compare(int argc, char **argv) {
+    etm_compare_opts o;
+    etm_compare_opts_default(&o);
+    const char *files[2] = {NULL, NULL};
+    int n_files = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = NULL;
+        int missing = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            compare_usage(&o);
+            return ETM_EXIT_OK;
+        }
+        if (option_value(argc, argv, &i, "--rtol", &v, &missing)) {
+            if (missing || parse_double(v, &o.rtol)) return cli_usage_error("compare", "--rtol needs a number >= 0");
+        } else if (option_value(argc, argv, &i, "--atol", &v, &missing)) {
+            if (missing || parse_double(v, &o.atol)) return cli_usage_error("compare", "--atol needs a number >= 0");
+        } else if (option_value(argc, argv, &i, "--max-flips", &v, &missing)) {
+            long n;
+            if (missing || parse_long(v, 0, 1L << 40, &n))
+                return cli_usage_error("compare", "--max-flips needs a count >= 0");
+            o.max_flips = n;
+        } else if (option_value(argc, argv, &i, "--list", &v, &missing)) {
+            long n;
+            if (missing || parse_long(v, 0, 1 << 30, &n)) return cli_usage_error("compare", "--list needs a count >= 0");
+            o.max_listed = (int)n;
+        } else if (a[0] == '-' && a[1]) {
+            return cli_usage_error("compare", "unknown option '%s'", a);
+        } else {
+            if (n_files == 2) return cli_usage_error("compare", "two files only (a third: '%s')", a);
+            files[n_files++] = a;
+        }
+    }
+    if (n_files != 2) return cli_usage_error("compare", "two dump files are needed");
+    for (int k = 0; k < 2; k++)
+        if (!is_file(files[k])) return cli_usage_error("compare", "no file '%s'", files[k]);
+    etm_error err = {{0}};
+    etm_compare_result r;
+    int ok = etm_dump_compare(files[0], files[1], &o, stdout, &r, &err);
+    if (ok < 0) {
+        fprintf(stderr, "etmoe compare: %s\n", err.msg);
+        return ETM_EXIT_FAIL;
+    }
+    etm_compare_result_free(&r);
+    return ok ? ETM_EXIT_OK : ETM_EXIT_FAIL;
+}
