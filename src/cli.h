@@ -29,5 +29,6 @@ int cmd_backends(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_routing_profile(int argc, char **argv);
 
 #endif

@@ -20,6 +20,7 @@ static const etm_verb verbs[] = {
     {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
     {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},
     {"inspect", cmd_inspect, "a checkpoint's router state and (--data) its routing statistics"},
+    {"routing-profile", cmd_routing_profile, "experts per token by position, token kind and id, loads, cut-offs: TSV tables"},
     {NULL, NULL, NULL},
 };
 

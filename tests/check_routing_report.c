@@ -1,13 +1,21 @@
 /* check_routing_report.c: tests of the routing report (src/routing_report.h): token kinds, every
  * count against a slow per-token reference on random masks, EC cut-offs against their defining
  * property, the written tables read back, the passage layout, and the errors. */
+#include "backend.h"
+#include "checkpoint.h"
 #include "common.h"
+#include "hparams.h"
+#include "loader.h"
+#include "model.h"
 #include "rng.h"
+#include "shard.h"
 #include "routing_report.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <sys/wait.h>
 
 static etm_tokenizer *austen_tokenizer(void) {
     char path[1024];
@@ -426,6 +434,175 @@ START_TEST(bad_batches_are_refused) {
 }
 END_TEST
 
+
+/* ---- the verb: etmoe routing-profile ------------------------------------------------------ */
+
+static const char *etmoe_bin(void) {
+    const char *b = getenv("ETMOE");
+    return b && *b ? b : ETM_TEST_BIN;
+}
+
+static int run(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    int st = system(cmd);
+    ck_assert_msg(st != -1 && WIFEXITED(st), "could not run: %s", cmd);
+    return WEXITSTATUS(st);
+}
+
+/* summary.tsv's value of key, as a number. */
+static double summary_value(const char *dir, const char *key) {
+    int n;
+    char **lines = read_lines(dir, "summary.tsv", &n);
+    double v = NAN;
+    size_t k = strlen(key);
+    for (int i = 0; i < n; i++)
+        if (!strncmp(lines[i], key, k) && lines[i][k] == '\t') v = strtod(lines[i] + k + 1, NULL);
+    free_lines(lines, n);
+    ck_assert_msg(!isnan(v), "summary.tsv has no %s", key);
+    return v;
+}
+
+/* A tiny ET model (untrained, thresholds set by hand so that tokens get 0 to 4 experts), saved as
+ * a checkpoint, and a validation shard of Austen text; the verb's tables must agree with routing
+ * the same batches here. */
+START_TEST(verb_matches_the_model) {
+    char dir[256], path[512], ckpt[512], out[512];
+    test_tmpdir(dir, sizeof dir);
+    etm_error err = {{0}};
+    etm_hparams hp;
+    etm_hparams_defaults(&hp);
+    hp.seq_len = 16;
+    hp.n_layer = 3;
+    hp.d_model = 32;
+    hp.n_head = 2;
+    hp.n_kv_head = 1;
+    hp.ffn_hidden = 128;
+    hp.router = ETM_ROUTER_ET;
+    hp.n_routed = 4;
+    hp.expert_hidden = 64;
+    hp.batch_size = 4;
+    snprintf(hp.tokenizer, sizeof hp.tokenizer, "%s/tokenizers/austen.bpe", test_data_dir());
+    snprintf(hp.val_data, sizeof hp.val_data, "%s/val_*.bin", dir);
+    ck_assert_msg(etm_hparams_validate(&hp, &err) == 0, "%s", err.msg);
+
+    /* validation text: the start of Persuasion, 3 batches' worth and a bit */
+    snprintf(path, sizeof path, "%s/austen/persuasion.txt", test_data_dir());
+    size_t len = 0, n_ids = 0;
+    char *text = etm_read_file(path, &len, &err);
+    ck_assert_msg(text != NULL, "%s", err.msg);
+    etm_tokenizer *tok = austen_tokenizer();
+    int32_t *ids = etm_tokenizer_encode(tok, text, 4000, &n_ids);
+    ck_assert_uint_gt(n_ids, 3 * 4 * 16 + 1);
+    snprintf(path, sizeof path, "%s/val_000000.bin", dir);
+    ck_assert_msg(etm_shard_write(path, ids, 3 * 4 * 16 + 1, &err) == 0, "%s", err.msg);
+
+    etm_backend *be = etm_backend_create("cpu", &err);
+    ck_assert_msg(be != NULL, "%s", err.msg);
+    etm_model *m = etm_model_create(be, &hp, hp.batch_size, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    float thr[4] = {-0.5f, 0.0f, 0.3f, 1.0f}, zeros[4] = {0};
+    int64_t counters[2] = {5, 5}; /* past warm-up: thresholds route */
+    for (int l = 0; l < hp.n_layer; l++)
+        if (m->moe[l]) etm_moe_set_state(m->moe[l], thr, thr, zeros, counters);
+    snprintf(ckpt, sizeof ckpt, "%s/model.safetensors", dir);
+    ck_assert_msg(etm_checkpoint_save(ckpt, m, NULL, NULL, &err) == 0, "%s", err.msg);
+
+    /* the reference: the same three batches routed here */
+    etm_loader *ld = etm_loader_open(hp.val_data, 4, 16, hp.seed, 0, hp.vocab_size, &err);
+    ck_assert_msg(ld != NULL, "%s", err.msg);
+    int32_t in[64], tg[64];
+    int64_t pairs = 0, zero = 0, pos_pairs[16] = {0};
+    double loss_sum = 0;
+    uint8_t mask[64 * 4];
+    for (int b = 0; b < 3; b++) {
+        double loss;
+        ck_assert_msg(etm_loader_next(ld, in, tg, &err) == 0, "%s", err.msg);
+        ck_assert_msg(etm_model_forward(m, in, tg, 4, 16, ETM_MOE_EVAL, &loss, &err) == 0, "%s", err.msg);
+        for (int n = 0; n < 64; n++) loss_sum += m->host_losses[n];
+        for (int l = 0; l < hp.n_layer; l++) {
+            if (!m->moe[l]) continue;
+            be->download(be, mask, etm_moe_mask(m->moe[l]), sizeof mask);
+            for (int n = 0; n < 64; n++) {
+                int c = 0;
+                for (int e = 0; e < 4; e++) c += mask[n * 4 + e];
+                pairs += c;
+                zero += c == 0;
+                pos_pairs[n % 16] += c;
+            }
+        }
+    }
+    ck_assert_int_gt(zero, 0); /* the thresholds leave some tokens without an expert */
+
+    snprintf(out, sizeof out, "%s/threshold", dir);
+    ck_assert_int_eq(run("%s routing-profile %s --out %s --batches 99 --passage 30 --min-count 1 > /dev/null", etmoe_bin(),
+                         ckpt, out),
+                     0);
+    ck_assert_double_eq(summary_value(out, "tokens"), 192);   /* 3 batches: the data holds no more */
+    ck_assert_double_eq(summary_value(out, "batches"), 3);
+    ck_assert_double_eq(summary_value(out, "moe_layers"), 2);
+    ck_assert_double_eq_tol(summary_value(out, "mean_experts"), (double)pairs / (192 * 2), 1e-5);
+    ck_assert_double_eq_tol(summary_value(out, "frac_zero"), (double)zero / (192 * 2), 1e-5);
+    ck_assert_double_eq_tol(summary_value(out, "loss"), loss_sum / 192, 1e-5);
+    int n;
+    char **lines = read_lines(out, "position.tsv", &n);
+    ck_assert_int_eq(n, 16);
+    for (int t = 0; t < 16; t++) {
+        int pos;
+        long long cnt;
+        double mean;
+        ck_assert_int_eq(sscanf(lines[t], "%d\t%lld\t%lf", &pos, &cnt, &mean), 3);
+        ck_assert_int_eq(cnt, 12);
+        ck_assert_double_eq_tol(mean, pos_pairs[t] / 24.0, 1e-5);
+    }
+    free_lines(lines, n);
+    lines = read_lines(out, "batches.tsv", &n);
+    ck_assert_int_eq(n, 3 * 2 * 4);
+    for (int i = 0; i < n; i++) {
+        double thr_read = strtod(strrchr(lines[i], '\t') + 1, NULL);
+        ck_assert_double_eq_tol(thr_read, thr[i % 4], 1e-7);
+    }
+    free_lines(lines, n);
+
+    /* batch mode: expert choice over each batch gives every expert exactly k_target = 64 / 4
+     * tokens, so one expert per token on average; the checkpoint is left as it was */
+    snprintf(out, sizeof out, "%s/batch", dir);
+    ck_assert_int_eq(run("%s routing-profile %s --out %s --mode batch > /dev/null", etmoe_bin(), ckpt, out), 0);
+    ck_assert_double_eq_tol(summary_value(out, "mean_experts"), 1.0, 1e-9);
+    ck_assert_double_eq_tol(summary_value(out, "max_over_mean_load"), 1.0, 1e-9);
+    lines = read_lines(out, "batches.tsv", &n);
+    for (int i = 0; i < n; i++) {
+        int batch, layer, expert, pool;
+        long long load;
+        ck_assert_int_eq(sscanf(lines[i], "%d\t%d\t%d\t%d\t%lld", &batch, &layer, &expert, &pool, &load), 5);
+        ck_assert_int_eq(pool, 64);
+        ck_assert_int_eq(load, 16);
+    }
+    free_lines(lines, n);
+
+    /* usage errors and a dense model */
+    ck_assert_int_eq(run("%s routing-profile %s 2> /dev/null", etmoe_bin(), ckpt), 2);
+    ck_assert_int_eq(run("%s routing-profile %s --out %s --mode sideways 2> /dev/null", etmoe_bin(), ckpt, out), 2);
+    ck_assert_int_eq(run("%s routing-profile %s/none --out %s 2> /dev/null", etmoe_bin(), dir, out), 2);
+    etm_model_free(m);
+    hp.router = ETM_ROUTER_DENSE;
+    m = etm_model_create(be, &hp, hp.batch_size, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    ck_assert_msg(etm_checkpoint_save(ckpt, m, NULL, NULL, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(run("%s routing-profile %s --out %s 2> /dev/null", etmoe_bin(), ckpt, out), 1);
+
+    etm_model_free(m);
+    etm_loader_free(ld);
+    etm_backend_free(be);
+    etm_tokenizer_free(tok);
+    free(ids);
+    free(text);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("routing_report");
     TCase *tc = tcase_create("core");
@@ -435,6 +612,7 @@ int main(void) {
     tcase_add_test(tc, tables_read_back);
     tcase_add_test(tc, passage_breaks_lines);
     tcase_add_test(tc, bad_batches_are_refused);
+    tcase_add_test(tc, verb_matches_the_model);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
