@@ -16,6 +16,8 @@ static const etm_verb verbs[] = {
     {"tokenize", cmd_tokenize, "text <-> token ids (GPT-2 BPE or a trained one); --bench for speed"},
     {"tokenizer", cmd_tokenizer, "train a byte-level BPE tokenizer: tokenizer train --vocab-size N ..."},
     {"prepare", cmd_prepare, "text files -> train/val token shards: prepare --tokenizer T --out DIR FILES..."},
+    {"train", cmd_train, "train a model: train CONFIG [key=value...] [--resume] (progress, metrics, checkpoints)"},
+    {"eval", cmd_eval, "validation loss and perplexity of a checkpoint: eval CHECKPOINT [--data SHARDS]"},
     {"backends", cmd_backends, "list the compute backends built in (--bench: GEMM speed)"},
     {"dump", cmd_dump, "one training forward+backward of a checkpoint, every tensor, to a file"},
     {"compare", cmd_compare, "compare two dump files tensor by tensor within tolerances"},

@@ -1,0 +1,256 @@
+/* cli_train.c: the verbs `etmoe train` (a run from a config, or its resumption) and `etmoe eval`
+ * (validation loss and perplexity of a checkpoint); the work is in trainer.c. */
+#include <config.h>
+
+#include "checkpoint.h"
+#include "cli.h"
+#include "common.h"
+#include "hparams.h"
+#include "model.h"
+#include "trainer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+/* The one global the trainer allows itself: the signal that asked the run to stop (0: none). */
+static volatile sig_atomic_t stop_signal = 0;
+
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+/* SIGINT / SIGTERM ask the run to finish its step and checkpoint. SA_RESETHAND restores the
+ * default action, so a second Ctrl-C kills at once. */
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND | SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* A whole number in [lo, hi] from text; 0 or -1. */
+static int parse_int(const char *s, int lo, int hi, int *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
+static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
+    size_t k = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, k) != 0) return 0;
+    if (a[k] == '=') {
+        *value = a + k + 1;
+        return 1;
+    }
+    if (a[k] != '\0') return 0;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return 1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
+/* ---- train --------------------------------------------------------------------------------- */
+
+static void train_usage(void) {
+    printf("usage: etmoe train CONFIG [key=value...] [--resume] [--force] [--stop-at N] [--quiet]\n"
+           "\n"
+           "Trains the model CONFIG describes: a config file's path, or a preset name (demo, bench,\n"
+           "d12, d20 in the data directory's configs/). key=value arguments override its settings\n"
+           "(doc/config.md; `--help-keys` lists them). Everything goes to the run directory out_dir:\n"
+           "  config.conf          the effective configuration, written at the start\n"
+           "  latest.safetensors   the checkpoint, every ckpt_every steps and at the end\n"
+           "  metrics.jsonl        one JSON object per step (doc/training.md lists the keys)\n"
+           "Progress goes to stderr. A directory holding a checkpoint or another configuration is\n"
+           "refused unless --resume or --force.\n"
+           "\n"
+           "  --resume      continue exactly from out_dir/latest.safetensors (keys that shape the\n"
+           "                model, the optimizer state or the data order must be unchanged)\n"
+           "  --force       start over in an out_dir that holds another run (its checkpoint goes)\n"
+           "  --stop-at N   stop with a checkpoint after step N (max_steps still sets the schedule;\n"
+           "                --resume continues as if there had been no stop)\n"
+           "  --quiet       no progress lines\n"
+           "  --help-keys   every configuration key with its default and meaning\n"
+           "  --help        this text\n"
+           "\n"
+           "Ctrl-C (SIGINT) or SIGTERM: the current step finishes, a checkpoint is saved, and etmoe\n"
+           "exits with 128 + the signal number (130 for Ctrl-C); a second Ctrl-C kills at once.\n"
+           "A non-finite loss or gradient stops the run with exit status 1 and no checkpoint of the\n"
+           "bad step: latest.safetensors stays the last good one.\n"
+           "\n"
+           "example: etmoe train demo max_steps=100 out_dir=runs/short\n");
+}
+
+int cmd_train(int argc, char **argv) {
+    const char *verb = "train";
+    const char *config = NULL, *stop_s = NULL;
+    char **overrides = etm_calloc((size_t)argc, sizeof *overrides);
+    int n_over = 0, quiet = 0;
+    etm_train_options opt;
+    etm_train_options_init(&opt);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int missing = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            train_usage();
+            free(overrides);
+            return ETM_EXIT_OK;
+        } else if (!strcmp(a, "--help-keys")) {
+            etm_hparams_print_help(stdout);
+            free(overrides);
+            return ETM_EXIT_OK;
+        } else if (!strcmp(a, "--resume")) {
+            opt.resume = 1;
+        } else if (!strcmp(a, "--force")) {
+            opt.force = 1;
+        } else if (!strcmp(a, "--quiet")) {
+            quiet = 1;
+        } else if (option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
+            if (missing) {
+                free(overrides);
+                return cli_usage_error(verb, "option --stop-at needs a value");
+            }
+        } else if (a[0] == '-' && a[1] != '\0') {
+            free(overrides);
+            return cli_usage_error(verb, "unknown option '%s'", a);
+        } else if (strchr(a, '=')) {
+            overrides[n_over++] = argv[i];
+        } else if (!config) {
+            config = a;
+        } else {
+            free(overrides);
+            return cli_usage_error(verb, "unexpected argument '%s' (one CONFIG, then key=value overrides)", a);
+        }
+    }
+    if (!config) {
+        free(overrides);
+        return cli_usage_error(verb, "no CONFIG given (a config file or a preset name such as demo)");
+    }
+    if (opt.resume && opt.force) {
+        free(overrides);
+        return cli_usage_error(verb, "--resume and --force contradict each other");
+    }
+    if (stop_s && parse_int(stop_s, 1, 1000000000, &opt.stop_at) != 0) {
+        free(overrides);
+        return cli_usage_error(verb, "--stop-at '%s': expected a whole number of steps >= 1", stop_s);
+    }
+    etm_error err = {{0}};
+    etm_hparams hp;
+    if (etm_hparams_configure(&hp, config, n_over, overrides, &err) != 0) {
+        free(overrides);
+        return cli_usage_error(verb, "%s", err.msg);
+    }
+    free(overrides);
+
+    opt.progress = quiet ? NULL : stderr;
+    opt.stop_flag = &stop_signal;
+    install_stop_handlers();
+    etm_train_result res;
+    if (etm_train(&hp, &opt, &res, &err) != 0) {
+        fprintf(stderr, "etmoe train: %s\n", err.msg);
+        return ETM_EXIT_FAIL;
+    }
+    if (res.interrupted) return 128 + (int)stop_signal;
+    return ETM_EXIT_OK;
+}
+
+/* ---- eval ---------------------------------------------------------------------------------- */
+
+static void eval_usage(void) {
+    printf("usage: etmoe eval CHECKPOINT [--data SHARDS] [--batches N] [--mode threshold|batch]\n"
+           "\n"
+           "Mean token cross-entropy (nats) and perplexity of a checkpoint's model on validation\n"
+           "shards, each window of seq_len tokens once, in micro-batches of the run's batch_size.\n"
+           "\n"
+           "  --data SHARDS   shard glob (default: the checkpoint configuration's val_data)\n"
+           "  --batches N     at most N micro-batches (default: all the data, once)\n"
+           "  --mode M        threshold (default): routing as at inference, causal and per token:\n"
+           "                  ET and EC models by their thresholds (the paper's protocol for\n"
+           "                  evaluating EC models too), TC models by top-k;\n"
+           "                  batch: ET and EC models by expert choice within each batch's routing\n"
+           "                  pools (pool_seqs), as EC trains; not causal, and no state is updated.\n"
+           "                  TC models route by top-k in both modes.\n"
+           "  --help          this text\n"
+           "\n"
+           "example: etmoe eval runs/demo/latest.safetensors\n");
+}
+
+static const char *router_name(etm_router_kind k) {
+    return k == ETM_ROUTER_DENSE ? "dense" : k == ETM_ROUTER_TC ? "tc" : k == ETM_ROUTER_EC ? "ec" : "et";
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *verb = "eval";
+    const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int missing = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            eval_usage();
+            return ETM_EXIT_OK;
+        } else if (option_value(argc, argv, &i, "--data", &data, &missing) ||
+                   option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
+                   option_value(argc, argv, &i, "--mode", &mode_s, &missing)) {
+            if (missing) return cli_usage_error(verb, "option %s needs a value", a);
+        } else if (a[0] == '-' && a[1] != '\0') {
+            return cli_usage_error(verb, "unknown option '%s'", a);
+        } else if (!path) {
+            path = a;
+        } else {
+            return cli_usage_error(verb, "unexpected argument '%s' (one CHECKPOINT)", a);
+        }
+    }
+    if (!path) return cli_usage_error(verb, "no CHECKPOINT given");
+    int batches = 0;
+    if (batches_s && parse_int(batches_s, 1, 1000000000, &batches) != 0)
+        return cli_usage_error(verb, "--batches '%s': expected a whole number >= 1", batches_s);
+    etm_eval_routing routing = ETM_EVAL_THRESHOLD;
+    if (mode_s) {
+        if (!strcmp(mode_s, "threshold")) routing = ETM_EVAL_THRESHOLD;
+        else if (!strcmp(mode_s, "batch")) routing = ETM_EVAL_BATCH;
+        else return cli_usage_error(verb, "--mode '%s': expected threshold or batch", mode_s);
+    }
+    struct stat st;
+    if (stat(path, &st) != 0) return cli_usage_error(verb, "%s: %s", path, strerror(errno));
+
+    etm_error err = {{0}};
+    etm_hparams hp;
+    if (etm_checkpoint_read_config(path, &hp, &err) != 0) {
+        fprintf(stderr, "etmoe eval: %s\n", err.msg);
+        return ETM_EXIT_FAIL;
+    }
+    if (!data) data = hp.val_data;
+    if (!data[0]) return cli_usage_error(verb, "the checkpoint's configuration has no val_data: give --data");
+    int rc = ETM_EXIT_FAIL;
+    etm_model *m = NULL;
+    etm_backend *be = etm_backend_create(hp.backend, &err);
+    if (be) m = etm_checkpoint_load_model(path, be, hp.batch_size, &err);
+    etm_eval_result ev;
+    if (m && etm_evaluate(m, data, batches * hp.batch_size, routing, &ev, &err) == 0) {
+        printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
+               routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
+                   ? "batch (expert choice per pool)"
+                   : "threshold (causal, per token)");
+        printf("  data %s: %d sequences, %lld tokens\n", data, ev.sequences, (long long)ev.tokens);
+        printf("  loss %.4f  perplexity %.2f", ev.loss, ev.perplexity);
+        if (hp.router != ETM_ROUTER_DENSE) printf("  routed experts/token %.3f", ev.mean_experts);
+        printf("\n");
+        rc = ETM_EXIT_OK;
+    } else {
+        fprintf(stderr, "etmoe eval: %s\n", err.msg);
+    }
+    etm_model_free(m);
+    if (be) etm_backend_free(be);
+    return rc;
+}

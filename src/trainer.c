@@ -1,0 +1,634 @@
+/* trainer.c: the training loop (etm_train) and validation (etm_evaluate) of trainer.h: the run
+ * directory, the step, progress lines, metrics as JSON Lines, checkpoints and resume. */
+#include <config.h>
+
+#include "trainer.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "checkpoint.h"
+#include "moe.h"
+#include "optim.h"
+#include "rng.h"
+
+void etm_train_options_init(etm_train_options *o) { memset(o, 0, sizeof *o); }
+
+/* ---- small helpers ------------------------------------------------------------------------- */
+
+static int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* mkdir -p: every missing directory of path. */
+static int make_dirs(const char *path, etm_error *err) {
+    char buf[1100];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return etm_fail(err, "out_dir '%s' is too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char c = *p;
+        *p = '\0';
+        struct stat st;
+        if (stat(buf, &st) != 0) {
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return etm_fail(err, "%s: cannot create the directory: %s", buf, strerror(errno));
+        } else if (!S_ISDIR(st.st_mode)) {
+            return etm_fail(err, "%s: exists and is not a directory", buf);
+        }
+        *p = c;
+        if (c == '\0') break;
+    }
+    return 0;
+}
+
+static void run_path(char *buf, size_t len, const etm_hparams *hp, const char *file) {
+    snprintf(buf, len, "%s/%s", hp->out_dir, file);
+}
+
+/* "3m05s": the estimated time left, for people. */
+static const char *format_duration(char *buf, size_t len, double s) {
+    if (!(s >= 0) || s > 1e7) return snprintf(buf, len, "?"), buf;
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, len, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else if (t >= 60)
+        snprintf(buf, len, "%ldm%02lds", t / 60, t % 60);
+    else
+        snprintf(buf, len, "%lds", t);
+    return buf;
+}
+
+/* Mean of the last forward's per-token losses over its valid targets, in token order: the
+ * token cross-entropy alone (the model's loss also holds the MoE layers' aux and z terms). */
+static double token_loss_sum(const etm_model *m, int n_tokens) {
+    double sum = 0.0;
+    for (int i = 0; i < n_tokens; i++) sum += m->host_losses[i];
+    return sum;
+}
+
+/* ---- evaluation ---------------------------------------------------------------------------- */
+
+/* Router state of every MoE layer, copied out so a batch-routing pass can put it back. */
+typedef struct {
+    int n_layers;
+    float *floats;     /* (L, 3, E) threshold, ema, bias per layer */
+    int64_t *counters; /* (L, 2) */
+} router_backup;
+
+static void router_backup_take(router_backup *b, etm_model *m) {
+    int L = m->hp.n_layer, E = m->hp.n_routed;
+    b->n_layers = L;
+    b->floats = etm_calloc((size_t)L * 3 * E, sizeof(float));
+    b->counters = etm_calloc((size_t)L * 2, sizeof(int64_t));
+    for (int l = 0; l < L; l++) {
+        if (!m->moe[l]) continue;
+        etm_router_state st;
+        etm_moe_get_state(m->moe[l], &st);
+        float *f = b->floats + (size_t)l * 3 * E;
+        memcpy(f, st.threshold, E * sizeof(float));
+        memcpy(f + E, st.ema, E * sizeof(float));
+        memcpy(f + 2 * E, st.bias, E * sizeof(float));
+        memcpy(b->counters + 2 * l, st.counters, 2 * sizeof(int64_t));
+    }
+}
+
+static void router_backup_restore(router_backup *b, etm_model *m) {
+    int E = m->hp.n_routed;
+    for (int l = 0; l < b->n_layers; l++) {
+        if (!m->moe[l]) continue;
+        float *f = b->floats + (size_t)l * 3 * E;
+        etm_moe_set_state(m->moe[l], f, f + E, f + 2 * E, b->counters + 2 * l);
+    }
+    free(b->floats);
+    free(b->counters);
+}
+
+int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                 etm_eval_result *res, etm_error *err) {
+    const etm_hparams *hp = &m->hp;
+    int B = m->max_batch, T = hp->seq_len;
+    etm_error lerr;
+    etm_loader *ld = etm_loader_open(glob, B, T, hp->seed, 0, hp->vocab_size, &lerr);
+    if (!ld) return etm_fail(err, "validation data: %s", lerr.msg);
+    uint64_t n_windows = etm_loader_n_windows(ld);
+    int64_t n_seqs = max_seqs > 0 && (uint64_t)max_seqs < n_windows ? max_seqs : (int64_t)n_windows;
+
+    router_backup backup = {0, NULL, NULL};
+    if (routing == ETM_EVAL_BATCH && hp->router != ETM_ROUTER_DENSE && hp->router != ETM_ROUTER_TC) {
+        /* router.h: with no EMA update yet (s == 0) ec and et layers route by expert choice over
+         * the batch's pools in every mode, and EVAL records nothing. */
+        router_backup_take(&backup, m);
+        int64_t zero[2] = {0, 0};
+        int E = hp->n_routed;
+        for (int l = 0; l < hp->n_layer; l++) {
+            if (!m->moe[l]) continue;
+            float *f = backup.floats + (size_t)l * 3 * E;
+            etm_moe_set_state(m->moe[l], f, f + E, f + 2 * E, zero);
+        }
+    }
+
+    int32_t *inputs = etm_malloc((size_t)B * T * sizeof(int32_t));
+    int32_t *targets = etm_malloc((size_t)B * T * sizeof(int32_t));
+    double sum = 0.0, experts = 0.0;
+    int64_t done = 0, tokens = 0;
+    int n_moe = 0, rc = 0;
+    for (int l = 0; l < hp->n_layer; l++) n_moe += m->moe[l] != NULL;
+    while (done < n_seqs) {
+        int b = (int)ETM_MIN((int64_t)B, n_seqs - done);
+        double loss;
+        if (etm_loader_next(ld, inputs, targets, &lerr) != 0 ||
+            etm_model_forward(m, inputs, targets, b, T, ETM_MOE_EVAL, &loss, &lerr) != 0) {
+            rc = etm_fail(err, "validation: %s", lerr.msg);
+            break;
+        }
+        double s = token_loss_sum(m, b * T);
+        if (!isfinite(s)) {
+            rc = etm_fail(err, "validation: the loss of sequences %lld..%lld of %s is %s",
+                          (long long)done, (long long)(done + b - 1), glob, isnan(s) ? "nan" : "inf");
+            break;
+        }
+        sum += s;
+        for (int l = 0; l < hp->n_layer; l++)
+            if (m->moe[l]) experts += etm_moe_last_stats(m->moe[l])->n_pairs;
+        tokens += (int64_t)b * T;
+        done += b;
+    }
+    free(inputs);
+    free(targets);
+    etm_loader_free(ld);
+    if (backup.floats) router_backup_restore(&backup, m);
+    if (rc != 0) return rc;
+    res->tokens = tokens;
+    res->sequences = (int)done;
+    res->loss = tokens > 0 ? sum / (double)tokens : NAN;
+    res->perplexity = exp(res->loss);
+    res->mean_experts = n_moe > 0 && tokens > 0 ? experts / ((double)tokens * n_moe) : 0.0;
+    return 0;
+}
+
+/* ---- the run directory --------------------------------------------------------------------- */
+
+/* Decides whether a fresh run may start in out_dir (see doc/training.md): never over a
+ * checkpoint, nor over another configuration, unless forced; forced, the old run's checkpoint
+ * and metrics go. */
+static int claim_run_dir(const etm_hparams *hp, int force, etm_error *err) {
+    char ckpt[1100], conf[1100], metrics[1100];
+    run_path(ckpt, sizeof ckpt, hp, ETM_RUN_CHECKPOINT);
+    run_path(conf, sizeof conf, hp, ETM_RUN_CONFIG);
+    run_path(metrics, sizeof metrics, hp, ETM_RUN_METRICS);
+    if (force) {
+        if (file_exists(ckpt) && unlink(ckpt) != 0)
+            return etm_fail(err, "%s: cannot remove the old checkpoint: %s", ckpt, strerror(errno));
+        return 0;
+    }
+    if (file_exists(ckpt))
+        return etm_fail(err, "%s holds a run with a checkpoint (%s): continue it with --resume, or "
+                        "start over with --force", hp->out_dir, ckpt);
+    if (file_exists(conf)) {
+        size_t len;
+        etm_error e2;
+        char *text = etm_read_file(conf, &len, &e2);
+        if (!text) return etm_fail(err, "%s", e2.msg);
+        etm_hparams old;
+        int ok = etm_hparams_from_string(&old, text, conf, &e2) == 0;
+        free(text);
+        if (!ok)
+            return etm_fail(err, "%s holds a run whose configuration does not read back (%s); use "
+                            "another out_dir or --force", hp->out_dir, e2.msg);
+        const char *key = etm_hparams_first_difference(&old, hp);
+        if (key)
+            return etm_fail(err, "%s holds another run (its %s differs from this one's '%s'); use "
+                            "another out_dir, or --force to replace it", hp->out_dir, conf, key);
+    }
+    return 0;
+}
+
+/* On resume, the metrics of steps after the checkpoint belong to the abandoned continuation:
+ * keep only lines with step <= start_step (and drop a line cut short by a crash). */
+static int trim_metrics(const char *path, int start_step, etm_error *err) {
+    if (!file_exists(path)) return 0;
+    size_t len;
+    char *text = etm_read_file(path, &len, err);
+    if (!text) return -1;
+    char *out = etm_malloc(len + 1);
+    size_t o = 0;
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break; /* no newline: an interrupted write */
+        *nl = '\0';
+        json_t *obj = json_loads(line, 0, NULL);
+        json_t *step = obj ? json_object_get(obj, "step") : NULL;
+        if (step && json_is_integer(step) && json_integer_value(step) <= start_step) {
+            size_t n = (size_t)(nl - line);
+            memcpy(out + o, line, n);
+            out[o + n] = '\n';
+            o += n + 1;
+        }
+        json_decref(obj);
+        line = nl + 1;
+    }
+    int rc = etm_write_file_atomic(path, out, o, err);
+    free(out);
+    free(text);
+    return rc;
+}
+
+/* ---- the run ------------------------------------------------------------------------------- */
+
+/* Routing statistics of one MoE layer summed over one step's micro-batches. */
+typedef struct {
+    int64_t tokens, pairs, no_expert, dropped, padded;
+    int64_t *load; /* (E) */
+    double aux, z; /* summed over micro-batches */
+} layer_acc;
+
+typedef struct {
+    etm_hparams hp;
+    const etm_train_options *opt;
+    etm_backend *be;
+    etm_model *m;
+    etm_optim *optim;
+    etm_loader *train;
+    etm_rng rng;              /* the trainer's RNG, saved in checkpoints for what may need it */
+    int32_t *inputs, *targets; /* host (B*T) */
+    layer_acc *acc;            /* (L), used for MoE layers */
+    FILE *metrics;
+    char ckpt_path[1100], metrics_path[1100];
+    int last_saved;            /* step of the last checkpoint written or resumed from; -1: none */
+} run;
+
+static void layer_acc_reset(run *r) {
+    int E = r->hp.n_routed;
+    for (int l = 0; l < r->hp.n_layer; l++) {
+        layer_acc *a = &r->acc[l];
+        int64_t *load = a->load;
+        memset(a, 0, sizeof *a);
+        a->load = load;
+        if (load) memset(load, 0, E * sizeof(int64_t));
+    }
+}
+
+static void layer_acc_add(run *r) {
+    int E = r->hp.n_routed;
+    for (int l = 0; l < r->hp.n_layer; l++) {
+        if (!r->m->moe[l]) continue;
+        const etm_moe_stats *st = etm_moe_last_stats(r->m->moe[l]);
+        layer_acc *a = &r->acc[l];
+        a->tokens += st->n_tokens;
+        a->pairs += st->n_pairs;
+        a->no_expert += st->tokens_no_expert;
+        a->dropped += st->dropped;
+        a->padded += st->padded;
+        a->aux += st->aux_loss;
+        a->z += st->z_loss;
+        for (int e = 0; e < E; e++) a->load[e] += st->expert_load[e];
+    }
+}
+
+/* Routed experts per token this step, averaged over the MoE layers (0 for a dense model). */
+static double mean_experts(const run *r) {
+    double sum = 0.0;
+    int n = 0;
+    for (int l = 0; l < r->hp.n_layer; l++)
+        if (r->m->moe[l] && r->acc[l].tokens > 0) {
+            sum += (double)r->acc[l].pairs / (double)r->acc[l].tokens;
+            n++;
+        }
+    return n ? sum / n : 0.0;
+}
+
+static int save_checkpoint(run *r, int step, etm_error *err) {
+    etm_checkpoint_extra extra;
+    extra.step = step;
+    extra.rng = r->rng;
+    etm_loader_get_pos(r->train, &extra.loader);
+    etm_error e2;
+    if (etm_checkpoint_save(r->ckpt_path, r->m, r->optim, &extra, &e2) != 0)
+        return etm_fail(err, "step %d: saving the checkpoint failed: %s", step, e2.msg);
+    r->last_saved = step;
+    return 0;
+}
+
+/* "the last good checkpoint, step 40, is kept" or "no checkpoint was saved". */
+static const char *kept_note(const run *r, char *buf, size_t len) {
+    if (r->last_saved >= 0)
+        snprintf(buf, len, "%s (step %d) is the last good checkpoint and is left as it was",
+                 r->ckpt_path, r->last_saved);
+    else
+        snprintf(buf, len, "no checkpoint was saved");
+    return buf;
+}
+
+static json_t *json_int64_array(const int64_t *v, int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_integer((json_int_t)v[i]));
+    return a;
+}
+
+static json_t *json_float_array(const float *v, int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_real((double)v[i]));
+    return a;
+}
+
+/* One metrics line for a completed step (doc/training.md lists the keys). */
+static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os, double loss,
+                         double aux, double z, double tok_s, double elapsed, double val_loss,
+                         etm_error *err) {
+    const etm_hparams *hp = &r->hp;
+    int E = hp->n_routed;
+    json_t *o = json_object();
+    json_object_set_new(o, "step", json_integer(step));
+    json_object_set_new(o, "lr", json_real(lr));
+    json_object_set_new(o, "lr_mult", json_real(os->lr_mult));
+    json_object_set_new(o, "loss", json_real(loss));
+    json_object_set_new(o, "aux_loss", json_real(aux));
+    json_object_set_new(o, "z_loss", json_real(z));
+    json_object_set_new(o, "grad_norm", json_real(os->grad_norm));
+    json_object_set_new(o, "tokens_per_sec", json_real(tok_s));
+    json_object_set_new(o, "elapsed", json_real(elapsed));
+    if (!isnan(val_loss)) json_object_set_new(o, "val_loss", json_real(val_loss));
+    json_t *layers = json_array();
+    for (int l = 0; l < hp->n_layer; l++) {
+        if (!r->m->moe[l]) continue;
+        const layer_acc *a = &r->acc[l];
+        json_t *lo = json_object();
+        json_object_set_new(lo, "layer", json_integer(l));
+        json_object_set_new(lo, "load", json_int64_array(a->load, E));
+        json_object_set_new(lo, "mean_experts", json_real(a->tokens ? (double)a->pairs / a->tokens : 0.0));
+        json_object_set_new(lo, "no_expert", json_integer(a->no_expert));
+        json_object_set_new(lo, "dropped", json_integer(a->dropped));
+        json_object_set_new(lo, "padded", json_integer(a->padded));
+        json_array_append_new(layers, lo);
+    }
+    json_object_set_new(o, "routing", layers);
+    if (hp->thresholds_every > 0 && step % hp->thresholds_every == 0 && hp->router != ETM_ROUTER_DENSE) {
+        json_t *th = json_array();
+        for (int l = 0; l < hp->n_layer; l++) {
+            if (!r->m->moe[l]) continue;
+            etm_router_state st;
+            etm_moe_get_state(r->m->moe[l], &st);
+            json_t *lo = json_object();
+            json_object_set_new(lo, "layer", json_integer(l));
+            json_object_set_new(lo, "threshold", json_float_array(st.threshold, E));
+            if (hp->router == ETM_ROUTER_TC && hp->tc_balance == ETM_BALANCE_LOSSFREE)
+                json_object_set_new(lo, "bias", json_float_array(st.bias, E));
+            json_array_append_new(th, lo);
+        }
+        json_object_set_new(o, "thresholds", th);
+    }
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(o);
+    if (!text) return etm_fail(err, "step %d: cannot format the metrics (a value is not finite)", step);
+    int ok = fprintf(r->metrics, "%s\n", text) > 0 && fflush(r->metrics) == 0;
+    free(text);
+    if (!ok) return etm_fail(err, "%s: cannot write: %s", r->metrics_path, strerror(errno));
+    return 0;
+}
+
+static void run_free(run *r) {
+    if (r->metrics) fclose(r->metrics);
+    if (r->acc)
+        for (int l = 0; l < r->hp.n_layer; l++) free(r->acc[l].load);
+    free(r->acc);
+    free(r->inputs);
+    free(r->targets);
+    etm_loader_free(r->train);
+    etm_optim_free(r->optim);
+    etm_model_free(r->m);
+    if (r->be) etm_backend_free(r->be);
+}
+
+/* Everything before the first step: directory, backend, model, optimizer, data, resume. */
+static int run_setup(run *r, etm_error *err) {
+    etm_hparams *hp = &r->hp;
+    const etm_train_options *opt = r->opt;
+    etm_error e2;
+    r->last_saved = -1;
+    if (etm_hparams_validate(hp, err) != 0) return -1;
+    if (!hp->out_dir[0]) return etm_fail(err, "out_dir is empty: the run needs a directory");
+    if (!hp->train_data[0]) return etm_fail(err, "train_data is empty: nothing to train on");
+    if (make_dirs(hp->out_dir, err) != 0) return -1;
+    run_path(r->ckpt_path, sizeof r->ckpt_path, hp, ETM_RUN_CHECKPOINT);
+    run_path(r->metrics_path, sizeof r->metrics_path, hp, ETM_RUN_METRICS);
+
+    etm_hparams saved;
+    if (opt->resume) {
+        if (!file_exists(r->ckpt_path))
+            return etm_fail(err, "--resume: %s does not exist (nothing to resume in %s)", r->ckpt_path,
+                            hp->out_dir);
+        if (etm_checkpoint_read_config(r->ckpt_path, &saved, err) != 0) return -1;
+        const char *key = etm_checkpoint_config_difference(&saved, hp);
+        if (key) {
+            char a[1100], b[1100];
+            etm_hparams_get(&saved, key, a, sizeof a, &e2);
+            etm_hparams_get(hp, key, b, sizeof b, &e2);
+            return etm_fail(err, "--resume: %s was trained with %s = %s, this configuration has %s = %s "
+                            "(it must not change on resume)", r->ckpt_path, key, a, key, b);
+        }
+    } else if (claim_run_dir(hp, opt->force, err) != 0) {
+        return -1;
+    }
+
+    r->be = etm_backend_create(hp->backend, err);
+    if (!r->be) return -1;
+    int tokens_per_batch = hp->batch_size * hp->seq_len;
+    if (hp->router != ETM_ROUTER_DENSE && etm_moe_check_hparams(hp, tokens_per_batch, err) != 0) return -1;
+    r->m = etm_model_create(r->be, hp, hp->batch_size, err);
+    if (!r->m) return -1;
+    r->optim = etm_optim_create(r->be, hp, r->m->table, r->m->n_tensors, err);
+    if (!r->optim) return -1;
+    r->train = etm_loader_open(hp->train_data, hp->batch_size, hp->seq_len, hp->seed, 1, hp->vocab_size, &e2);
+    if (!r->train) return etm_fail(err, "train_data: %s", e2.msg);
+    etm_rng_seed(&r->rng, hp->seed);
+    r->inputs = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
+    r->targets = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
+    r->acc = etm_calloc(hp->n_layer, sizeof *r->acc);
+    for (int l = 0; l < hp->n_layer; l++)
+        if (r->m->moe[l]) r->acc[l].load = etm_calloc(hp->n_routed, sizeof(int64_t));
+
+    int start = 0;
+    if (opt->resume) {
+        etm_checkpoint_extra extra;
+        if (etm_checkpoint_load(r->ckpt_path, r->m, r->optim, &extra, err) != 0) return -1;
+        if (etm_loader_set_pos(r->train, &extra.loader, &e2) != 0)
+            return etm_fail(err, "--resume: %s: the training data does not match the checkpoint: %s",
+                            r->ckpt_path, e2.msg);
+        r->rng = extra.rng;
+        start = (int)extra.step;
+        r->last_saved = start;
+        if (trim_metrics(r->metrics_path, start, err) != 0) return -1;
+    }
+
+    char conf[1100];
+    run_path(conf, sizeof conf, hp, ETM_RUN_CONFIG);
+    char *text = etm_hparams_to_string(hp);
+    int rc = etm_write_file_atomic(conf, text, strlen(text), err);
+    free(text);
+    if (rc != 0) return -1;
+    r->metrics = fopen(r->metrics_path, opt->resume ? "a" : "w");
+    if (!r->metrics) return etm_fail(err, "%s: cannot open: %s", r->metrics_path, strerror(errno));
+    return start;
+}
+
+/* One optimizer step s (0-based). Returns 0, or -1 naming the step when something is not finite
+ * (nothing of the step is then kept: the optimizer refuses a non-finite gradient norm). */
+static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_optim_stats *os,
+                      etm_error *err) {
+    const etm_hparams *hp = &r->hp;
+    etm_model *m = r->m;
+    int B = hp->batch_size, T = hp->seq_len, A = hp->grad_accum;
+    etm_error e2;
+    layer_acc_reset(r);
+    etm_model_zero_grad(m);
+    double ce_sum = 0.0;
+    for (int micro = 0; micro < A; micro++) {
+        double loss;
+        if (etm_loader_next(r->train, r->inputs, r->targets, &e2) != 0)
+            return etm_fail(err, "step %d: training data: %s", s + 1, e2.msg);
+        if (etm_model_forward(m, r->inputs, r->targets, B, T, ETM_MOE_TRAIN, &loss, &e2) != 0)
+            return etm_fail(err, "step %d: %s", s + 1, e2.msg);
+        if (!isfinite(loss))
+            return etm_fail(err, "step %d: the training loss is %s (micro-batch %d of %d)", s + 1,
+                            isnan(loss) ? "nan" : "inf", micro + 1, A);
+        ce_sum += token_loss_sum(m, B * T) / (double)(m->n_valid > 0 ? m->n_valid : 1);
+        layer_acc_add(r);
+        if (etm_model_backward(m, 1.0f / (float)A, &e2) != 0)
+            return etm_fail(err, "step %d: %s", s + 1, e2.msg);
+    }
+    if (etm_optim_step(r->optim, s, os, &e2) != 0)
+        return etm_fail(err, "step %d: %s", s + 1, e2.msg);
+    double sq = r->be->sum_squares(r->be, m->params_memory, m->n_params);
+    if (!isfinite(sq))
+        return etm_fail(err, "step %d: the parameters are no longer finite after the update (gradient "
+                        "norm %.4g; is the learning rate too high?)", s + 1, os->grad_norm);
+    etm_model_step_end(m);
+    *ce = ce_sum / A;
+    *aux = *z = 0.0;
+    for (int l = 0; l < hp->n_layer; l++) {
+        *aux += r->acc[l].aux / A;
+        *z += r->acc[l].z / A;
+    }
+    return 0;
+}
+
+int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_train_result *result,
+              etm_error *err) {
+    etm_train_options defaults;
+    etm_train_options_init(&defaults);
+    run r;
+    memset(&r, 0, sizeof r);
+    r.hp = *hp_in;
+    r.opt = opt_in ? opt_in : &defaults;
+    const etm_train_options *opt = r.opt;
+    const etm_hparams *hp = &r.hp;
+    etm_train_result res = {0, 0, 0, NAN, NAN, 0.0, 0.0};
+    double t0 = etm_now();
+
+    int start = run_setup(&r, err);
+    if (start < 0) {
+        run_free(&r);
+        return -1;
+    }
+    res.start_step = res.step = start;
+    int end = hp->max_steps;
+    if (opt->stop_at > 0 && opt->stop_at < end) end = opt->stop_at;
+    FILE *log = opt->progress;
+    int64_t tokens_per_step = (int64_t)hp->batch_size * hp->seq_len * hp->grad_accum;
+    if (log) {
+        fprintf(log, "train: %s: %s router, %.2fM parameters (%.2fM active in matmuls per token), "
+                "%lld tokens/step\n", hp->out_dir,
+                hp->router == ETM_ROUTER_DENSE ? "dense" : hp->router == ETM_ROUTER_TC ? "tc"
+                : hp->router == ETM_ROUTER_EC ? "ec" : "et",
+                etm_model_num_params(r.m) / 1e6,
+                etm_model_active_matmul_params(r.m, hp->router == ETM_ROUTER_DENSE ? 0 : hp->top_k) / 1e6,
+                (long long)tokens_per_step);
+        fprintf(log, "train: data %s: %zu tokens; steps %d..%d of %d%s\n", hp->train_data,
+                etm_loader_n_tokens(r.train), start + 1, end, hp->max_steps, opt->resume ? " (resumed)" : "");
+        if (start >= end) fprintf(log, "train: nothing to do, %d steps are already done\n", start);
+    }
+
+    double train_time = 0.0, window_time = 0.0; /* window: since the last progress line */
+    int window_steps = 0, rc = 0;
+    char note[1300], buf[32];
+    for (int s = start; s < end; s++) {
+        if (opt->before_step) opt->before_step(opt->hook_ctx, r.m, s);
+        double ts = etm_now(), ce = 0.0, aux = 0.0, z = 0.0;
+        etm_optim_stats os;
+        if (train_step(&r, s, &ce, &aux, &z, &os, err) != 0) {
+            size_t n = strlen(err->msg);
+            snprintf(err->msg + n, sizeof err->msg - n, "; stopping: %s", kept_note(&r, note, sizeof note));
+            rc = -1;
+            break;
+        }
+        double step_time = etm_now() - ts;
+        train_time += step_time;
+        window_time += step_time;
+        window_steps++;
+        int done = s + 1;
+        res.step = done;
+        res.train_loss = ce;
+
+        double val = NAN;
+        if (hp->val_data[0] && ((hp->eval_every > 0 && done % hp->eval_every == 0) || done == hp->max_steps)) {
+            etm_eval_result ev;
+            if (etm_evaluate(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD, &ev,
+                             err) != 0) {
+                size_t n = strlen(err->msg);
+                snprintf(err->msg + n, sizeof err->msg - n, " (after step %d); stopping: %s", done,
+                         kept_note(&r, note, sizeof note));
+                rc = -1;
+                break;
+            }
+            val = res.val_loss = ev.loss;
+        }
+
+        double lr = hp->lr_matrix * os.lr_mult;
+        double tok_s = step_time > 0 ? (double)tokens_per_step / step_time : 0.0;
+        double elapsed = etm_now() - t0;
+        if (write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, err) != 0) {
+            rc = -1;
+            break;
+        }
+        int stopping = opt->stop_flag && *opt->stop_flag;
+        if (log && ((hp->log_every > 0 && done % hp->log_every == 0) || done == end || s == start ||
+                    !isnan(val) || stopping)) {
+            double eta = (elapsed / (done - start)) * (end - done);
+            fprintf(log, "step %5d/%d  loss %.4f", done, hp->max_steps, ce);
+            if (!isnan(val)) fprintf(log, "  val %.4f", val);
+            fprintf(log, "  lr %.3g  %.0f tok/s  ETA %s", lr, window_time > 0 ? (double)tokens_per_step * window_steps / window_time : 0.0,
+                    format_duration(buf, sizeof buf, eta));
+            window_time = 0.0;
+            window_steps = 0;
+            if (hp->router != ETM_ROUTER_DENSE) fprintf(log, "  experts/token %.2f", mean_experts(&r));
+            fputc('\n', log);
+            fflush(log);
+        }
+        if ((hp->ckpt_every > 0 && done % hp->ckpt_every == 0) || done == end || stopping) {
+            if (save_checkpoint(&r, done, err) != 0) {
+                rc = -1;
+                break;
+            }
+        }
+        if (stopping) {
+            res.interrupted = 1;
+            if (log) fprintf(log, "train: stopped at step %d on request; checkpoint %s\n", done, r.ckpt_path);
+            break;
+        }
+    }
+    if (rc == 0 && log && res.step > start && !res.interrupted)
+        fprintf(log, "train: done, step %d, checkpoint %s\n", res.step, r.ckpt_path);
+    res.seconds = etm_now() - t0;
+    res.tokens_per_sec = train_time > 0 ? (double)tokens_per_step * (res.step - start) / train_time : 0.0;
+    if (result) *result = res;
+    run_free(&r);
+    return rc;
+}
