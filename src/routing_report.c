@@ -419,7 +419,9 @@ static int write_passage(const etm_routing_report *r, const char *dir, int width
                 piece[p] = '\0';
                 if (p > 0) {
                     int w = text_width(piece);
-                    if (col > 0 && col + w > width_limit) {
+                    /* a lone return sign may run one column past the limit: it ends the line */
+                    int lone_return = newline && p == 3;
+                    if (col > 0 && col + w > width_limit && !lone_return) {
                         line++;
                         col = 0;
                     }

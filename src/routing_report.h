@@ -109,12 +109,16 @@ double etm_routing_report_zero_fraction(const etm_routing_report *r);
  *   position.tsv  position, tokens, mean_experts, frac_zero
  *   kind.tsv      kind, tokens, share, mean_experts, frac_zero
  *   tokens.tsv    id, kind, count, mean_experts, text; ids seen at least min_count times, most
- *                 experts first (ties: more frequent, then lower id)
+ *                 experts first (ties: more frequent, then lower id); text with \\, \t, \n,
+ *                 \r and other control or non-UTF-8 bytes escaped C-style (\xHH), and " as
+ *                 U+201D
  *   batches.tsv   batch, layer, expert, pool_tokens, load, usage (load / batch tokens),
  *                 cutoff (NaN without logits), threshold (NaN without thresholds)
- *   passage.tsv   index, line, column, width, experts, text: the kept tokens laid out as text
- *                 (lines broken at newlines and before width_limit columns; text without its
- *                 line breaks, " shown as '' so plotting programs can quote it)
+ *   passage.tsv   index, line, column, width, experts, text: the kept tokens laid out as text,
+ *                 one row per piece of a token: each line break inside a token ends its piece
+ *                 with a return sign (U+21B5) and starts a new line; a piece that would run past
+ *                 width_limit columns starts a new line (a lone return sign never does). Text
+ *                 is escaped as in tokens.tsv (" shown as U+201D, which gnuplot reads as text)
  * Returns 0, or -1 with a message naming the file. */
 int etm_routing_report_write(const etm_routing_report *r, const char *dir, int min_count,
                              int width_limit, etm_error *err);

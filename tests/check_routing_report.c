@@ -354,9 +354,10 @@ START_TEST(tables_read_back) {
 }
 END_TEST
 
-START_TEST(passage_breaks_lines) {
+/* Lays out text as a one-sequence passage with the given width and rebuilds its lines from
+ * passage.tsv (checking each piece starts where the line so far ends); returns the line count. */
+static int passage_lines(const char *text, int width, char rebuilt[8][128]) {
     etm_tokenizer *tok = austen_tokenizer();
-    const char *text = "Emma Woodhouse, handsome, clever, and rich,\n\nwith a comfortable home";
     size_t N = 0;
     int32_t *ids = etm_tokenizer_encode(tok, text, strlen(text), &N);
     const int T = (int)N;
@@ -369,32 +370,42 @@ START_TEST(passage_breaks_lines) {
     ck_assert_msg(etm_routing_report_add(r, &b, &err) == 0, "%s", err.msg);
     char dir[256];
     test_tmpdir(dir, sizeof dir);
-    ck_assert_msg(etm_routing_report_write(r, dir, 1, 30, &err) == 0, "%s", err.msg);
-    int n;
+    ck_assert_msg(etm_routing_report_write(r, dir, 1, width, &err) == 0, "%s", err.msg);
+    int n, n_lines = 0;
     char **lines = read_lines(dir, "passage.tsv", &n);
-    /* rebuild the text line by line from the pieces; return signs stand for the line breaks */
-    char rebuilt[8][128] = {{0}};
-    int max_line = 0;
+    memset(rebuilt, 0, 8 * 128);
     for (int i = 0; i < n; i++) {
-        int idx, line, col, width;
+        int idx, line, col, w;
         double experts;
-        ck_assert_int_eq(sscanf(lines[i], "%d\t%d\t%d\t%d\t%lf", &idx, &line, &col, &width, &experts), 5);
+        ck_assert_int_eq(sscanf(lines[i], "%d\t%d\t%d\t%d\t%lf", &idx, &line, &col, &w, &experts), 5);
         const char *piece = passage_text(lines[i]);
         ck_assert_int_lt(line, 8);
-        ck_assert_int_eq((int)strlen(rebuilt[line]) - (strstr(rebuilt[line], "\xE2\x86\xB5") ? 2 : 0), col);
+        /* columns count characters: the return sign is 3 bytes, 1 column, and only ends lines */
+        ck_assert_int_eq((int)strlen(rebuilt[line]), col);
+        ck_assert_int_eq(w, (int)strlen(piece) - (strstr(piece, "\xE2\x86\xB5") ? 2 : 0));
         strcat(rebuilt[line], piece);
-        max_line = ETM_MAX(max_line, line);
+        n_lines = ETM_MAX(n_lines, line + 1);
     }
-    ck_assert_str_eq(rebuilt[0], "Emma Woodhouse, handsome,");
-    ck_assert_str_eq(rebuilt[1], " clever, and rich,\xE2\x86\xB5");
-    ck_assert_str_eq(rebuilt[2], "\xE2\x86\xB5");
-    ck_assert_str_eq(rebuilt[3], "with a comfortable home");
-    ck_assert_int_eq(max_line, 3);
     free_lines(lines, n);
     free(mask);
     free(ids);
     etm_routing_report_free(r);
     etm_tokenizer_free(tok);
+    return n_lines;
+}
+
+START_TEST(passage_breaks_lines) {
+    char rebuilt[8][128];
+    const char *text = "Emma Woodhouse, handsome, clever, and rich,\n\nwith a comfortable home";
+    ck_assert_int_eq(passage_lines(text, 30, rebuilt), 4);
+    ck_assert_str_eq(rebuilt[0], "Emma Woodhouse, handsome,");
+    ck_assert_str_eq(rebuilt[1], " clever, and rich,\xE2\x86\xB5");
+    ck_assert_str_eq(rebuilt[2], "\xE2\x86\xB5");
+    ck_assert_str_eq(rebuilt[3], "with a comfortable home");
+    /* a line that fills the width exactly keeps its return sign */
+    ck_assert_int_eq(passage_lines("Emma Woodhouse, handsome,\nclever", 25, rebuilt), 2);
+    ck_assert_str_eq(rebuilt[0], "Emma Woodhouse, handsome,\xE2\x86\xB5");
+    ck_assert_str_eq(rebuilt[1], "clever");
 }
 END_TEST
 
