@@ -135,6 +135,18 @@ BEGIN {
             pr_zero[r] = KV["frac_zero"]
             pr_maxload[r] = KV["max_over_mean_load"]
             pr_loss[r] = KV["loss"]
+            pr_gate[r] = KV["mean_gate"]
+            # the distribution of routed experts per token, mean over MoE layers
+            path = rdir[r] "/profile/layers.tsv"
+            k = 0; h1 = 0; h2 = 0; h3 = 0
+            while ((getline line < path) > 0) {
+                if (line ~ /^#/) continue
+                split(line, f, "\t")
+                k++; h1 += f[5]; h2 += f[6]; h3 += f[7]
+            }
+            close(path)
+            if (k == 0) fail(path ": missing or empty")
+            pr_one[r] = h1 / k; pr_two[r] = h2 / k; pr_three[r] = h3 / k
         }
     }
 
@@ -150,7 +162,8 @@ BEGIN {
     printf "# name\tlabel\tkind\tseeds\tloss_mean\tloss_sd\tloss_min\tloss_max\tdelta_vs_dense\t" \
            "tokens_to_target\ttokens_to_target_sd\ttokens_ratio_vs_dense\ttrain_experts\ttrain_experts_sd\t" \
            "train_max_over_mean_load\ttrain_no_expert_frac\ttrain_dropped_padded\teval_experts\teval_no_expert_frac\t" \
-           "eval_max_over_mean_load\tbatch_loss_mean\tprofile_loss_mean\tseconds_mean\tsteps\ttarget_loss\n" > rt
+           "eval_max_over_mean_load\tbatch_loss_mean\tprofile_loss_mean\tseconds_mean\tsteps\ttarget_loss\t" \
+           "eval_frac_one\teval_frac_two\teval_frac_three_plus\teval_mean_gate\n" > rt
     sd_path = tables "/seeds.tsv"
     printf "# name\tseed\teval_loss\ttokens_to_target\tseconds\n" > sd_path
     dense_loss = "NaN"
@@ -228,6 +241,8 @@ BEGIN {
                 A["trm"] += tr_maxload[r] / ns; A["trz"] += tr_zero[r] / ns; A["trd"] += tr_dropped[r] / ns
                 A["pre"] += pr_experts[r] / ns; A["prz"] += pr_zero[r] / ns; A["prm"] += pr_maxload[r] / ns
                 A["prl"] += pr_loss[r] / ns
+                A["p1"] += pr_one[r] / ns; A["p2"] += pr_two[r] / ns; A["p3"] += pr_three[r] / ns
+                A["g"] += pr_gate[r] / ns
                 if (isnum(eval_batch_loss[r])) { A["bl"] += eval_batch_loss[r]; A["bln"]++ }
             }
         }
@@ -240,6 +255,8 @@ BEGIN {
                           moe ? fmt(A["prz"]) : "NaN", moe ? fmt(A["prm"]) : "NaN",
                           A["bln"] > 0 ? sprintf("%.6f", A["bl"] / A["bln"]) : "NaN",
                           moe ? sprintf("%.6f", A["prl"]) : "NaN", fmt(A["sec"]), steps[idx[1]], fmt(target))
+        rest[i] = rest[i] sprintf("\t%s\t%s\t%s\t%s", moe ? fmt(A["p1"]) : "NaN", moe ? fmt(A["p2"]) : "NaN",
+                                  moe ? fmt(A["p3"]) : "NaN", moe ? fmt(A["g"]) : "NaN")
     }
     for (i = 1; i <= nrouters; i++) {
         ratio = (isnum(router_ttt[i]) && isnum(dense_tokens) && dense_tokens > 0) ? sprintf("%.4f", router_ttt[i] / dense_tokens) : "NaN"

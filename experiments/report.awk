@@ -228,6 +228,21 @@ BEGIN {
     }
     print ""
 
+    print "How many routed experts a token gets at inference (share of (token, MoE layer) pairs; mean over"
+    print "layers and seeds). TC gives every token exactly top_k; EC and ET give some none and some several."
+    print "*Mean gate*: the mean sigmoid(logit) of the routed pairs, the weight a routed expert's output"
+    print "gets (sigmoid gates are not renormalised): near 0, the routed experts contribute little however"
+    print "many are chosen."
+    print ""
+    print "| router | 0 experts | 1 | 2 | 3 or more | mean | mean gate |"
+    print "|---|---|---|---|---|---|---|"
+    for (i = 1; i <= nr; i++) {
+        if (R[i, "kind"] == "dense") continue
+        printf "| %s | %s | %s | %s | %s | %s | %s |\n", R[i, "name"], pct(R[i, "eval_no_expert_frac"]), pct(R[i, "eval_frac_one"]),
+               pct(R[i, "eval_frac_two"]), pct(R[i, "eval_frac_three_plus"]), f3(R[i, "eval_experts"]), f3(R[i, "eval_mean_gate"])
+    }
+    print ""
+
     # ---- significance ----
     print "## What is significant"
     print ""

@@ -7,7 +7,7 @@
 # cores); `make experiment-quick` and tests/test_experiment_quick.sh run the quick mode.
 #
 # usage: experiments/run.sh [--quick] [--out DIR] [--doc DIR] [--etmoe PATH] [--jobs N]
-#                           [--seeds "1 2 3"] [--no-figures]
+#                           [--seeds "1 2 3"] [--steps N] [--no-figures]
 #
 # Runs that finished with the same command are reused; a run stopped with Ctrl-C resumes from
 # its checkpoint. Everything else is recomputed from the runs' files.
@@ -25,6 +25,8 @@ usage() {
   --jobs N       runs trained at once (default 2), each with OMP_NUM_THREADS threads
                  (default 1); results do not depend on either
   --seeds LIST   seeds (default "1 2 3"; quick mode "1 2")
+  --steps N      optimizer steps per run instead of the config's max_steps (ET's warm-up
+                 becomes N/6 steps): a shorter or longer experiment of the same design
   --no-figures   skip gnuplot (the tables and results.md are still written)
 EOF
 }
@@ -34,7 +36,7 @@ die() {
     exit 1
 }
 
-quick=0 out= doc= etmoe= jobs=2 seeds= figures=1
+quick=0 out= doc= etmoe= jobs=2 seeds= figures=1 steps=
 while [ $# -gt 0 ]; do
     case $1 in
     --quick) quick=1 ;;
@@ -48,6 +50,8 @@ while [ $# -gt 0 ]; do
     --jobs=*) jobs=${1#*=} ;;
     --seeds) [ $# -ge 2 ] || die "--seeds needs a value"; seeds=$2; shift ;;
     --seeds=*) seeds=${1#*=} ;;
+    --steps) [ $# -ge 2 ] || die "--steps needs a value"; steps=$2; shift ;;
+    --steps=*) steps=${1#*=} ;;
     --no-figures) figures=0 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument '$1'" ;;
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 case $jobs in '' | *[!0-9]* | 0) die "--jobs must be a positive integer, not '$jobs'" ;; esac
+case $steps in '') ;; *[!0-9]* | 0 | 1 | 2 | 3 | 4 | 5) die "--steps must be an integer of at least 6, not '$steps'" ;; esac
 
 here=$(cd "$(dirname "$0")" && pwd) || die "cannot find the script's directory"
 top=$(dirname "$here")
@@ -97,7 +102,11 @@ else
     sizes=
     warmup=100
     final_batches=100000
-    passage=700
+    passage=400
+fi
+if [ -n "$steps" ]; then
+    sizes="$sizes max_steps=$steps"
+    warmup=$((steps / 6))
 fi
 # name|label|kind|overrides: kind is dense, tc, ec or et
 routers="dense|dense|dense|router=dense

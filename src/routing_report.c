@@ -123,6 +123,8 @@ etm_routing_report *etm_routing_report_create(const etm_routing_report_config *c
     }
     r->layer_load = etm_calloc((size_t)L * E, sizeof(int64_t));
     r->layer_hist = etm_calloc((size_t)L * (E + 1), sizeof(int64_t));
+    r->layer_gate_sum = etm_calloc((size_t)L, sizeof(double));
+    r->layer_gate_pairs = etm_calloc((size_t)L, sizeof(int64_t));
     r->pos_tokens = etm_calloc((size_t)T, sizeof(int64_t));
     r->pos_pairs = etm_calloc((size_t)T, sizeof(int64_t));
     r->pos_zero = etm_calloc((size_t)T, sizeof(int64_t));
@@ -141,6 +143,8 @@ void etm_routing_report_free(etm_routing_report *r) {
     free(r->kind);
     free(r->layer_load);
     free(r->layer_hist);
+    free(r->layer_gate_sum);
+    free(r->layer_gate_pairs);
     free(r->pos_tokens);
     free(r->pos_pairs);
     free(r->pos_zero);
@@ -218,6 +222,13 @@ int etm_routing_report_add(etm_routing_report *r, const etm_routing_batch *b, et
         }
     }
     r->tokens += N;
+    if (b->logits)
+        for (int l = 0; l < L; l++)
+            for (size_t i = 0; i < (size_t)N * E; i++)
+                if (b->masks[l][i]) {
+                    r->layer_gate_sum[l] += 1.0 / (1.0 + exp(-(double)b->logits[l][i]));
+                    r->layer_gate_pairs[l]++;
+                }
 
     long kt = (long)P * c->top_k / E;
     if (kt < 1) kt = 1;
@@ -276,12 +287,17 @@ static int out_open(out_file *o, const char *dir, const char *name, etm_error *e
 
 static int out_close(out_file *o, etm_error *err) { return etm_commit_atomic(o->f, o->tmp, o->path, err); }
 
+static void print_float(FILE *f, double x) {
+    if (isnan(x)) fprintf(f, "NaN");
+    else fprintf(f, "%.7g", x);
+}
+
 static int write_layers(const etm_routing_report *r, const char *dir, etm_error *err) {
     int L = r->cfg.n_layers, E = r->cfg.n_experts;
     out_file o;
     if (out_open(&o, dir, "layers.tsv", err)) return -1;
     fprintf(o.f, "# layer\ttokens\tmean_experts\tfrac_zero\tfrac_one\tfrac_two\tfrac_three_plus\t"
-                 "max_over_mean_load\tmin_over_mean_load");
+                 "max_over_mean_load\tmin_over_mean_load\tmean_gate");
     for (int e = 0; e < E; e++) fprintf(o.f, "\tload_%d", e);
     fprintf(o.f, "\n");
     for (int l = 0; l < L; l++) {
@@ -294,10 +310,14 @@ static int write_layers(const etm_routing_report *r, const char *dir, etm_error 
         }
         for (int k = 3; k <= E; k++) three += h[k];
         double mean_load = (double)pairs / E;
-        fprintf(o.f, "%d\t%lld\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g", l, (long long)r->tokens,
+        fprintf(o.f, "%d\t%lld\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t", l, (long long)r->tokens,
                 ratio(pairs, r->tokens), ratio(h[0], r->tokens), ratio(h[1], r->tokens),
-                E >= 2 ? ratio(h[2], r->tokens) : 0.0, ratio(three, r->tokens),
-                mean_load > 0 ? mx / mean_load : NAN, mean_load > 0 ? mn / mean_load : NAN);
+                E >= 2 ? ratio(h[2], r->tokens) : 0.0, ratio(three, r->tokens));
+        print_float(o.f, mean_load > 0 ? mx / mean_load : NAN);
+        fputc('\t', o.f);
+        print_float(o.f, mean_load > 0 ? mn / mean_load : NAN);
+        fputc('\t', o.f);
+        print_float(o.f, r->layer_gate_pairs[l] ? r->layer_gate_sum[l] / (double)r->layer_gate_pairs[l] : NAN);
         for (int e = 0; e < E; e++) fprintf(o.f, "\t%lld", (long long)load[e]);
         fprintf(o.f, "\n");
     }
@@ -364,11 +384,6 @@ static int write_tokens(const etm_routing_report *r, const char *dir, int min_co
                 (double)rows[i].pairs / ((double)rows[i].count * r->cfg.n_layers), r->text[rows[i].id]);
     free(rows);
     return out_close(&o, err);
-}
-
-static void print_float(FILE *f, double x) {
-    if (isnan(x)) fprintf(f, "NaN");
-    else fprintf(f, "%.7g", x);
 }
 
 static int write_batches(const etm_routing_report *r, const char *dir, etm_error *err) {

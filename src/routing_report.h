@@ -72,6 +72,8 @@ typedef struct {
     int64_t tokens;         /* tokens counted */
     int64_t *layer_load;    /* (Lm, E) tokens per expert */
     int64_t *layer_hist;    /* (Lm, E+1) tokens by routed experts in that layer */
+    double *layer_gate_sum; /* (Lm) sigmoid(logit) summed over routed pairs (batches with logits) */
+    int64_t *layer_gate_pairs; /* (Lm) routed pairs those sums cover */
     int64_t *pos_tokens;    /* (T) tokens at each position */
     int64_t *pos_pairs;     /* (T) routed pairs there, summed over layers */
     int64_t *pos_zero;      /* (T) (token, layer) pairs with no routed expert there */
@@ -104,8 +106,10 @@ double etm_routing_report_mean_experts(const etm_routing_report *r);
 double etm_routing_report_zero_fraction(const etm_routing_report *r);
 
 /* Writes into dir (which must exist), each file atomically, a '#' header line naming the columns:
- *   layers.tsv    layer, tokens, mean_experts, frac_zero, frac_one, frac_two, frac_three_plus,
- *                 max_load/mean_load, min_load/mean_load, then the E loads
+ *   layers.tsv    layer (index among the MoE layers), tokens, mean_experts, frac_zero, frac_one,
+ *                 frac_two, frac_three_plus, max_load/mean_load, min_load/mean_load, mean_gate
+ *                 (mean sigmoid(logit) of the routed pairs: the weight their experts' outputs get
+ *                 with sigmoid gates; NaN without logits), then the E loads
  *   position.tsv  position, tokens, mean_experts, frac_zero
  *   kind.tsv      kind, tokens, share, mean_experts, frac_zero
  *   tokens.tsv    id, kind, count, mean_experts, text; ids seen at least min_count times, most

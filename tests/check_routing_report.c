@@ -140,6 +140,8 @@ START_TEST(counts_match_a_per_token_reference) {
             hist[3][6] = {{0}}, kind_tok[ETM_TOKEN_N_KINDS] = {0}, kind_pairs[ETM_TOKEN_N_KINDS] = {0};
     int64_t *vt = etm_calloc((size_t)V, sizeof(int64_t)), *vp = etm_calloc((size_t)V, sizeof(int64_t));
     int first_ids[40], first_pairs[40], kept = 0;
+    double gate_sum[3] = {0};
+    int64_t gate_pairs[3] = {0};
     for (int bi = 0; bi < NB; bi++) {
         fake_batch f = fake_make(&rng, L, E, B, T, V);
         etm_routing_batch b = fake_view(&f, 2 * T);
@@ -151,6 +153,10 @@ START_TEST(counts_match_a_per_token_reference) {
                 for (int e = 0; e < E; e++) {
                     c += f.masks[l][n * E + e];
                     load[l][e] += f.masks[l][n * E + e];
+                    if (f.masks[l][n * E + e]) {
+                        gate_sum[l] += 1.0 / (1.0 + exp(-(double)f.logits[l][n * E + e]));
+                        gate_pairs[l]++;
+                    }
                 }
                 hist[l][c]++;
                 pairs += c;
@@ -217,6 +223,8 @@ START_TEST(counts_match_a_per_token_reference) {
     for (int l = 0; l < L; l++) {
         for (int e = 0; e < E; e++) ck_assert_int_eq(r->layer_load[l * E + e], load[l][e]);
         for (int c = 0; c <= E; c++) ck_assert_int_eq(r->layer_hist[l * (E + 1) + c], hist[l][c]);
+        ck_assert_int_eq(r->layer_gate_pairs[l], gate_pairs[l]);
+        ck_assert_double_eq_tol(r->layer_gate_sum[l], gate_sum[l], 1e-9);
     }
     for (int k = 0; k < ETM_TOKEN_N_KINDS; k++) {
         ck_assert_int_eq(r->kind_tokens[k], kind_tok[k]);
@@ -322,7 +330,7 @@ START_TEST(tables_read_back) {
     lines = read_lines(dir, "layers.tsv", &n);
     ck_assert_int_eq(n, L);
     /* layer 1: every expert has 4 tokens: max/mean = min/mean = 1; nobody at zero */
-    ck_assert_str_eq(lines[1], "1\t16\t1\t0\t1\t0\t0\t1\t1\t4\t4\t4\t4");
+    ck_assert_str_eq(lines[1], "1\t16\t1\t0\t1\t0\t0\t1\t1\tNaN\t4\t4\t4\t4"); /* no logits: no gate */
     free_lines(lines, n);
 
     lines = read_lines(dir, "batches.tsv", &n);
@@ -527,8 +535,10 @@ START_TEST(verb_matches_the_model) {
     ck_assert_msg(ld != NULL, "%s", err.msg);
     int32_t in[64], tg[64];
     int64_t pairs = 0, zero = 0, pos_pairs[16] = {0};
-    double loss_sum = 0;
+    double loss_sum = 0, gsum[3] = {0};
+    int64_t gpairs[3] = {0};
     uint8_t mask[64 * 4];
+    float logit[64 * 4];
     for (int b = 0; b < 3; b++) {
         double loss;
         ck_assert_msg(etm_loader_next(ld, in, tg, &err) == 0, "%s", err.msg);
@@ -537,9 +547,16 @@ START_TEST(verb_matches_the_model) {
         for (int l = 0; l < hp.n_layer; l++) {
             if (!m->moe[l]) continue;
             be->download(be, mask, etm_moe_mask(m->moe[l]), sizeof mask);
+            be->download(be, logit, etm_moe_logits(m->moe[l]), sizeof logit);
             for (int n = 0; n < 64; n++) {
                 int c = 0;
-                for (int e = 0; e < 4; e++) c += mask[n * 4 + e];
+                for (int e = 0; e < 4; e++) {
+                    c += mask[n * 4 + e];
+                    if (mask[n * 4 + e]) {
+                        gsum[l] += 1.0 / (1.0 + exp(-(double)logit[n * 4 + e]));
+                        gpairs[l]++;
+                    }
+                }
                 pairs += c;
                 zero += c == 0;
                 pos_pairs[n % 16] += c;
@@ -558,6 +575,7 @@ START_TEST(verb_matches_the_model) {
     ck_assert_double_eq_tol(summary_value(out, "mean_experts"), (double)pairs / (192 * 2), 1e-5);
     ck_assert_double_eq_tol(summary_value(out, "frac_zero"), (double)zero / (192 * 2), 1e-5);
     ck_assert_double_eq_tol(summary_value(out, "loss"), loss_sum / 192, 1e-5);
+    ck_assert_double_eq_tol(summary_value(out, "mean_gate"), (gsum[1] / gpairs[1] + gsum[2] / gpairs[2]) / 2, 1e-5);
     int n;
     char **lines = read_lines(out, "position.tsv", &n);
     ck_assert_int_eq(n, 16);
