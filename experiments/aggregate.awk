@@ -242,7 +242,7 @@ BEGIN {
                 A["pre"] += pr_experts[r] / ns; A["prz"] += pr_zero[r] / ns; A["prm"] += pr_maxload[r] / ns
                 A["prl"] += pr_loss[r] / ns
                 A["p1"] += pr_one[r] / ns; A["p2"] += pr_two[r] / ns; A["p3"] += pr_three[r] / ns
-                A["g"] += pr_gate[r] / ns
+                if (isnum(pr_gate[r])) { A["g"] += pr_gate[r]; A["gn"]++ }
                 if (isnum(eval_batch_loss[r])) { A["bl"] += eval_batch_loss[r]; A["bln"]++ }
             }
         }
@@ -256,7 +256,7 @@ BEGIN {
                           A["bln"] > 0 ? sprintf("%.6f", A["bl"] / A["bln"]) : "NaN",
                           moe ? sprintf("%.6f", A["prl"]) : "NaN", fmt(A["sec"]), steps[idx[1]], fmt(target))
         rest[i] = rest[i] sprintf("\t%s\t%s\t%s\t%s", moe ? fmt(A["p1"]) : "NaN", moe ? fmt(A["p2"]) : "NaN",
-                                  moe ? fmt(A["p3"]) : "NaN", moe ? fmt(A["g"]) : "NaN")
+                                  moe ? fmt(A["p3"]) : "NaN", A["gn"] > 0 ? fmt(A["g"] / A["gn"]) : "NaN")
     }
     for (i = 1; i <= nrouters; i++) {
         ratio = (isnum(router_ttt[i]) && isnum(dense_tokens) && dense_tokens > 0) ? sprintf("%.4f", router_ttt[i] / dense_tokens) : "NaN"

@@ -243,6 +243,67 @@ BEGIN {
     }
     print ""
 
+    # ---- observations the numbers support, stated only when they hold ----
+    print "### Observations (generated from the tables above)"
+    print ""
+    nobs = 0
+    best = ""; second = ""
+    for (i = 1; i <= nr; i++) {
+        if (best == "" || R[i, "loss_mean"] < rv(best, "loss_mean")) { second = best; best = R[i, "name"] }
+        else if (second == "" || R[i, "loss_mean"] < rv(second, "loss_mean")) second = R[i, "name"]
+    }
+    if (best != "" && second != "") {
+        paired(second, best)
+        printf "- Lowest mean validation loss: %s (%s), then %s (%s); the paired difference %s is %s at 95%%.\n",
+               best, f4(rv(best, "loss_mean")), second, f4(rv(second, "loss_mean")), signed(D_mean),
+               D_sig == "yes" ? "resolved" : (D_sig == "no" ? "not resolved" : "not testable with one seed")
+        nobs++
+    }
+    if (has("dense")) {
+        better = 0; resolved = 0; worse = 0
+        for (i = 1; i <= nr; i++) {
+            if (R[i, "kind"] == "dense") continue
+            paired(R[i, "name"], "dense")
+            if (isnum(D_mean) && D_mean < 0) better++
+            if (isnum(D_mean) && D_mean > 0) worse++
+            if (D_sig == "yes" && D_mean < 0) resolved++
+        }
+        printf "- Against the dense model of the same active compute: %d MoE router(s) lower the loss on average,\n", better
+        printf "  %d raise it; %d improvement(s) are resolved at 95%%.\n", worse, resolved
+        nobs++
+    }
+    for (i = 1; i <= nr; i++) {
+        if (R[i, "kind"] != "et" || !isnum(R[i, "train_experts"])) continue
+        if (R[i, "train_experts"] < 0.8 * C["top_k"]) {
+            printf "- **%s starved its experts**: in the second half of training its thresholds routed %s experts per\n", R[i, "name"], f3(R[i, "train_experts"])
+            printf "  token (target %d), with %s of (token, layer) pairs getting none; at inference %s. The\n", C["top_k"], pct(R[i, "train_no_expert_frac"]), f3(R[i, "eval_experts"])
+            print "  thresholds are a moving average of past cut-offs: when the router's logits drift (see the"
+            print "  threshold figure) they lag behind, and a lagging threshold above the current logits routes"
+            print "  almost nothing."
+            nobs++
+        } else if (R[i, "train_experts"] > 1.25 * C["top_k"]) {
+            printf "- %s routed %s experts per token in training, above the target of %d: its thresholds lag below\n", R[i, "name"], f3(R[i, "train_experts"]), C["top_k"]
+            print "  rising logits, so it spends more compute than the matched budget."
+            nobs++
+        }
+    }
+    low = 0; moe = 0; gl = ""
+    for (i = 1; i <= nr; i++) {
+        if (R[i, "kind"] == "dense" || !isnum(R[i, "eval_mean_gate"])) continue
+        moe++
+        if (R[i, "eval_mean_gate"] < 0.2) low++
+        gl = gl (gl == "" ? "" : ", ") R[i, "name"] " " f3(R[i, "eval_mean_gate"])
+    }
+    if (moe > 0 && low == moe) {
+        print "- **The routed experts are gated nearly off in every MoE model**: the mean sigmoid gate of the"
+        printf "  routed pairs at inference is %s. The routers learnt to push their logits down, so\n", gl
+        print "  whichever rule picks the experts, their outputs reach the residual stream scaled by these"
+        print "  gates: at this scale the comparison is between shared-expert models more than between routers."
+        nobs++
+    }
+    if (nobs == 0) print "- (none)"
+    print ""
+
     # ---- significance ----
     print "## What is significant"
     print ""

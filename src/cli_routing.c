@@ -26,7 +26,7 @@ static void usage(void) {
            "Routes validation batches through the checkpoint's model and writes, into DIR, tables of\n"
            "the routed experts per token (averaged over the MoE layers; shared experts not counted):\n"
            "  summary.tsv   key, value: tokens, loss, mean experts per token, share with none, loads,\n"
-           "                mean gate (sigmoid of the logit) of the routed pairs\n"
+           "                mean gate (sigmoid of the logit) over all routed pairs\n"
            "  layers.tsv    per layer: experts-per-token histogram shares, max/min load over mean, loads\n"
            "  position.tsv  by position in the sequence      kind.tsv  by token kind (word, number,\n"
            "  tokens.tsv    by token id, most experts first    punctuation, whitespace, other)\n"
@@ -207,7 +207,8 @@ static int write_summary(const char *dir, const char *ckpt, const etm_hparams *h
     FILE *f = etm_open_atomic(path, tmp, sizeof tmp, err);
     if (!f) return -1;
     int L = rep->cfg.n_layers, E = rep->cfg.n_experts;
-    double max_over_mean = 0, min_over_mean = 0, gate = 0;
+    double max_over_mean = 0, min_over_mean = 0, gate_sum = 0;
+    int64_t gate_pairs = 0;
     for (int l = 0; l < L; l++) {
         int64_t pairs = 0, mx = 0, mn = INT64_MAX;
         for (int e = 0; e < E; e++) {
@@ -217,7 +218,8 @@ static int write_summary(const char *dir, const char *ckpt, const etm_hparams *h
             mn = ETM_MIN(mn, x);
         }
         double mean = (double)pairs / E;
-        gate += rep->layer_gate_pairs[l] ? rep->layer_gate_sum[l] / (double)rep->layer_gate_pairs[l] : NAN;
+        gate_sum += rep->layer_gate_sum[l];
+        gate_pairs += rep->layer_gate_pairs[l];
         max_over_mean += mean > 0 ? mx / mean : NAN;
         min_over_mean += mean > 0 ? mn / mean : NAN;
     }
@@ -237,7 +239,9 @@ static int write_summary(const char *dir, const char *ckpt, const etm_hparams *h
     fprintf(f, "frac_zero\t%.6g\n", etm_routing_report_zero_fraction(rep));
     fprintf(f, "max_over_mean_load\t%.6g\n", max_over_mean / L);
     fprintf(f, "min_over_mean_load\t%.6g\n", min_over_mean / L);
-    fprintf(f, "mean_gate\t%.6g\n", gate / L);
+    /* over all routed pairs of all layers: a layer that routed nothing does not make it NaN */
+    if (gate_pairs > 0) fprintf(f, "mean_gate\t%.6g\n", gate_sum / (double)gate_pairs);
+    else fprintf(f, "mean_gate\tNaN\n");
     return etm_commit_atomic(f, tmp, path, err);
 }
 

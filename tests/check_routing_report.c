@@ -575,7 +575,7 @@ START_TEST(verb_matches_the_model) {
     ck_assert_double_eq_tol(summary_value(out, "mean_experts"), (double)pairs / (192 * 2), 1e-5);
     ck_assert_double_eq_tol(summary_value(out, "frac_zero"), (double)zero / (192 * 2), 1e-5);
     ck_assert_double_eq_tol(summary_value(out, "loss"), loss_sum / 192, 1e-5);
-    ck_assert_double_eq_tol(summary_value(out, "mean_gate"), (gsum[1] / gpairs[1] + gsum[2] / gpairs[2]) / 2, 1e-5);
+    ck_assert_double_eq_tol(summary_value(out, "mean_gate"), (gsum[1] + gsum[2]) / (double)(gpairs[1] + gpairs[2]), 1e-5);
     int n;
     char **lines = read_lines(out, "position.tsv", &n);
     ck_assert_int_eq(n, 16);
