@@ -29,8 +29,11 @@ int cmd_backends(int argc, char **argv);
 int cmd_dump(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
+int cmd_check_backend(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 int cmd_routing_profile(int argc, char **argv);
 
 #endif

@@ -124,6 +124,27 @@ int etm_write_file_atomic(const char *path, const void *data, size_t len, etm_er
     return etm_commit_atomic(f, tmp, path, err);
 }
 
+int etm_mkdir_p(const char *path, etm_error *err) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return etm_fail(err, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char c = *p;
+        *p = '\0';
+        struct stat st;
+        if (stat(buf, &st) != 0) {
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return etm_fail(err, "%s: cannot create the directory: %s", buf, strerror(errno));
+        } else if (!S_ISDIR(st.st_mode)) {
+            return etm_fail(err, "%s: exists and is not a directory", buf);
+        }
+        *p = c;
+        if (c == '\0') break;
+    }
+    return 0;
+}
+
 static int is_dir(const char *p) {
     struct stat st;
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);

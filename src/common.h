@@ -41,6 +41,10 @@ int etm_write_file_atomic(const char *path, const void *data, size_t len, etm_er
 FILE *etm_open_atomic(const char *path, char *tmp_path, size_t tmp_len, etm_error *err);
 int etm_commit_atomic(FILE *f, const char *tmp_path, const char *path, etm_error *err);
 
+/* mkdir -p: creates every missing directory of path; fails naming the part that is not a
+ * directory or cannot be created. */
+int etm_mkdir_p(const char *path, etm_error *err);
+
 /* The directory holding shipped data: $ETM_DATA_DIR, else the source tree's data/ when it exists,
  * else the installed pkgdatadir. Writes into buf and returns it. */
 const char *etm_data_dir(char *buf, size_t len);

@@ -72,8 +72,9 @@ int etm_dump_write(etm_model *m, const int32_t *inputs, const int32_t *targets, 
     if (rc == 0) rc = etm_st_add_copy(w, "targets", ETM_ST_I32, 2, bt, targets, err);
     if (rc == 0) {
         float *logits = etm_malloc((size_t)N * (size_t)V * sizeof(float));
-        etm_model_logits(m, logits, 0, N);
-        rc = etm_st_add_owned(w, "logits", ETM_ST_F32, 3, btv, logits, err);
+        rc = etm_model_logits(m, logits, 0, N, err);
+        if (rc == 0) rc = etm_st_add_owned(w, "logits", ETM_ST_F32, 3, btv, logits, err);
+        else free(logits);
     }
     if (rc == 0) rc = etm_st_add_copy(w, "losses", ETM_ST_F32, 2, bt, m->host_losses, err);
     if (rc == 0) rc = etm_st_add_copy(w, "loss", ETM_ST_F64, 0, NULL, &loss, err);

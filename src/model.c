@@ -68,21 +68,20 @@ static float matrix_std(int fan_out, int fan_in) {
 static void place(layout_walk *w, float **wslot, float **gslot, etm_param_group group, float std,
                   int ndim, int d0, int d1, int d2, const char *fmt, int layer) {
     etm_model *m = w->m;
+    etm_param *p = &m->table[w->idx];
     if (!m->params_memory) {
-        etm_param *p = &m->table[w->idx];
         memset(p, 0, sizeof *p);
         snprintf(p->name, sizeof p->name, fmt, layer);
         p->ndim = ndim;
         p->shape[0] = d0;
-        p->shape[1] = ndim > 1 ? d1 : 1;
-        p->shape[2] = ndim > 2 ? d2 : 1;
-        p->numel = (size_t)p->shape[0] * p->shape[1] * p->shape[2];
-        p->offset = w->off;
+        p->shape[1] = d1;
+        p->shape[2] = d2;
         p->group = group;
+        p->numel = (size_t)d0 * (ndim > 1 ? d1 : 1) * (ndim > 2 ? d2 : 1);
+        p->offset = w->off;
         if (w->init_std) w->init_std[w->idx] = std;
         w->off += p->numel;
     } else {
-        etm_param *p = &m->table[w->idx];
         p->data = m->params_memory + p->offset;
         p->grad = m->grads_memory + p->offset;
         *wslot = p->data;
@@ -141,12 +140,13 @@ static void init_params(etm_model *m, const float *init_std) {
     float *buf = etm_malloc(max_numel * sizeof(float));
     for (int i = 0; i < m->n_tensors; i++) {
         const etm_param *p = &m->table[i];
+        size_t n = p->numel;
         if (init_std[i] == 0.0f) {
-            m->be->zero(m->be, p->data, p->numel * sizeof(float));
+            m->be->zero(m->be, p->data, n * sizeof(float));
             continue;
         }
-        etm_rng_fill_normal(&rng, buf, p->numel, init_std[i]);
-        m->be->upload(m->be, p->data, buf, p->numel * sizeof(float));
+        etm_rng_fill_normal(&rng, buf, n, init_std[i]);
+        m->be->upload(m->be, p->data, buf, n * sizeof(float));
     }
     free(buf);
 }
@@ -400,11 +400,17 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     return 0;
 }
 
-void etm_model_logits(etm_model *m, float *out, int first, int rows) {
+int etm_model_logits(etm_model *m, float *out, int first, int rows, etm_error *err) {
+    int N = m->last_B * m->last_T;
+    if (!m->last_B) return etm_fail(err, "model logits: no forward pass yet");
+    if (first < 0 || rows < 1 || first > N - rows)
+        return etm_fail(err, "model logits: rows %d..%d outside the last forward's 0..%d", first, first + rows - 1,
+                        N - 1);
     size_t V = m->hp.vocab_size;
     float *tmp = m->scratch.dlogits; /* idle until the next backward overwrites it */
     m->be->softcap(m->be, tmp, m->acts.logits + (size_t)first * V, (size_t)rows * V, m->hp.logit_cap);
     m->be->download(m->be, out, tmp, (size_t)rows * V * sizeof(float));
+    return 0;
 }
 
 /* ---- backward ------------------------------------------------------------------------------ */

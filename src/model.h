@@ -17,6 +17,7 @@
  *
  * Parameter names (the checkpoint tensor names) and their order, which is also the order in
  * which etm_model_create draws their initial values from one RNG seeded with hp->seed:
+ *   name                          shape         group   initial values
  *   "wte"                         (V, D)        embed   N(0, 1)
  *   for l = 0 .. L-1:
  *   "layers.l.attn.wq"            (H*hd, D)     matrix  N(0, s)
@@ -35,7 +36,10 @@
  *   "lm_head"                     (V, D)        head    zero
  * with s = min(1, sqrt(fan_out / fan_in)) / sqrt(fan_in) for a matrix (fan_out, fan_in) (per
  * expert for stacked expert tensors). Values are drawn in row-major order of each tensor; zero
- * tensors draw nothing. The optimizer sees each stacked (E, rows, cols) tensor as E matrices. */
+ * tensors draw nothing. The optimizer sees each stacked (E, rows, cols) tensor as E matrices.
+ *
+ * Use: create; per micro-batch forward (with targets) and backward; per optimizer step
+ * zero_grad before the micro-batches, etm_optim_step on m->table, then etm_model_step_end. */
 #ifndef ETM_MODEL_H
 #define ETM_MODEL_H
 
@@ -124,7 +128,8 @@ typedef struct {
     float *grads_memory;  /* (n_params) */
     etm_weights w;        /* pointers into params_memory */
     etm_weights g;        /* pointers into grads_memory */
-    etm_param *table;     /* host (n_tensors) in the documented order */
+    etm_param *table;     /* host (n_tensors) in the documented order: name, group, data and grad
+                             (pointers into the two blocks), ndim, shape */
     int n_tensors;
 
     /* MoE layers (NULL for dense layers); the routers' state lives in them */
@@ -169,8 +174,9 @@ int etm_model_backward(etm_model *m, float loss_scale, etm_error *err);
 void etm_model_zero_grad(etm_model *m);
 
 /* Soft-capped logits (cap * tanh(logits / cap)) of the last forward: host out (rows, V) gets
- * rows first..first+rows-1 of its (B*T, V) logits. */
-void etm_model_logits(etm_model *m, float *out, int first, int rows);
+ * rows first..first+rows-1 of its (B*T, V) logits. Returns 0, or -1 with a message when there
+ * was no forward or the rows are outside it. */
+int etm_model_logits(etm_model *m, float *out, int first, int rows, etm_error *err);
 
 /* Once per optimizer step: the routers' threshold / bias updates (etm_moe_step_end per layer). */
 void etm_model_step_end(etm_model *m);
@@ -189,8 +195,11 @@ double etm_model_train_flops_per_token(const etm_model *m, int T, double routed_
 
 /* ---- KV-cache decoding --------------------------------------------------------------------- */
 /* Keys and values of one sequence for every layer, plus one-token scratch. MoE layers route
- * each token alone with the frozen router state (ETM_MOE_EVAL), which is causal for ET (and for
- * EC evaluated with thresholds) and for TC. */
+ * each token alone with the frozen router state (ETM_MOE_EVAL): by thresholds for ET and EC, by
+ * top-k for TC, so decoding gives the logits of a full ETM_MOE_EVAL forward. One exception, from
+ * router.h: an ec/et layer whose thresholds were never updated (no etm_model_step_end after a
+ * training forward) routes by expert choice, which depends on the batch, so its one-token
+ * decoding differs from a full forward. Load or train thresholds first. */
 typedef struct etm_kv_cache etm_kv_cache;
 
 /* A cache for sequences of up to max_len <= hp.seq_len tokens. NULL with a message on error. */
@@ -202,5 +211,9 @@ void etm_kv_cache_free(etm_kv_cache *c);
  * (V), owned by the cache, valid until the next call); NULL with a message on error. The router
  * state is read from the model at each call. */
 const float *etm_model_decode(etm_model *m, etm_kv_cache *c, int32_t token, int pos, etm_error *err);
+
+/* The cache's one-token copy of MoE layer `layer` (NULL for a dense layer): after a decode call
+ * its etm_moe_last_stats / etm_moe_mask describe how that call's token was routed. */
+const etm_moe_layer *etm_kv_cache_moe(const etm_kv_cache *c, int layer);
 
 #endif

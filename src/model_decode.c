@@ -151,3 +151,7 @@ const float *etm_model_decode(etm_model *m, etm_kv_cache *c, int32_t token, int 
     c->len = pos + 1;
     return c->host_logits;
 }
+
+const etm_moe_layer *etm_kv_cache_moe(const etm_kv_cache *c, int layer) {
+    return layer >= 0 && layer < c->n_layer ? c->moe[layer] : NULL;
+}

@@ -105,16 +105,6 @@ static int existing_shards(const char *dir, int *n_train, int *n_val, char *exam
     return 0;
 }
 
-static int make_dir(const char *dir, etm_error *err) {
-    struct stat st;
-    if (stat(dir, &st) == 0) {
-        if (!S_ISDIR(st.st_mode)) return etm_fail(err, "%s: exists and is not a directory", dir);
-        return 0;
-    }
-    if (mkdir(dir, 0777) != 0) return etm_fail(err, "%s: cannot create the directory: %s", dir, strerror(errno));
-    return 0;
-}
-
 /* Removes split shards numbered from `from` up to `upto` (exclusive): leftovers of an earlier,
  * larger run that a glob would otherwise mix into the new data. */
 static int remove_stale(const char *dir, const char *split, int from, int upto, etm_error *err) {
@@ -136,7 +126,7 @@ int etm_prepare(const etm_tokenizer *tok, const char *const *files, int n_files,
         return etm_fail(err, "%llu tokens per shard is outside [1, %llu]", (unsigned long long)opts->shard_tokens,
                         (unsigned long long)ETM_SHARD_MAX_TOKENS);
     if (n_files < 1) return etm_fail(err, "no input files");
-    if (make_dir(out_dir, err) != 0) return -1;
+    if (etm_mkdir_p(out_dir, err) != 0) return -1;
     int old_train = 0, old_val = 0;
     char example[512];
     if (existing_shards(out_dir, &old_train, &old_val, example, sizeof example, err) != 0) return -1;

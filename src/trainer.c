@@ -27,28 +27,6 @@ static int file_exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
-/* mkdir -p: every missing directory of path. */
-static int make_dirs(const char *path, etm_error *err) {
-    char buf[1100];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
-        return etm_fail(err, "out_dir '%s' is too long", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p != '/' && *p != '\0') continue;
-        char c = *p;
-        *p = '\0';
-        struct stat st;
-        if (stat(buf, &st) != 0) {
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
-                return etm_fail(err, "%s: cannot create the directory: %s", buf, strerror(errno));
-        } else if (!S_ISDIR(st.st_mode)) {
-            return etm_fail(err, "%s: exists and is not a directory", buf);
-        }
-        *p = c;
-        if (c == '\0') break;
-    }
-    return 0;
-}
-
 static void run_path(char *buf, size_t len, const etm_hparams *hp, const char *file) {
     snprintf(buf, len, "%s/%s", hp->out_dir, file);
 }
@@ -176,19 +154,13 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
 
 /* ---- the run directory --------------------------------------------------------------------- */
 
-/* Decides whether a fresh run may start in out_dir (see doc/training.md): never over a
- * checkpoint, nor over another configuration, unless forced; forced, the old run's checkpoint
- * and metrics go. */
-static int claim_run_dir(const etm_hparams *hp, int force, etm_error *err) {
-    char ckpt[1100], conf[1100], metrics[1100];
+/* Whether a fresh run may start in out_dir (see doc/training.md): never over a checkpoint, nor
+ * over another configuration, unless forced (the caller then removes the old checkpoint once
+ * everything else is ready). */
+static int check_run_dir(const etm_hparams *hp, etm_error *err) {
+    char ckpt[1100], conf[1100];
     run_path(ckpt, sizeof ckpt, hp, ETM_RUN_CHECKPOINT);
     run_path(conf, sizeof conf, hp, ETM_RUN_CONFIG);
-    run_path(metrics, sizeof metrics, hp, ETM_RUN_METRICS);
-    if (force) {
-        if (file_exists(ckpt) && unlink(ckpt) != 0)
-            return etm_fail(err, "%s: cannot remove the old checkpoint: %s", ckpt, strerror(errno));
-        return 0;
-    }
     if (file_exists(ckpt))
         return etm_fail(err, "%s holds a run with a checkpoint (%s): continue it with --resume, or "
                         "start over with --force", hp->out_dir, ckpt);
@@ -416,7 +388,7 @@ static int run_setup(run *r, etm_error *err) {
     if (etm_hparams_validate(hp, err) != 0) return -1;
     if (!hp->out_dir[0]) return etm_fail(err, "out_dir is empty: the run needs a directory");
     if (!hp->train_data[0]) return etm_fail(err, "train_data is empty: nothing to train on");
-    if (make_dirs(hp->out_dir, err) != 0) return -1;
+    if (etm_mkdir_p(hp->out_dir, err) != 0) return -1;
     run_path(r->ckpt_path, sizeof r->ckpt_path, hp, ETM_RUN_CHECKPOINT);
     run_path(r->metrics_path, sizeof r->metrics_path, hp, ETM_RUN_METRICS);
 
@@ -434,7 +406,7 @@ static int run_setup(run *r, etm_error *err) {
             return etm_fail(err, "--resume: %s was trained with %s = %s, this configuration has %s = %s "
                             "(it must not change on resume)", r->ckpt_path, key, a, key, b);
         }
-    } else if (claim_run_dir(hp, opt->force, err) != 0) {
+    } else if (!opt->force && check_run_dir(hp, err) != 0) {
         return -1;
     }
 
@@ -448,6 +420,12 @@ static int run_setup(run *r, etm_error *err) {
     if (!r->optim) return -1;
     r->train = etm_loader_open(hp->train_data, hp->batch_size, hp->seq_len, hp->seed, 1, hp->vocab_size, &e2);
     if (!r->train) return etm_fail(err, "train_data: %s", e2.msg);
+    if (hp->val_data[0]) { /* found now rather than at the first validation */
+        etm_loader *val = etm_loader_open(hp->val_data, hp->batch_size, hp->seq_len, hp->seed, 0,
+                                          hp->vocab_size, &e2);
+        if (!val) return etm_fail(err, "val_data: %s", e2.msg);
+        etm_loader_free(val);
+    }
     etm_rng_seed(&r->rng, hp->seed);
     r->inputs = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
     r->targets = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
@@ -466,6 +444,8 @@ static int run_setup(run *r, etm_error *err) {
         start = (int)extra.step;
         r->last_saved = start;
         if (trim_metrics(r->metrics_path, start, err) != 0) return -1;
+    } else if (opt->force && file_exists(r->ckpt_path) && unlink(r->ckpt_path) != 0) {
+        return etm_fail(err, "%s: cannot remove the old checkpoint: %s", r->ckpt_path, strerror(errno));
     }
 
     char conf[1100];

@@ -13,6 +13,7 @@
 #endif
 
 #include "model.h"
+#include "optim.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -38,7 +39,7 @@ static etm_backend *cpu(void) {
  * (layer 0 dense), 4 routed experts + 1 shared of width 8. */
 static etm_hparams tiny_hp(etm_router_kind router) {
     etm_hparams hp;
-    memset(&hp, 0, sizeof hp);
+    etm_hparams_defaults(&hp);
     hp.vocab_size = 37;
     hp.seq_len = 6;
     hp.n_layer = 3;
@@ -46,8 +47,6 @@ static etm_hparams tiny_hp(etm_router_kind router) {
     hp.n_head = 4;
     hp.n_kv_head = 2;
     hp.ffn_hidden = 32;
-    hp.rope_base = 10000.0f;
-    hp.logit_cap = 15.0f;
     hp.norm_eps = 1e-6f;
     hp.router = router;
     hp.dense_layers = 1;
@@ -58,7 +57,6 @@ static etm_hparams tiny_hp(etm_router_kind router) {
     hp.tc_score = ETM_SCORE_SIGMOID;
     hp.tc_balance = ETM_BALANCE_NONE;
     hp.aux_alpha = 0.0f;
-    hp.lossfree_rate = 0.001f;
     hp.z_loss = 0.0f;
     hp.capacity_factor = 0.0f;
     hp.pool_seqs = 0;
@@ -88,9 +86,10 @@ static void randomize_params(etm_model *m, uint64_t seed) {
         float std = 1.0f / sqrtf((float)p->shape[p->ndim - 1]);
         if (p->group == ETM_PARAM_EMBED) std = 1.0f;
         if (p->group == ETM_PARAM_ROUTER) std *= 2.0f;
-        float *buf = malloc(p->numel * sizeof(float));
-        etm_rng_fill_normal(&rng, buf, p->numel, std);
-        m->be->upload(m->be, p->data, buf, p->numel * sizeof(float));
+        size_t n = p->numel;
+        float *buf = malloc(n * sizeof(float));
+        etm_rng_fill_normal(&rng, buf, n, std);
+        m->be->upload(m->be, p->data, buf, n * sizeof(float));
         free(buf);
     }
 }
@@ -107,6 +106,11 @@ static double forward_ok(etm_model *m, const int32_t *tok, const int32_t *tgt, i
     int rc = etm_model_forward(m, tok, tgt, B, T, mode, &loss, &err);
     ck_assert_msg(rc == 0, "forward: %s", err.msg);
     return loss;
+}
+
+static void logits_ok(etm_model *m, float *out, int first, int rows) {
+    etm_error err = {{0}};
+    ck_assert_msg(etm_model_logits(m, out, first, rows, &err) == 0, "logits: %s", err.msg);
 }
 
 static void backward_ok(etm_model *m, float scale) {
@@ -203,21 +207,22 @@ START_TEST(test_gradients_fd) {
     int checked = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         const etm_param *p = &m->table[t];
+        size_t off = m->table[t].offset, numel = p->numel;
         double gmax = 0.0;
-        for (size_t i = 0; i < p->numel; i++) gmax = fmax(gmax, fabs(grad[p->offset + i]));
+        for (size_t i = 0; i < numel; i++) gmax = fmax(gmax, fabs(grad[off + i]));
         for (int s = 0; s < 6; s++) {
             size_t i;
             if (p->group == ETM_PARAM_EMBED) /* rows of tokens that occur; others have no gradient */
                 i = (size_t)tok[etm_rng_below(&rng, N)] * p->shape[1] + etm_rng_below(&rng, p->shape[1]);
             else
-                i = etm_rng_below(&rng, p->numel);
+                i = etm_rng_below(&rng, numel);
             float orig = get_param(m, p, i);
             set_param(m, p, i, orig + h);
             double lp = forward_ok(m, tok, tgt, B, T, ETM_MOE_REPLAY);
             set_param(m, p, i, orig - h);
             double lm = forward_ok(m, tok, tgt, B, T, ETM_MOE_REPLAY);
             set_param(m, p, i, orig);
-            double fd = (lp - lm) / (2.0 * h), an = grad[p->offset + i];
+            double fd = (lp - lm) / (2.0 * h), an = grad[off + i];
             double tol = 1e-2 * fmax(fabs(fd), fabs(an)) + 3e-4 * gmax + 1e-5;
             ck_assert_msg(fabs(fd - an) <= tol, "%s: %s[%zu]: finite difference %.6g, backward %.6g (tol %.3g)",
                           gc->label, p->name, i, fd, an, tol);
@@ -306,13 +311,13 @@ static causal_result causal_probe(etm_model *m, etm_moe_mode mode, int t) {
     float *ref = malloc(sizeof(float) * T * V), *alt = malloc(sizeof(float) * T * V);
     causal_result r;
     forward_ok(m, a, NULL, 1, T, mode);
-    etm_model_logits(m, ref, 0, T);
+    logits_ok(m, ref, 0, T);
     forward_ok(m, a2, NULL, 1, T, mode);
-    etm_model_logits(m, alt, 0, T);
+    logits_ok(m, alt, 0, T);
     r.future = max_abs_diff(ref, alt, (size_t)(t + 1) * V);
     r.after = max_abs_diff(ref + (size_t)(t + 1) * V, alt + (size_t)(t + 1) * V, (size_t)(T - t - 1) * V);
     forward_ok(m, ba, NULL, 2, T, mode);
-    etm_model_logits(m, alt, T, T); /* sequence a is the second one */
+    logits_ok(m, alt, T, T); /* sequence a is the second one */
     r.batch = max_abs_diff(ref, alt, (size_t)(t + 1) * V);
     free(ref);
     free(alt);
@@ -376,9 +381,9 @@ static void check_decode(etm_router_kind router) {
     tok2[4] = (tok[4] + 7) % V;
     float *full = malloc(sizeof(float) * T * V), *full2 = malloc(sizeof(float) * T * V);
     forward_ok(m, tok, NULL, 1, T, ETM_MOE_EVAL);
-    etm_model_logits(m, full, 0, T);
+    logits_ok(m, full, 0, T);
     forward_ok(m, tok2, NULL, 1, T, ETM_MOE_EVAL);
-    etm_model_logits(m, full2, 0, T);
+    logits_ok(m, full2, 0, T);
 
     etm_error err = {{0}};
     etm_kv_cache *c = etm_kv_cache_create(m, T, &err);
@@ -462,7 +467,8 @@ START_TEST(test_threads_bit_identical) {
     etm_model *m = make_model(be, &hp, 4);
     for (int t = 0; t < m->n_tensors; t++) {
         const etm_param *p = &m->table[t];
-        ck_assert_msg(memcmp(g1 + p->offset, g2 + p->offset, p->numel * sizeof(float)) == 0,
+        size_t off = m->table[t].offset;
+        ck_assert_msg(memcmp(g1 + off, g2 + off, p->numel * sizeof(float)) == 0,
                       "gradient of %s differs between 1 and 2 threads", p->name);
     }
     etm_model_free(m);
@@ -487,7 +493,8 @@ START_TEST(test_init_seeded) {
     for (int t = 0; t < a->n_tensors; t++) {
         const etm_param *p = &a->table[t];
         int zero = strstr(p->name, "down") || strstr(p->name, ".wo") || strcmp(p->name, "lm_head") == 0;
-        int differs = memcmp(pa + p->offset, pc + p->offset, p->numel * sizeof(float)) != 0;
+        size_t off = a->table[t].offset;
+        int differs = memcmp(pa + off, pc + off, p->numel * sizeof(float)) != 0;
         ck_assert_msg(differs == !zero, "%s: seed change %s it", p->name, differs ? "changed" : "did not change");
     }
     free(pa);
@@ -518,16 +525,17 @@ START_TEST(test_init_distribution) {
         else if (e->group == ETM_PARAM_EMBED) want = 1.0;
         else if (e->group == ETM_PARAM_ROUTER) want = 1.0 / sqrt(fan_in);
         else want = fmin(1.0, sqrt((double)fan_out / fan_in)) / sqrt(fan_in);
+        size_t off = m->table[t].offset, numel = e->numel;
         double s1 = 0.0, s2 = 0.0;
-        for (size_t i = 0; i < e->numel; i++) {
-            s1 += p[e->offset + i];
-            s2 += (double)p[e->offset + i] * p[e->offset + i];
+        for (size_t i = 0; i < numel; i++) {
+            s1 += p[off + i];
+            s2 += (double)p[off + i] * p[off + i];
         }
-        double mean = s1 / e->numel, std = sqrt(s2 / e->numel);
+        double mean = s1 / numel, std = sqrt(s2 / numel);
         if (want == 0.0) {
             ck_assert_msg(s2 == 0.0, "%s should start at zero", e->name);
         } else {
-            double rel = 5.0 / sqrt((double)e->numel); /* five standard errors */
+            double rel = 5.0 / sqrt((double)numel); /* five standard errors */
             ck_assert_msg(fabs(std / want - 1.0) < rel, "%s: std %g, want %g", e->name, std, want);
             ck_assert_msg(fabs(mean) < want * rel, "%s: mean %g", e->name, mean);
         }
@@ -546,12 +554,14 @@ START_TEST(test_param_table) {
     size_t next = 0;
     for (int t = 0; t < m->n_tensors; t++) {
         const etm_param *p = &m->table[t];
-        ck_assert_uint_eq(p->offset, next);
-        ck_assert_uint_eq(p->numel, (size_t)p->shape[0] * p->shape[1] * p->shape[2]);
-        ck_assert_ptr_eq(p->data, m->params_memory + p->offset);
-        ck_assert_ptr_eq(p->grad, m->grads_memory + p->offset);
+        size_t numel = 1;
+        for (int d = 0; d < p->ndim; d++) numel *= (size_t)p->shape[d];
+        ck_assert_uint_eq(m->table[t].offset, next);
+        ck_assert_uint_eq(p->numel, numel);
+        ck_assert_ptr_eq(p->data, m->params_memory + m->table[t].offset);
+        ck_assert_ptr_eq(p->grad, m->grads_memory + m->table[t].offset);
         for (int u = 0; u < t; u++) ck_assert_str_ne(p->name, m->table[u].name);
-        next = p->offset + p->numel;
+        next = m->table[t].offset + numel;
     }
     ck_assert_uint_eq(next, m->n_params);
     ck_assert_uint_eq(etm_model_num_params(m), m->n_params);
@@ -599,6 +609,10 @@ START_TEST(test_errors) {
     ck_assert_int_eq(etm_model_backward(m, 1.0f, &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "no targets"));
     ck_assert_ptr_null(etm_kv_cache_create(m, 7, &err));
+    float row[37];
+    ck_assert_int_eq(etm_model_logits(m, row, 6, 1, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "outside"));
+    ck_assert_int_eq(etm_model_logits(m, row, 5, 1, &err), 0);
     etm_model_free(m);
     etm_backend_free(be);
 }
@@ -627,11 +641,46 @@ static void add_case(Suite *s, TCase *tc) {
     suite_add_tcase(s, tc);
 }
 
+/* The parameter table drives the optimizer as is, and a few steps on one batch fit it: the
+ * gradients point downhill for every router (Muon for matrices, AdamW for the rest). */
+START_TEST(test_optimizer_fits_batch) {
+    one_thread();
+    static const etm_router_kind routers[] = {ETM_ROUTER_DENSE, ETM_ROUTER_TC, ETM_ROUTER_EC, ETM_ROUTER_ET};
+    etm_backend *be = cpu();
+    etm_hparams hp = tiny_hp(routers[_i]);
+    hp.max_steps = 30;
+    hp.warmup_steps = 0;
+    hp.grad_clip = 0.0f;
+    etm_model *m = make_model(be, &hp, 2);
+    etm_error err = {{0}};
+    etm_optim *opt = etm_optim_create(be, &hp, m->table, m->n_tensors, &err);
+    ck_assert_msg(opt != NULL, "optimizer rejects the table: %s", err.msg);
+    int32_t tok[12], tgt[12];
+    random_tokens(tok, 12, hp.vocab_size, 1);
+    random_tokens(tgt, 12, hp.vocab_size, 2);
+    double first = 0.0, last = 0.0;
+    for (int step = 0; step < hp.max_steps; step++) {
+        etm_model_zero_grad(m);
+        last = forward_ok(m, tok, tgt, 2, hp.seq_len, ETM_MOE_TRAIN);
+        if (step == 0) first = last;
+        backward_ok(m, 1.0f);
+        ck_assert_msg(etm_optim_step(opt, step, NULL, &err) == 0, "%s", err.msg);
+        etm_model_step_end(m);
+    }
+    ck_assert_msg(last < 0.5 * first, "router %d: loss %g -> %g after %d steps", (int)routers[_i], first, last,
+                  hp.max_steps);
+    etm_optim_free(opt);
+    etm_model_free(m);
+    etm_backend_free(be);
+}
+END_TEST
+
 static Suite *model_suite(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("gradients");
     tcase_add_loop_test(tc, test_gradients_fd, 0, (int)ETM_ARRAY_LEN(grad_cases));
     tcase_add_test(tc, test_grad_scale_accumulates);
+    tcase_add_loop_test(tc, test_optimizer_fits_batch, 0, 4);
     add_case(s, tc);
     tc = tcase_create("causality");
     tcase_add_test(tc, test_causal_et_eval);

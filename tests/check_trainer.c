@@ -555,12 +555,20 @@ START_TEST(run_directory_is_never_clobbered_by_accident) {
     /* a fresh start over a checkpoint */
     ck_assert_int_eq(etm_train(&hp, &opt, &res, &err), -1);
     ck_assert_msg(strstr(err.msg, "--resume") && strstr(err.msg, "--force"), "%s", err.msg);
+    /* forced, but the data is missing: the old checkpoint is still there */
+    char ckpt[1200];
+    snprintf(ckpt, sizeof ckpt, "%s/%s", hp.out_dir, ETM_RUN_CHECKPOINT);
+    etm_hparams bad = hp;
+    snprintf(bad.val_data, sizeof bad.val_data, "%s/none_*.bin", fx.dir);
+    opt.force = 1;
+    ck_assert_int_eq(etm_train(&bad, &opt, &res, &err), -1);
+    ck_assert_msg(strstr(err.msg, "val_data"), "%s", err.msg);
+    ck_assert_int_eq(access(ckpt, F_OK), 0);
+    opt.force = 0;
     /* another configuration in the same directory */
     etm_hparams other = hp;
     set(&other, "d_model=64");
     set(&other, "n_head=4");
-    char ckpt[1200];
-    snprintf(ckpt, sizeof ckpt, "%s/%s", hp.out_dir, ETM_RUN_CHECKPOINT);
     ck_assert_int_eq(unlink(ckpt), 0);
     ck_assert_int_eq(etm_train(&other, &opt, &res, &err), -1);
     ck_assert_msg(strstr(err.msg, "d_model"), "%s", err.msg);

@@ -32,7 +32,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static void cpu_destroy(etm_backend *be) { be->ctx = NULL; }
+/* The backend's private state: the scratch buffers of cpu_scratch. */
+typedef struct {
+    void *buf[CPU_SCRATCH_SLOTS];   /* (bytes[slot]) each, 64-byte aligned */
+    size_t bytes[CPU_SCRATCH_SLOTS];
+} cpu_ctx;
+
+static void cpu_destroy(etm_backend *be) {
+    cpu_ctx *ctx = be->ctx;
+    if (ctx)
+        for (int i = 0; i < CPU_SCRATCH_SLOTS; i++) free(ctx->buf[i]);
+    free(ctx);
+    be->ctx = NULL;
+}
+
+void *cpu_scratch(etm_backend *be, int slot, size_t bytes) {
+    cpu_ctx *ctx = be->ctx;
+    if (bytes <= ctx->bytes[slot]) return ctx->buf[slot];
+    free(ctx->buf[slot]);
+    ctx->buf[slot] = NULL;
+    ctx->bytes[slot] = 0;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes) != 0 || !p) {
+        fprintf(stderr, "etmoe: cpu backend: out of memory allocating %zu bytes of scratch\n", bytes);
+        abort();
+    }
+    ctx->buf[slot] = p;
+    ctx->bytes[slot] = bytes;
+    return p;
+}
 
 static void *cpu_alloc(etm_backend *be, size_t bytes) {
     (void)be;
@@ -129,5 +157,6 @@ etm_backend *etm_cpu_backend_create(etm_error *err) {
     (void)err;
     etm_backend *be = etm_malloc(sizeof *be);
     *be = cpu_table;
+    be->ctx = etm_calloc(1, sizeof(cpu_ctx));
     return be;
 }

@@ -3,7 +3,13 @@
  *
  * Elementwise loops use static partitions: each element is computed by the same expression on any
  * thread. sum_squares reduces fixed blocks in block order; column_sum sums each column in row
- * order. Neither depends on the thread count. */
+ * order. Neither depends on the thread count.
+ *
+ * Speed: the loops are `parallel for simd` and branch-free (relu as a max, not a branch): gcc's
+ * -O2 vectoriser otherwise gives up on them (possible aliasing, its very-cheap cost model) and a
+ * data-dependent branch on ReLU inputs mispredicts half the time. The vector and scalar
+ * iterations perform the same IEEE operations (no fused multiply-adds), so how a loop is split
+ * into vectors and threads does not change any element. */
 #include <config.h>
 
 #include "cpu_internal.h"
@@ -17,21 +23,21 @@
 void cpu_fill(etm_backend *be, float *x, float value, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
     for (long i = 0; i < len; i++) x[i] = value;
 }
 
 void cpu_scale(etm_backend *be, float *x, float a, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
     for (long i = 0; i < len; i++) x[i] *= a;
 }
 
 void cpu_axpy(etm_backend *be, float *y, float a, const float *x, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
     for (long i = 0; i < len; i++) y[i] += a * x[i];
 }
 
@@ -39,7 +45,8 @@ double cpu_sum_squares(etm_backend *be, const float *x, size_t n) {
     (void)be;
     long blocks = (long)((n + CPU_REDUCE_BLOCK - 1) / CPU_REDUCE_BLOCK);
     if (blocks == 0) return 0.0;
-    double *partial = etm_malloc((size_t)blocks * sizeof *partial);
+    double stack_partial[256]; /* up to 2M elements without a malloc (Muon calls this per matrix) */
+    double *partial = blocks <= 256 ? stack_partial : etm_malloc((size_t)blocks * sizeof *partial);
     ETM_OMP(parallel for schedule(static) if (blocks > 1))
     for (long b = 0; b < blocks; b++) {
         size_t i0 = (size_t)b * CPU_REDUCE_BLOCK, i1 = ETM_MIN(n, i0 + CPU_REDUCE_BLOCK);
@@ -53,7 +60,7 @@ double cpu_sum_squares(etm_backend *be, const float *x, size_t n) {
     }
     double total = 0.0;
     for (long b = 0; b < blocks; b++) total += partial[b];
-    free(partial);
+    if (partial != stack_partial) free(partial);
     return total;
 }
 
@@ -78,6 +85,7 @@ void cpu_add_row_vector(etm_backend *be, float *y, const float *v, int N, int E)
     ETM_OMP(parallel for schedule(static) if ((long)N * E >= CPU_PAR_MIN))
     for (int n = 0; n < N; n++) {
         float *row = y + (size_t)n * E;
+        ETM_OMP(simd)
         for (int e = 0; e < E; e++) row[e] += v[e];
     }
 }
@@ -89,16 +97,20 @@ void cpu_add_scaled_rows(etm_backend *be, float *y, const float *a, const float 
         float *yr = y + (size_t)n * E;
         const float *xr = x + (size_t)n * E;
         float an = a[n];
+        ETM_OMP(simd)
         for (int e = 0; e < E; e++) yr[e] += an * xr[e];
     }
 }
 
+/* relu(x) = max(x, 0) without a branch; NaN gives 0 (as x > 0 ? x : 0 does). */
+static inline float relu(float x) { return cpu_select(x > 0.0f, x, 0.0f); }
+
 void cpu_relu2_forward(etm_backend *be, float *out, const float *x, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
     for (long i = 0; i < len; i++) {
-        float r = x[i] > 0.0f ? x[i] : 0.0f;
+        float r = relu(x[i]);
         out[i] = r * r;
     }
 }
@@ -106,11 +118,8 @@ void cpu_relu2_forward(etm_backend *be, float *out, const float *x, size_t n) {
 void cpu_relu2_backward(etm_backend *be, float *dx, const float *dout, const float *x, size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
-    for (long i = 0; i < len; i++) {
-        float r = x[i] > 0.0f ? x[i] : 0.0f;
-        dx[i] += dout[i] * (2.0f * r);
-    }
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
+    for (long i = 0; i < len; i++) dx[i] += dout[i] * (2.0f * relu(x[i]));
 }
 
 /* Pieces of long vectors handed to the vectorised row loops of cpu_vector.c. */
@@ -130,7 +139,7 @@ void cpu_sigmoid_backward(etm_backend *be, float *dx, const float *dout, const f
                           size_t n) {
     (void)be;
     long len = (long)n;
-    ETM_OMP(parallel for schedule(static) if (len >= CPU_PAR_MIN))
+    ETM_OMP(parallel for simd schedule(static) if (len >= CPU_PAR_MIN))
     for (long i = 0; i < len; i++) dx[i] += dout[i] * out[i] * (1.0f - out[i]);
 }
 

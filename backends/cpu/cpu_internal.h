@@ -37,6 +37,19 @@ static inline int cpu_team_size(void) { return 1; }
  * block order, so the rounding never depends on the thread count. */
 #define CPU_REDUCE_BLOCK 8192
 
+/* ---- scratch memory kept between calls (cpu_backend.c) ------------------------------------
+ * Large temporary buffers (attention's per-thread blocks of scores) live in the backend's
+ * context and are reused, grown as needed, instead of being allocated per call: fresh pages
+ * fault and are zeroed by the kernel, which can cost more than the work done on them. One
+ * buffer per slot; operations are called from serial code, so slots need no locking. */
+enum {
+    CPU_SCRATCH_ATT_ROWS, /* attention: per-thread blocks of scores and gathered rows */
+    CPU_SCRATCH_SLOTS
+};
+/* At least bytes of 64-byte aligned memory for slot (contents undefined), valid until the next
+ * request for the same slot or the backend's destruction. Call from serial code. */
+void *cpu_scratch(etm_backend *be, int slot, size_t bytes);
+
 /* Calls cblas_sgemm so that the BLAS runs on the calling thread alone. Must be called from inside
  * an OpenMP parallel region (any team size); see cpu_gemm.c for why. */
 void cpu_sgemm_1thread(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
@@ -73,6 +86,7 @@ uint32_t cpu_kth_largest_key(uint32_t *keys, uint32_t *tmp, int n, int k);
 /* ---- vectorised row loops (cpu_vector.c); outputs may be the inputs ---------------------- */
 float cpu_vmax(const float *x, int n);                          /* -infinity when n == 0 */
 void cpu_vexp(float *e, const float *x, float shift, int n);    /* e = exp(x - shift) */
+double cpu_vexp_sum(float *e, const float *x, float shift, int n); /* the same; returns cpu_sum(e) */
 void cpu_vsoftcap(float *z, const float *x, float cap, int n);  /* z = cap tanh(x / cap) */
 void cpu_vsigmoid(float *out, const float *x, int n);           /* 1 / (1 + exp(-x)) */
 /* d = dloss (d inv_sum) (1 - (z / cap)^2), the soft-capped cross-entropy gradient from

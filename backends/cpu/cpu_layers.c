@@ -10,6 +10,7 @@
 #include "cpu_internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 void cpu_embedding_forward(etm_backend *be, float *out, const float *wte, const int32_t *tokens,
                            int N, int D) {
@@ -67,6 +68,7 @@ void cpu_rmsnorm_forward(etm_backend *be, float *out, float *rstd, const float *
         const float *xr = x + (size_t)n * C;
         float *o = out + (size_t)n * C;
         float r = 1.0f / sqrtf(row_sum_squares(xr, C) / (float)C + eps);
+        ETM_OMP(simd)
         for (int i = 0; i < C; i++) o[i] = xr[i] * r;
         rstd[n] = r;
     }
@@ -80,28 +82,46 @@ void cpu_rmsnorm_backward(etm_backend *be, float *dx, const float *dout, const f
         const float *g = dout + (size_t)n * C, *o = out + (size_t)n * C;
         float *d = dx + (size_t)n * C;
         float mean = row_dot(g, o, C) / (float)C, r = rstd[n];
+        ETM_OMP(simd)
         for (int i = 0; i < C; i++) d[i] += r * (g[i] - o[i] * mean);
     }
 }
 
-/* Rotates each head's halves (x1, x2) by the angle of its position; sign -1 undoes it. */
+/* One head: (x1, x2) rotated by the angles whose cosines and sines (times sign) are c, s. The
+ * halves do not overlap, the tables are read only: restrict lets the loop vectorise. */
+static inline void rope_head(float *restrict x1, float *restrict x2, const float *restrict c,
+                             const float *restrict s, int half) {
+    ETM_OMP(simd)
+    for (int i = 0; i < half; i++) {
+        float a = x1[i], b = x2[i];
+        x1[i] = a * c[i] + b * s[i];
+        x2[i] = b * c[i] - a * s[i];
+    }
+}
+
+/* Rotates each head's halves (x1, x2) by the angle of its position; sign -1 undoes it (the sines
+ * are negated once per position, exactly, instead of once per head and element). */
 static void rope_apply(float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
                        int hd, int pos0, float sign) {
     int half = hd / 2;
     long rows = (long)B * T;
-    ETM_OMP(parallel for schedule(static) if (rows * H * hd >= CPU_PAR_MIN))
-    for (long bt = 0; bt < rows; bt++) {
-        int t = (int)(bt % T);
-        const float *c = cos_t + (size_t)(pos0 + t) * half;
-        const float *s = sin_t + (size_t)(pos0 + t) * half;
-        for (int h = 0; h < H; h++) {
-            float *x1 = x + ((size_t)bt * H + h) * hd, *x2 = x1 + half;
-            for (int i = 0; i < half; i++) {
-                float a = x1[i], b = x2[i], si = sign * s[i];
-                x1[i] = a * c[i] + b * si;
-                x2[i] = b * c[i] - a * si;
+    ETM_OMP(parallel if (rows * H * hd >= CPU_PAR_MIN)) {
+        float *neg = sign < 0.0f ? etm_malloc((size_t)(half > 0 ? half : 1) * sizeof *neg) : NULL;
+        ETM_OMP(for schedule(static))
+        for (long bt = 0; bt < rows; bt++) {
+            int t = (int)(bt % T);
+            const float *c = cos_t + (size_t)(pos0 + t) * half;
+            const float *s = sin_t + (size_t)(pos0 + t) * half;
+            if (neg) {
+                for (int i = 0; i < half; i++) neg[i] = -s[i];
+                s = neg;
+            }
+            for (int h = 0; h < H; h++) {
+                float *x1 = x + ((size_t)bt * H + h) * hd;
+                rope_head(x1, x1 + half, c, s, half);
             }
         }
+        free(neg);
     }
 }
 

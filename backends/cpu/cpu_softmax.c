@@ -19,8 +19,7 @@ void cpu_softmax_forward(etm_backend *be, float *out, const float *x, int N, int
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * E;
         float *o = out + (size_t)n * E;
-        cpu_vexp(o, xr, cpu_vmax(xr, E), E);
-        float inv = (float)(1.0 / cpu_sum(o, E));
+        float inv = (float)(1.0 / cpu_vexp_sum(o, xr, cpu_vmax(xr, E), E));
         for (int e = 0; e < E; e++) o[e] *= inv;
     }
 }
@@ -47,8 +46,7 @@ void cpu_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int 
         for (int n = 0; n < N; n++) {
             const float *xr = x + (size_t)n * E;
             float m = cpu_vmax(xr, E);
-            cpu_vexp(e, xr, m, E);
-            out[n] = m + (float)log(cpu_sum(e, E));
+            out[n] = m + (float)log(cpu_vexp_sum(e, xr, m, E));
         }
         free(e);
     }
@@ -83,8 +81,7 @@ void cpu_xent_forward(etm_backend *be, float *losses, const float *logits, const
                 continue;
             }
             float m = capped_row(s.z, logits + (size_t)n * V, V, cap);
-            cpu_vexp(s.e, s.z, m, V);
-            losses[n] = (float)((double)m + log(cpu_sum(s.e, V)) - (double)s.z[t]);
+            losses[n] = (float)((double)m + log(cpu_vexp_sum(s.e, s.z, m, V)) - (double)s.z[t]);
         }
         free(s.z);
         free(s.e);
@@ -110,8 +107,7 @@ void cpu_xent_backward(etm_backend *be, float *dlogits, const float *logits, con
             }
             /* d holds exp(z - m), then the gradient dloss (p - onehot) dz/dlogit */
             float m = capped_row(z, logits + (size_t)n * V, V, cap);
-            cpu_vexp(d, z, m, V);
-            float inv = (float)(1.0 / cpu_sum(d, V));
+            float inv = (float)(1.0 / cpu_vexp_sum(d, z, m, V));
             float dt = d[t] * inv - 1.0f, th = cap > 0.0f ? z[t] * (1.0f / cap) : 0.0f;
             cpu_vxent_grad(d, z, inv, cap, dloss, V);
             d[t] = dloss * dt * (1.0f - th * th); /* the target's -1 */

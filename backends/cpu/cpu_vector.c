@@ -1,5 +1,5 @@
 /* cpu_vector.c: the CPU backend's vectorised inner loops over rows of scores and logits (exp,
- * soft cap, maximum, the cross-entropy gradient, attention's dS), compiled for AVX-512, AVX2 and
+ * soft cap, maximum, exp-and-sum, the cross-entropy gradient, attention's dS), compiled for AVX-512, AVX2 and
  * the baseline instruction set and chosen when the program loads, where the toolchain can
  * (gcc >= 6 or clang >= 14 on x86-64 glibc: target_clones). They are most of the time of the
  * cross-entropy over a 50k vocabulary and a quarter of attention's; AVX2 runs them 2-3x faster
@@ -40,6 +40,14 @@ static CPU_CLONES void vexp(float *e, const float *x, float shift, int n) {
     for (int i = 0; i < n; i++) e[i] = cpu_expf(x[i] - shift);
 }
 
+/* vexp, then the sum of the exponentials in double (cpu_sum: the same eight lanes in the same
+ * order in every clone, so the same bits; the wider clones just add them faster) */
+static CPU_CLONES double vexp_sum(float *e, const float *x, float shift, int n) {
+    ETM_OMP(simd)
+    for (int i = 0; i < n; i++) e[i] = cpu_expf(x[i] - shift);
+    return cpu_sum(e, n);
+}
+
 static CPU_CLONES void vsoftcap(float *z, const float *x, float cap, int n) {
     float inv = 1.0f / cap;
     ETM_OMP(simd)
@@ -76,6 +84,7 @@ static CPU_CLONES void vattention_ds(float *p, float *dp, float lse, float di, i
 
 float cpu_vmax(const float *x, int n) { return vmax(x, n); }
 void cpu_vexp(float *e, const float *x, float shift, int n) { vexp(e, x, shift, n); }
+double cpu_vexp_sum(float *e, const float *x, float shift, int n) { return vexp_sum(e, x, shift, n); }
 void cpu_vsoftcap(float *z, const float *x, float cap, int n) { vsoftcap(z, x, cap, n); }
 void cpu_vsigmoid(float *out, const float *x, int n) { vsigmoid(out, x, n); }
 void cpu_vxent_grad(float *d, const float *z, float inv_sum, float cap, float dloss, int n) {

@@ -1,0 +1,174 @@
+/* cli_bench.c: the `etmoe bench` verb: training-step throughput of the model a config describes
+ * (tokens/s, GFLOP/s, ratio to the GEMM ceiling, optimizer time apart; src/bench.h). */
+#include <config.h>
+
+#include "backend.h"
+#include "bench.h"
+#include "cli.h"
+#include "common.h"
+#include "hparams.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(void) {
+    printf("usage: etmoe bench CONFIG [key=value...] [--steps N] [--warmup N] [--profile]\n"
+           "                   [--backend NAME]\n"
+           "\n"
+           "Times training steps of the model CONFIG describes (a config file or a preset name such\n"
+           "as 'bench' or 'demo'; key=value overrides any setting) on random tokens: batch_size\n"
+           "sequences of seq_len tokens per step, no data needed. Each step is zero_grad + forward\n"
+           "with targets, backward, then the optimizer step (timed apart). Reports tokens/s and\n"
+           "GFLOP/s of forward + backward, their ratio to a GEMM ceiling measured just before and\n"
+           "after (cblas_sgemm on all threads for the cpu backend), and the optimizer's time.\n"
+           "\n"
+           "FLOPs per token = 3 * (2 * active matmul parameters + n_layer * 2 * 2 * n_head *\n"
+           "head_dim * (seq_len + 1) / 2): projections, dense MLP or router + shared + routed\n"
+           "experts (measured mean per token), LM head, causal attention; backward = 2 x forward.\n"
+           "The optimizer counts Newton-Schulz products: ns_steps * (4 s^2 l + 2 s^3) per Muon\n"
+           "matrix, s and l its smaller and larger side.\n"
+           "\n"
+           "ET layers route by expert choice during the first et_warmup_steps steps: pass\n"
+           "et_warmup_steps=1 to time threshold routing after the one warm-up step.\n"
+           "\n"
+           "  --steps N        timed steps (default 3)\n"
+           "  --warmup N       untimed steps before them (default 1)\n"
+           "  --profile        also time every backend operation, for forward + backward and for\n"
+           "                   the optimizer (synchronises after each operation)\n"
+           "  --backend NAME   compute backend (default: the config's backend)\n"
+           "  --help           this text\n"
+           "\n"
+           "example (`make bench`): etmoe bench bench et_warmup_steps=1\n"
+           "                        etmoe bench bench router=dense\n");
+}
+
+/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
+static int option_value(int argc, char **argv, int *i, const char *name, const char **value,
+                        int *missing) {
+    size_t k = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, k) != 0) return 0;
+    if (a[k] == '=') {
+        *value = a + k + 1;
+        return 1;
+    }
+    if (a[k] != '\0') return 0;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return 1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
+static int parse_int(const char *text, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static const char *router_name(etm_router_kind r) {
+    static const char *const names[] = {"dense", "tc", "ec", "et"};
+    return (unsigned)r < ETM_ARRAY_LEN(names) ? names[r] : "?";
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *config = NULL, *backend = NULL, *steps_text = NULL, *warmup_text = NULL;
+    etm_bench_options opt;
+    etm_bench_default_options(&opt);
+    char **overrides = etm_malloc((size_t)(argc > 0 ? argc : 1) * sizeof *overrides);
+    int n_overrides = 0, rc = ETM_EXIT_FAIL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int missing = 0;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            rc = ETM_EXIT_OK;
+            goto done;
+        }
+        if (!strcmp(a, "--profile")) {
+            opt.profile = 1;
+            continue;
+        }
+        if (option_value(argc, argv, &i, "--steps", &steps_text, &missing) ||
+            option_value(argc, argv, &i, "--warmup", &warmup_text, &missing) ||
+            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+            if (missing) {
+                rc = cli_usage_error("bench", "option '%s' needs a value", a);
+                goto done;
+            }
+            continue;
+        }
+        if (a[0] == '-' && a[1]) {
+            rc = cli_usage_error("bench", "unknown option '%s'", a);
+            goto done;
+        }
+        if (strchr(a, '=')) {
+            overrides[n_overrides++] = argv[i];
+        } else if (config) {
+            rc = cli_usage_error("bench", "one config only ('%s' and '%s')", config, a);
+            goto done;
+        } else {
+            config = a;
+        }
+    }
+    if (!config) {
+        rc = cli_usage_error("bench", "no config given (a file or a preset such as 'bench')");
+        goto done;
+    }
+    if (steps_text && parse_int(steps_text, 1, 1000000, &opt.steps) != 0) {
+        rc = cli_usage_error("bench", "--steps must be a positive integer, not '%s'", steps_text);
+        goto done;
+    }
+    if (warmup_text && parse_int(warmup_text, 0, 1000000, &opt.warmup) != 0) {
+        rc = cli_usage_error("bench", "--warmup must be a non-negative integer, not '%s'",
+                             warmup_text);
+        goto done;
+    }
+
+    etm_error err = {{0}};
+    etm_hparams hp;
+    if (etm_hparams_configure(&hp, config, n_overrides, overrides, &err) != 0) {
+        rc = cli_usage_error("bench", "%s", err.msg);
+        goto done;
+    }
+    etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
+    if (!be) {
+        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        goto done;
+    }
+    printf("etmoe bench %s", config);
+    for (int i = 0; i < n_overrides; i++) printf(" %s", overrides[i]);
+    printf(": %s, d_model %d, %d layers, %d heads (%d kv), seq_len %d, vocabulary %d\n",
+           router_name(hp.router), hp.d_model, hp.n_layer, hp.n_head, hp.n_kv_head, hp.seq_len,
+           hp.vocab_size);
+    /* the OpenMP settings that most change timings on a shared machine (see doc/performance.md) */
+    const char *env[] = {"OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND"};
+    printf("  environment:");
+    for (size_t i = 0; i < ETM_ARRAY_LEN(env); i++)
+        printf(" %s=%s", env[i], getenv(env[i]) ? getenv(env[i]) : "(unset)");
+    printf("\n");
+    fflush(stdout);
+    etm_bench_result *r = etm_malloc(sizeof *r);
+    if (etm_bench_run(be, &hp, &opt, r, &err) != 0) {
+        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+    } else {
+        etm_bench_print(stdout, r);
+        if (hp.router == ETM_ROUTER_ET && r->timed_threshold_steps < r->steps)
+            printf("  note: %d timed step%s routed by expert choice (ET warm-up, et_warmup_steps = "
+                   "%d); pass et_warmup_steps=1 to time threshold routing\n",
+                   r->steps - r->timed_threshold_steps,
+                   r->steps - r->timed_threshold_steps == 1 ? "" : "s", hp.et_warmup_steps);
+        rc = ETM_EXIT_OK;
+    }
+    free(r);
+    etm_backend_free(be);
+done:
+    free(overrides);
+    return rc;
+}
