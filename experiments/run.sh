@@ -87,6 +87,8 @@ if [ $figures = 1 ] && ! command -v gnuplot >/dev/null 2>&1; then
 fi
 threads=${OMP_NUM_THREADS:-1}
 export OMP_NUM_THREADS=$threads
+# a waiting OpenMP thread sleeps instead of spinning: spinning steals the core from the other job
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 AWK=${AWK:-awk}
 
 # ---- settings ---------------------------------------------------------------------------------
