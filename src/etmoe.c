@@ -25,6 +25,7 @@ static const etm_verb verbs[] = {
     {"generate", cmd_generate, "sample text from a checkpoint; --show-experts colours tokens by routed experts"},
     {"check-backend", cmd_check_backend, "validate a backend (e.g. cuda) against cpu: ops, one training step, loss curves"},
     {"bench", cmd_bench, "training-step speed of a config's model: tokens/s, GFLOP/s, % of GEMM ceiling"},
+    {"routing-profile", cmd_routing_profile, "experts per token by position, token kind and id, loads, cut-offs: TSV tables"},
     {NULL, NULL, NULL},
 };
 
