@@ -169,6 +169,7 @@ int cmd_train(int argc, char **argv) {
 
 static void eval_usage(void) {
     printf("usage: etmoe eval CHECKPOINT [--data SHARDS] [--batches N] [--mode threshold|batch]\n"
+           "                  [--backend NAME]\n"
            "\n"
            "Mean token cross-entropy (nats) and perplexity of a checkpoint's model on validation\n"
            "shards, each window of seq_len tokens once, in micro-batches of the run's batch_size.\n"
@@ -181,6 +182,7 @@ static void eval_usage(void) {
            "                  batch: ET and EC models by expert choice within each batch's routing\n"
            "                  pools (pool_seqs), as EC trains; not causal, and no state is updated.\n"
            "                  TC models route by top-k in both modes.\n"
+           "  --backend NAME  compute backend (default: the checkpoint configuration's backend)\n"
            "  --help          this text\n"
            "\n"
            "example: etmoe eval runs/demo/latest.safetensors\n");
@@ -192,7 +194,7 @@ static const char *router_name(etm_router_kind k) {
 
 int cmd_eval(int argc, char **argv) {
     const char *verb = "eval";
-    const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL;
+    const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL, *backend = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int missing = 0;
@@ -201,7 +203,8 @@ int cmd_eval(int argc, char **argv) {
             return ETM_EXIT_OK;
         } else if (option_value(argc, argv, &i, "--data", &data, &missing) ||
                    option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
-                   option_value(argc, argv, &i, "--mode", &mode_s, &missing)) {
+                   option_value(argc, argv, &i, "--mode", &mode_s, &missing) ||
+                   option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error(verb, "option %s needs a value", a);
         } else if (a[0] == '-' && a[1] != '\0') {
             return cli_usage_error(verb, "unknown option '%s'", a);
@@ -230,6 +233,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "etmoe eval: %s\n", err.msg);
         return ETM_EXIT_FAIL;
     }
+    if (backend) snprintf(hp.backend, sizeof hp.backend, "%s", backend);
     if (!data) data = hp.val_data;
     if (!data[0]) return cli_usage_error(verb, "the checkpoint's configuration has no val_data: give --data");
     int rc = ETM_EXIT_FAIL;
