@@ -451,8 +451,10 @@ BEGIN {
     printf "- Scale: models of d_model %d with %d layers, %s training tokens of one small literary corpus,\n", d, C["n_layer"], tokens(steps * tps)
     print "  against the paper's 10B tokens of web text. Router effects that need long training (ET's"
     print "  threshold estimates settling, experts specialising) have little room to show."
-    printf "- ET's moving average uses beta = %s (an effective window of about %d steps) instead of the\n", C["et_beta"], 1 / (1 - C["et_beta"])
-    print "  paper's 0.999, which would not settle within this run; its warm-up is scaled the same way."
+    printf "- ET's moving average uses beta = %s (a window of about %d steps) instead of the paper's 0.999,\n", C["et_beta"], 1 / (1 - C["et_beta"]) + 0.5
+    printf "  and every router learns at lr_router = %s, below the LM head's %s: at this scale the router\n", C["lr_router"], C["lr_head"]
+    print "  logits drift faster than a slow average follows and lagging thresholds starve the experts"
+    printf "  (doc/training.md). ET's EC warm-up is %d steps, %.0f%% of training (the paper's: 4k steps, about 21%%).\n", INFO["warmup"], 100 * INFO["warmup"] / steps
     print "- EC and ET are evaluated with thresholds (the paper's protocol); their batch-routed loss is shown"
     print "  beside it. During training EC leaves some tokens with no routed expert by design; at"
     print "  inference, tokens without a routed expert (the *no expert* columns) still get the shared expert."

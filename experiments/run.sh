@@ -26,7 +26,7 @@ usage() {
                  (default 1); results do not depend on either
   --seeds LIST   seeds (default "1 2 3"; quick mode "1 2")
   --steps N      optimizer steps per run instead of the config's max_steps (ET's warm-up
-                 becomes N/6 steps): a shorter or longer experiment of the same design
+                 becomes N/11 steps, as 45 of 500): a shorter or longer experiment
   --no-figures   skip gnuplot (the tables and results.md are still written)
 EOF
 }
@@ -102,13 +102,13 @@ max_steps=8 eval_every=4 eval_batches=2 warmup_steps=1 muon_warmup_steps=2 log_e
     passage=200
 else
     sizes=
-    warmup=100
+    warmup=45
     final_batches=100000
     passage=400
 fi
 if [ -n "$steps" ]; then
     sizes="$sizes max_steps=$steps"
-    warmup=$((steps / 6))
+    warmup=$((steps / 11))
 fi
 # name|label|kind|overrides: kind is dense, tc, ec or et
 routers="dense|dense|dense|router=dense
