@@ -43,24 +43,6 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
     return 0;
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 /* ---- train --------------------------------------------------------------------------------- */
 
 static void train_usage(void) {
@@ -116,7 +98,7 @@ int cmd_train(int argc, char **argv) {
             opt.force = 1;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
-        } else if (option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
             if (missing) {
                 free(overrides);
                 return cli_usage_error(verb, "option --stop-at needs a value");
@@ -201,10 +183,10 @@ int cmd_eval(int argc, char **argv) {
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             eval_usage();
             return ETM_EXIT_OK;
-        } else if (option_value(argc, argv, &i, "--data", &data, &missing) ||
-                   option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
-                   option_value(argc, argv, &i, "--mode", &mode_s, &missing) ||
-                   option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
+                   cli_option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
+                   cli_option_value(argc, argv, &i, "--mode", &mode_s, &missing) ||
+                   cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error(verb, "option %s needs a value", a);
         } else if (a[0] == '-' && a[1] != '\0') {
             return cli_usage_error(verb, "unknown option '%s'", a);
