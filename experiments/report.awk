@@ -157,8 +157,9 @@ BEGIN {
     # ---- setup ----
     print "## Setup"
     print ""
-    printf "- **Data**: the bundled Jane Austen novels (`data/austen`, six books), tokenized with the shipped\n"
-    printf "  4,096-token BPE (`etmoe prepare`); the last 10%% of every book is validation (107k tokens).\n"
+    printf "- **Data**: the bundled Jane Austen novels (`data/austen`), tokenized with the shipped %d-token\n", C["vocab_size"]
+    printf "  BPE (`etmoe prepare`): %s training tokens; the last 10%% of every book is validation\n", tokens(INFO["train_tokens"])
+    printf "  (%s tokens).\n", tokens(INFO["val_tokens"])
     printf "- **Model** (`%s`%s): %d layers, d_model %d, %d query and %d key/value heads, sequences of %d\n",
            INFO["config"], quick ? ", shrunk by quick mode" : "", C["n_layer"], d, C["n_head"], C["n_kv_head"], C["seq_len"]
     printf "  tokens, vocabulary %d, nanochat-style (RoPE, QK-norm, ReLU², soft-capped logits).\n", C["vocab_size"]
@@ -170,7 +171,7 @@ BEGIN {
            C["n_shared"] * C["expert_hidden"] + C["top_k"] * C["expert_hidden"]
     printf "  width (TC exactly; EC and ET on average, which the experts-per-token columns below measure).\n"
     printf "- **Training**: %d steps of %d sequences (%s tokens per step, %s tokens, %.2f epochs), Muon + AdamW,\n",
-           steps, C["batch_size"] * C["grad_accum"], tokens(tps), tokens(steps * tps), steps * tps / 964015
+           steps, C["batch_size"] * C["grad_accum"], tokens(tps), tokens(steps * tps), steps * tps / INFO["train_tokens"]
     printf "  linear warm-up %d steps and decay over the last %d%%. Seeds %s: a seed fixes the initialisation\n",
            C["warmup_steps"], 100 * C["decay_fraction"], INFO["seeds"]
     printf "  and the data order, so every router sees the same batches in the same order for a given seed.\n"

@@ -247,6 +247,9 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
     printf 'config\t%s\n' "experiments/experiment.conf"
     printf 'sizes\t%s\n' "${sizes:-(none: experiments/experiment.conf as is)}"
     printf 'warmup\t%s\n' "$warmup"
+    # "train 964,015 tokens in 1 shard: ..." and "val ..." from etmoe prepare
+    "$AWK" '($1 == "train" || $1 == "val") && $3 == "tokens" { n = $2; gsub(/,/, "", n); printf "%s_tokens\t%s\n", $1, n }' \
+        "$out/prepare.log"
 } >"$tables/run_info.tsv"
 
 # ---- figures -----------------------------------------------------------------------------------
