@@ -21,6 +21,10 @@ int cli_usage_error(const char *verb, const char *fmt, ...)
 #endif
     ;
 
+/* Matches argv[*i] against option name, as "--name VALUE" (advancing *i) or "--name=VALUE".
+ * Returns 1 on a match with *value set, or with *missing set when no value follows; else 0. */
+int cli_option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing);
+
 /* The verbs. */
 int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);

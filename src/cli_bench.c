@@ -44,25 +44,6 @@ static void usage(void) {
            "                        etmoe bench bench router=dense\n");
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value,
-                        int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 static int parse_int(const char *text, long lo, long hi, int *out) {
     char *end;
     errno = 0;
@@ -95,9 +76,9 @@ int cmd_bench(int argc, char **argv) {
             opt.profile = 1;
             continue;
         }
-        if (option_value(argc, argv, &i, "--steps", &steps_text, &missing) ||
-            option_value(argc, argv, &i, "--warmup", &warmup_text, &missing) ||
-            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+        if (cli_option_value(argc, argv, &i, "--steps", &steps_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--warmup", &warmup_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) {
                 rc = cli_usage_error("bench", "option '%s' needs a value", a);
                 goto done;

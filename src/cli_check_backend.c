@@ -55,24 +55,6 @@ static void usage(const etm_cbk_options *d) {
            (unsigned long long)d->seed, d->steps, d->rtol, d->atol, d->norm_tol, d->route_eps, d->loss_rtol);
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 static int parse_count(const char *text, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -131,10 +113,10 @@ int cmd_check_backend(int argc, char **argv) {
             free(overrides);
             return ETM_EXIT_OK;
         }
-        matched = option_value(argc, argv, &i, "--seed", &seed_s, &missing) ||
-                  option_value(argc, argv, &i, "--steps", &steps_s, &missing) ||
-                  option_value(argc, argv, &i, "--dumps", &dumps, &missing);
-        for (int t = 0; !matched && t < 5; t++) matched = option_value(argc, argv, &i, tol_opt[t], &tol_s[t], &missing);
+        matched = cli_option_value(argc, argv, &i, "--seed", &seed_s, &missing) ||
+                  cli_option_value(argc, argv, &i, "--steps", &steps_s, &missing) ||
+                  cli_option_value(argc, argv, &i, "--dumps", &dumps, &missing);
+        for (int t = 0; !matched && t < 5; t++) matched = cli_option_value(argc, argv, &i, tol_opt[t], &tol_s[t], &missing);
         if (matched) {
             if (missing) {
                 cli_usage_error(verb, "option '%s' needs a value", a);

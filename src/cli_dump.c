@@ -16,24 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 static int parse_long(const char *text, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -84,10 +66,10 @@ int cmd_dump(int argc, char **argv) {
             dump_usage();
             return ETM_EXIT_OK;
         }
-        if (option_value(argc, argv, &i, "--data", &data, &missing) ||
-            option_value(argc, argv, &i, "--out", &out, &missing) ||
-            option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
-            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+        if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
+            cli_option_value(argc, argv, &i, "--out", &out, &missing) ||
+            cli_option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error("dump", "option '%s' needs a value", a);
             continue;
         }
@@ -169,16 +151,16 @@ int cmd_compare(int argc, char **argv) {
             compare_usage(&o);
             return ETM_EXIT_OK;
         }
-        if (option_value(argc, argv, &i, "--rtol", &v, &missing)) {
+        if (cli_option_value(argc, argv, &i, "--rtol", &v, &missing)) {
             if (missing || parse_double(v, &o.rtol)) return cli_usage_error("compare", "--rtol needs a number >= 0");
-        } else if (option_value(argc, argv, &i, "--atol", &v, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--atol", &v, &missing)) {
             if (missing || parse_double(v, &o.atol)) return cli_usage_error("compare", "--atol needs a number >= 0");
-        } else if (option_value(argc, argv, &i, "--max-flips", &v, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--max-flips", &v, &missing)) {
             long n;
             if (missing || parse_long(v, 0, 1L << 40, &n))
                 return cli_usage_error("compare", "--max-flips needs a count >= 0");
             o.max_flips = n;
-        } else if (option_value(argc, argv, &i, "--list", &v, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--list", &v, &missing)) {
             long n;
             if (missing || parse_long(v, 0, 1 << 30, &n)) return cli_usage_error("compare", "--list needs a count >= 0");
             o.max_listed = (int)n;

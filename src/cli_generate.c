@@ -57,24 +57,6 @@ static void usage(void) {
            DEFAULT_TOKENS, (double)DEFAULT_TEMPERATURE, DEFAULT_SEED);
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 static int parse_int(const char *text, long lo, long hi, long *out) {
     char *end;
     errno = 0;
@@ -155,15 +137,15 @@ int cmd_generate(int argc, char **argv) {
             show_experts = 1;
             continue;
         }
-        if (option_value(argc, argv, &i, "--prompt", &prompt, &missing) ||
-            option_value(argc, argv, &i, "--tokens", &tokens_text, &missing) ||
-            option_value(argc, argv, &i, "--temperature", &temp_text, &missing) ||
-            option_value(argc, argv, &i, "--top-k", &topk_text, &missing) ||
-            option_value(argc, argv, &i, "--seed", &seed_text, &missing) ||
-            option_value(argc, argv, &i, "--color", &color, &missing) ||
-            option_value(argc, argv, &i, "--html", &html, &missing) ||
-            option_value(argc, argv, &i, "--tokenizer", &tokenizer, &missing) ||
-            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+        if (cli_option_value(argc, argv, &i, "--prompt", &prompt, &missing) ||
+            cli_option_value(argc, argv, &i, "--tokens", &tokens_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--temperature", &temp_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--top-k", &topk_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--seed", &seed_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--color", &color, &missing) ||
+            cli_option_value(argc, argv, &i, "--html", &html, &missing) ||
+            cli_option_value(argc, argv, &i, "--tokenizer", &tokenizer, &missing) ||
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error("generate", "option '%s' needs a value", a);
             continue;
         }

@@ -33,23 +33,6 @@ static void print_usage(void) {
 }
 
 /* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 /* Thousands separators make token counts readable. */
 static const char *with_commas(char *buf, size_t len, uint64_t v) {
     char digits[32];
@@ -104,10 +87,10 @@ int cmd_prepare(int argc, char **argv) {
             return ETM_EXIT_OK;
         } else if (!strcmp(a, "--force")) {
             opts.force = 1;
-        } else if (option_value(argc, argv, &i, "--tokenizer", &tok_name, &missing) ||
-                   option_value(argc, argv, &i, "--out", &out, &missing) ||
-                   option_value(argc, argv, &i, "--val-fraction", &frac_s, &missing) ||
-                   option_value(argc, argv, &i, "--shard-tokens", &shard_s, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--tokenizer", &tok_name, &missing) ||
+                   cli_option_value(argc, argv, &i, "--out", &out, &missing) ||
+                   cli_option_value(argc, argv, &i, "--val-fraction", &frac_s, &missing) ||
+                   cli_option_value(argc, argv, &i, "--shard-tokens", &shard_s, &missing)) {
             if (missing) {
                 free(files);
                 return cli_usage_error(verb, "option %s needs a value", a);

@@ -48,24 +48,6 @@ static void usage(void) {
            "  --help           this text\n");
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 static int parse_count(const char *text, long lo, long *out) {
     char *end;
     errno = 0;
@@ -256,16 +238,16 @@ int cmd_routing_profile(int argc, char **argv) {
             usage();
             return ETM_EXIT_OK;
         }
-        if (option_value(argc, argv, &i, "--data", &data, &missing) ||
-            option_value(argc, argv, &i, "--out", &out, &missing) ||
-            option_value(argc, argv, &i, "--batches", &batches_text, &missing) ||
-            option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
-            option_value(argc, argv, &i, "--mode", &mode, &missing) ||
-            option_value(argc, argv, &i, "--pool", &pool_text, &missing) ||
-            option_value(argc, argv, &i, "--passage", &passage_text, &missing) ||
-            option_value(argc, argv, &i, "--width", &width_text, &missing) ||
-            option_value(argc, argv, &i, "--min-count", &min_count_text, &missing) ||
-            option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+        if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
+            cli_option_value(argc, argv, &i, "--out", &out, &missing) ||
+            cli_option_value(argc, argv, &i, "--batches", &batches_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--mode", &mode, &missing) ||
+            cli_option_value(argc, argv, &i, "--pool", &pool_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--passage", &passage_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--width", &width_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--min-count", &min_count_text, &missing) ||
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error("routing-profile", "option '%s' needs a value", a);
             continue;
         }

@@ -43,24 +43,6 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
     return 0;
 }
 
-/* Matches "--name VALUE" and "--name=VALUE"; advances *i past what it used. */
-static int option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
-    size_t k = strlen(name);
-    const char *a = argv[*i];
-    if (strncmp(a, name, k) != 0) return 0;
-    if (a[k] == '=') {
-        *value = a + k + 1;
-        return 1;
-    }
-    if (a[k] != '\0') return 0;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return 1;
-    }
-    *value = argv[++*i];
-    return 1;
-}
-
 /* ---- train --------------------------------------------------------------------------------- */
 
 static void train_usage(void) {
@@ -116,7 +98,7 @@ int cmd_train(int argc, char **argv) {
             opt.force = 1;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
-        } else if (option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
             if (missing) {
                 free(overrides);
                 return cli_usage_error(verb, "option --stop-at needs a value");
@@ -169,6 +151,7 @@ int cmd_train(int argc, char **argv) {
 
 static void eval_usage(void) {
     printf("usage: etmoe eval CHECKPOINT [--data SHARDS] [--batches N] [--mode threshold|batch]\n"
+           "                  [--backend NAME]\n"
            "\n"
            "Mean token cross-entropy (nats) and perplexity of a checkpoint's model on validation\n"
            "shards, each window of seq_len tokens once, in micro-batches of the run's batch_size.\n"
@@ -181,6 +164,7 @@ static void eval_usage(void) {
            "                  batch: ET and EC models by expert choice within each batch's routing\n"
            "                  pools (pool_seqs), as EC trains; not causal, and no state is updated.\n"
            "                  TC models route by top-k in both modes.\n"
+           "  --backend NAME  compute backend (default: the checkpoint configuration's backend)\n"
            "  --help          this text\n"
            "\n"
            "example: etmoe eval runs/demo/latest.safetensors\n");
@@ -192,16 +176,17 @@ static const char *router_name(etm_router_kind k) {
 
 int cmd_eval(int argc, char **argv) {
     const char *verb = "eval";
-    const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL;
+    const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL, *backend = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int missing = 0;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             eval_usage();
             return ETM_EXIT_OK;
-        } else if (option_value(argc, argv, &i, "--data", &data, &missing) ||
-                   option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
-                   option_value(argc, argv, &i, "--mode", &mode_s, &missing)) {
+        } else if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
+                   cli_option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
+                   cli_option_value(argc, argv, &i, "--mode", &mode_s, &missing) ||
+                   cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
             if (missing) return cli_usage_error(verb, "option %s needs a value", a);
         } else if (a[0] == '-' && a[1] != '\0') {
             return cli_usage_error(verb, "unknown option '%s'", a);
@@ -230,6 +215,7 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "etmoe eval: %s\n", err.msg);
         return ETM_EXIT_FAIL;
     }
+    if (backend) snprintf(hp.backend, sizeof hp.backend, "%s", backend);
     if (!data) data = hp.val_data;
     if (!data[0]) return cli_usage_error(verb, "the checkpoint's configuration has no val_data: give --data");
     int rc = ETM_EXIT_FAIL;

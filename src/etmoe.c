@@ -39,6 +39,23 @@ int cli_usage_error(const char *verb, const char *fmt, ...) {
     return ETM_EXIT_USAGE;
 }
 
+int cli_option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing) {
+    size_t k = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, k) != 0) return 0;
+    if (a[k] == '=') {
+        *value = a + k + 1;
+        return 1;
+    }
+    if (a[k] != '\0') return 0;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return 1;
+    }
+    *value = argv[++*i];
+    return 1;
+}
+
 #ifdef HAVE_OPENBLAS
 int openblas_get_parallel(void);
 int openblas_get_num_threads(void);
