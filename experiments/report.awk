@@ -275,16 +275,18 @@ BEGIN {
     }
     for (i = 1; i <= nr; i++) {
         if (R[i, "kind"] != "et" || !isnum(R[i, "train_experts"])) continue
-        if (R[i, "train_experts"] < 0.8 * C["top_k"]) {
-            printf "- **%s starved its experts**: in the second half of training its thresholds routed %s experts per\n", R[i, "name"], f3(R[i, "train_experts"])
-            printf "  token (target %d), with %s of (token, layer) pairs getting none; at inference %s. The\n", C["top_k"], pct(R[i, "train_no_expert_frac"]), f3(R[i, "eval_experts"])
+        te = R[i, "train_experts"]; k = C["top_k"]
+        if (te < 0.3 * k) {
+            printf "- **%s starved its experts**: in the second half of training its thresholds routed %s experts per\n", R[i, "name"], f3(te)
+            printf "  token (target %d), with %s of (token, layer) pairs getting none; at inference %s. The\n", k, pct(R[i, "train_no_expert_frac"]), f3(R[i, "eval_experts"])
             print "  thresholds are a moving average of past cut-offs: when the router's logits drift (see the"
             print "  threshold figure) they lag behind, and a lagging threshold above the current logits routes"
             print "  almost nothing."
             nobs++
-        } else if (R[i, "train_experts"] > 1.25 * C["top_k"]) {
-            printf "- %s routed %s experts per token in training, above the target of %d: its thresholds lag below\n", R[i, "name"], f3(R[i, "train_experts"]), C["top_k"]
-            print "  rising logits, so it spends more compute than the matched budget."
+        } else if (te < 0.9 * k || te > 1.1 * k) {
+            printf "- %s routed %s ± %s experts per token in the second half of training (target %d; mean ± spread\n", R[i, "name"], f3(te), f3(R[i, "train_experts_sd"]), k
+            printf "  over steps), so it spent %s the matched compute there: its thresholds, a moving average of past\n", te < k ? "less than" : "more than"
+            printf "  cut-offs, lag the drifting logits (see the threshold figure). At inference it routes %s.\n", f3(R[i, "eval_experts"])
             nobs++
         }
     }
