@@ -25,6 +25,9 @@ int cli_usage_error(const char *verb, const char *fmt, ...)
  * Returns 1 on a match with *value set, or with *missing set when no value follows; else 0. */
 int cli_option_value(int argc, char **argv, int *i, const char *name, const char **value, int *missing);
 
+/* Parses a whole decimal number in [lo, hi]; 0, or -1 for anything else (junk, overflow, range). */
+int cli_parse_long(const char *text, long lo, long hi, long *out);
+
 /* The verbs. */
 int cmd_tokenize(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);

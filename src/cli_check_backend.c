@@ -55,15 +55,6 @@ static void usage(const etm_cbk_options *d) {
            (unsigned long long)d->seed, d->steps, d->rtol, d->atol, d->norm_tol, d->route_eps, d->loss_rtol);
 }
 
-static int parse_count(const char *text, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_u64(const char *text, uint64_t *out) {
     char *end;
     errno = 0;
@@ -157,7 +148,7 @@ int cmd_check_backend(int argc, char **argv) {
         goto done;
     }
     if (steps_s) {
-        if (parse_count(steps_s, 1, 1000000, &v) != 0) {
+        if (cli_parse_long(steps_s, 1, 1000000, &v) != 0) {
             cli_usage_error(verb, "--steps '%s': expected a whole number of steps >= 1", steps_s);
             goto done;
         }

@@ -16,15 +16,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-static int parse_long(const char *text, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_double(const char *text, double *out) {
     char *end;
     errno = 0;
@@ -89,7 +80,7 @@ int cmd_dump(int argc, char **argv) {
         return ETM_EXIT_FAIL;
     }
     long B = hp.batch_size;
-    if (batch_text && parse_long(batch_text, 1, 1 << 20, &B) != 0)
+    if (batch_text && cli_parse_long(batch_text, 1, 1 << 20, &B) != 0)
         return cli_usage_error("dump", "--batch must be a positive integer, not '%s'", batch_text);
 
     int rc = ETM_EXIT_FAIL;
@@ -157,12 +148,12 @@ int cmd_compare(int argc, char **argv) {
             if (missing || parse_double(v, &o.atol)) return cli_usage_error("compare", "--atol needs a number >= 0");
         } else if (cli_option_value(argc, argv, &i, "--max-flips", &v, &missing)) {
             long n;
-            if (missing || parse_long(v, 0, 1L << 40, &n))
+            if (missing || cli_parse_long(v, 0, 1L << 40, &n))
                 return cli_usage_error("compare", "--max-flips needs a count >= 0");
             o.max_flips = n;
         } else if (cli_option_value(argc, argv, &i, "--list", &v, &missing)) {
             long n;
-            if (missing || parse_long(v, 0, 1 << 30, &n)) return cli_usage_error("compare", "--list needs a count >= 0");
+            if (missing || cli_parse_long(v, 0, 1 << 30, &n)) return cli_usage_error("compare", "--list needs a count >= 0");
             o.max_listed = (int)n;
         } else if (a[0] == '-' && a[1]) {
             return cli_usage_error("compare", "unknown option '%s'", a);

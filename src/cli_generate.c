@@ -57,15 +57,6 @@ static void usage(void) {
            DEFAULT_TOKENS, (double)DEFAULT_TEMPERATURE, DEFAULT_SEED);
 }
 
-static int parse_int(const char *text, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 static int parse_u64(const char *text, uint64_t *out) {
     char *end;
     errno = 0;
@@ -158,11 +149,11 @@ int cmd_generate(int argc, char **argv) {
     long n_tokens = DEFAULT_TOKENS, top_k = 0;
     float temperature = DEFAULT_TEMPERATURE;
     uint64_t seed = DEFAULT_SEED;
-    if (tokens_text && parse_int(tokens_text, 0, 1L << 30, &n_tokens))
+    if (tokens_text && cli_parse_long(tokens_text, 0, 1L << 30, &n_tokens))
         return cli_usage_error("generate", "--tokens must be an integer >= 0, not '%s'", tokens_text);
     if (temp_text && (parse_float(temp_text, &temperature) || temperature < 0.0f))
         return cli_usage_error("generate", "--temperature must be a finite number >= 0, not '%s'", temp_text);
-    if (topk_text && parse_int(topk_text, 0, 1L << 30, &top_k))
+    if (topk_text && cli_parse_long(topk_text, 0, 1L << 30, &top_k))
         return cli_usage_error("generate", "--top-k must be an integer >= 0 (0: no limit), not '%s'", topk_text);
     if (seed_text && parse_u64(seed_text, &seed))
         return cli_usage_error("generate", "--seed must be an integer in 0..2^64-1, not '%s'", seed_text);

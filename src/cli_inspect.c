@@ -39,15 +39,6 @@ static void usage(void) {
            "  --help           this text\n");
 }
 
-static int parse_count(const char *text, long lo, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > (1L << 30)) return -1;
-    *out = v;
-    return 0;
-}
-
 static const char *rule_text(etm_route_rule r) {
     return r == ETM_RULE_TOPK ? "top-k per token" : r == ETM_RULE_EC ? "expert choice (no thresholds yet)"
                                                                       : "thresholds";
@@ -156,11 +147,11 @@ int cmd_inspect(int argc, char **argv) {
         return ETM_EXIT_FAIL;
     }
     long batches = hp.eval_batches > 0 ? hp.eval_batches : 1, B = hp.batch_size, top = 5;
-    if (batches_text && parse_count(batches_text, 1, &batches))
+    if (batches_text && cli_parse_long(batches_text, 1, 1L << 30, &batches))
         return cli_usage_error("inspect", "--batches must be a positive integer, not '%s'", batches_text);
-    if (batch_text && parse_count(batch_text, 1, &B))
+    if (batch_text && cli_parse_long(batch_text, 1, 1L << 30, &B))
         return cli_usage_error("inspect", "--batch must be a positive integer, not '%s'", batch_text);
-    if (top_text && parse_count(top_text, 0, &top))
+    if (top_text && cli_parse_long(top_text, 0, 1L << 30, &top))
         return cli_usage_error("inspect", "--top must be an integer >= 0, not '%s'", top_text);
 
     int rc = ETM_EXIT_FAIL;

@@ -48,15 +48,6 @@ static void usage(void) {
            "  --help           this text\n");
 }
 
-static int parse_count(const char *text, long lo, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(text, &end, 10);
-    if (errno || end == text || *end || v < lo || v > (1L << 30)) return -1;
-    *out = v;
-    return 0;
-}
-
 static const char *router_name(etm_router_kind k) {
     return k == ETM_ROUTER_ET ? "et" : k == ETM_ROUTER_EC ? "ec" : k == ETM_ROUTER_TC ? "tc" : "dense";
 }
@@ -270,17 +261,17 @@ int cmd_routing_profile(int argc, char **argv) {
         return ETM_EXIT_FAIL;
     }
     profile_options o = {mode, 16, hp.batch_size, hp.pool_seqs, 400, 80, 20};
-    if (batches_text && parse_count(batches_text, 1, &o.batches))
+    if (batches_text && cli_parse_long(batches_text, 1, 1L << 30, &o.batches))
         return cli_usage_error("routing-profile", "--batches must be a positive integer, not '%s'", batches_text);
-    if (batch_text && parse_count(batch_text, 1, &o.B))
+    if (batch_text && cli_parse_long(batch_text, 1, 1L << 30, &o.B))
         return cli_usage_error("routing-profile", "--batch must be a positive integer, not '%s'", batch_text);
-    if (pool_text && parse_count(pool_text, 0, &o.pool_seqs))
+    if (pool_text && cli_parse_long(pool_text, 0, 1L << 30, &o.pool_seqs))
         return cli_usage_error("routing-profile", "--pool must be an integer >= 0, not '%s'", pool_text);
-    if (passage_text && parse_count(passage_text, 0, &o.passage))
+    if (passage_text && cli_parse_long(passage_text, 0, 1L << 30, &o.passage))
         return cli_usage_error("routing-profile", "--passage must be an integer >= 0, not '%s'", passage_text);
-    if (width_text && (parse_count(width_text, 8, &o.width) || o.width > 10000))
+    if (width_text && (cli_parse_long(width_text, 8, 1L << 30, &o.width) || o.width > 10000))
         return cli_usage_error("routing-profile", "--width must be an integer in 8..10000, not '%s'", width_text);
-    if (min_count_text && parse_count(min_count_text, 1, &o.min_count))
+    if (min_count_text && cli_parse_long(min_count_text, 1, 1L << 30, &o.min_count))
         return cli_usage_error("routing-profile", "--min-count must be a positive integer, not '%s'", min_count_text);
     if (hp.router == ETM_ROUTER_DENSE) {
         fprintf(stderr, "etmoe routing-profile: %s is a dense model: it has no routing to profile\n", ckpt);

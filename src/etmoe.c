@@ -4,7 +4,9 @@
 #include "cli.h"
 #include "common.h"
 
+#include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -54,6 +56,15 @@ int cli_option_value(int argc, char **argv, int *i, const char *name, const char
     }
     *value = argv[++*i];
     return 1;
+}
+
+int cli_parse_long(const char *text, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 #ifdef HAVE_OPENBLAS
