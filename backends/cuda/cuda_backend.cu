@@ -54,8 +54,12 @@ static void *cuda_alloc(etm_backend *be, size_t bytes) {
 }
 
 static void cuda_free(etm_backend *be, void *p) {
-    (void)be;
-    if (p) ETM_CUDA_CHECK(cudaFree(p)); /* cudaFree waits for work that may still use p */
+    if (!p) return;
+    /* Kernels queued on our stream may still use p. cudaFree does wait for the device in
+     * practice, but the runtime documents no such ordering with a cudaStreamNonBlocking stream,
+     * so wait for it explicitly (frees are rare: set-up, tear-down, buffer growth). */
+    ETM_CUDA_CHECK(cudaStreamSynchronize(etm_cuda(be)->stream));
+    ETM_CUDA_CHECK(cudaFree(p));
 }
 
 static void cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
