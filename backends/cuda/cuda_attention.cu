@@ -77,9 +77,13 @@ k_attention_forward(float *out, float *lse, const float *q, const float *k, cons
             if (i >= T) continue; /* uniform over the warp */
             int j = j0 + lane;
             bool valid = j <= off + i;
+            /* Nothing visible in this tile: skip it. Decided by __any_sync, which every lane sees
+             * alike, not by the tile's maximum: with a NaN score etm_warp_max can leave lanes
+             * with different maxima, and a test on it would split the warp before the full-mask
+             * shuffles below (a hang instead of the NaN the CPU backend gives). */
+            if (!__any_sync(0xffffffffu, valid)) continue;
             float s = valid ? dot_shared(Qs + r * hd, Ks + lane * pitch, hd) * scale : -INFINITY;
             float tile_max = etm_warp_max(s);
-            if (tile_max == -INFINITY) continue; /* nothing visible in this tile */
             float m_new = fmaxf(m[rr], tile_max);
             float p = valid ? expf(s - m_new) : 0.0f;
             float alpha = expf(m[rr] - m_new); /* 0 on the first visible tile */

@@ -54,8 +54,12 @@ static void *cuda_alloc(etm_backend *be, size_t bytes) {
 }
 
 static void cuda_free(etm_backend *be, void *p) {
-    (void)be;
-    if (p) ETM_CUDA_CHECK(cudaFree(p)); /* cudaFree waits for work that may still use p */
+    if (!p) return;
+    /* Kernels queued on our stream may still use p. cudaFree does wait for the device in
+     * practice, but the runtime documents no such ordering with a cudaStreamNonBlocking stream,
+     * so wait for it explicitly (frees are rare: set-up, tear-down, buffer growth). */
+    ETM_CUDA_CHECK(cudaStreamSynchronize(etm_cuda(be)->stream));
+    ETM_CUDA_CHECK(cudaFree(p));
 }
 
 static void cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
@@ -88,6 +92,10 @@ static void cuda_synchronize(etm_backend *be) {
 }
 
 /* ---- construction ----------------------------------------------------------------------------- */
+/* Does nothing: etm_cuda_backend_create asks the runtime about it to learn whether this build
+ * has machine code for the device (every .cu file is compiled with the same -gencode list). */
+__global__ void k_probe_image(void) {}
+
 static void apply_math_mode(etm_cuda_ctx *c) {
     /* Plain fp32 unless TF32 was asked for (CUBLAS_DEFAULT_MATH never uses TF32 for sgemm), so
      * results stay comparable with the CPU backend at fp32 tolerances. */
@@ -116,6 +124,23 @@ extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
     int device = 0;
     if ((e = cudaGetDevice(&device)) != cudaSuccess || (e = cudaSetDevice(device)) != cudaSuccess) {
         etm_fail(err, "cuda backend: cannot select a CUDA device: %s", cudaGetErrorString(e));
+        return NULL;
+    }
+    /* nvcc builds machine code only for the architectures configure was given (sm_80 and sm_90
+     * by default, no PTX), so a GPU of another major architecture (sm_100, sm_120, ...) has no
+     * kernel to run, and every op would abort with "no kernel image is available". Report that
+     * here as "no usable device", naming the fix, before anything is allocated. */
+    cudaFuncAttributes image;
+    if ((e = cudaFuncGetAttributes(&image, k_probe_image)) != cudaSuccess) {
+        int major = 0, minor = 0;
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+        (void)cudaGetLastError(); /* not sticky: clear it for whoever uses CUDA next */
+        etm_fail(err,
+                 "cuda backend: no usable CUDA device: this build has no kernels for device %d "
+                 "(compute capability %d.%d): %s; reconfigure with "
+                 "--with-cuda-arch=\"-gencode arch=compute_%d%d,code=sm_%d%d\"",
+                 device, major, minor, cudaGetErrorString(e), major, minor, major, minor);
         return NULL;
     }
     etm_cuda_ctx *c = (etm_cuda_ctx *)etm_calloc(1, sizeof *c);
