@@ -46,7 +46,8 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
 /* ---- train --------------------------------------------------------------------------------- */
 
 static void train_usage(void) {
-    printf("usage: etmoe train CONFIG [key=value...] [--resume] [--force] [--stop-at N] [--quiet]\n"
+    printf("usage: etmoe train CONFIG [key=value...] [--backend NAME] [--resume] [--force]\n"
+           "                   [--stop-at N] [--quiet]\n"
            "\n"
            "Trains the model CONFIG describes: a config file's path, or a preset name (demo, bench,\n"
            "d12, d20 in the data directory's configs/). key=value arguments override its settings\n"
@@ -57,6 +58,8 @@ static void train_usage(void) {
            "Progress goes to stderr. A directory holding a checkpoint or another configuration is\n"
            "refused unless --resume or --force.\n"
            "\n"
+           "  --backend NAME  compute backend, cpu or cuda (the same as backend=NAME; `etmoe\n"
+           "                backends` lists those this build has)\n"
            "  --resume      continue exactly from out_dir/latest.safetensors (keys that shape the\n"
            "                model, the optimizer state or the data order must be unchanged)\n"
            "  --force       start over in an out_dir that holds another run (its checkpoint goes)\n"
@@ -76,8 +79,10 @@ static void train_usage(void) {
 
 int cmd_train(int argc, char **argv) {
     const char *verb = "train";
-    const char *config = NULL, *stop_s = NULL;
-    char **overrides = etm_calloc((size_t)argc, sizeof *overrides);
+    const char *config = NULL, *stop_s = NULL, *backend = NULL;
+    /* argv's key=value arguments, then backend=NAME for --backend (so it wins). */
+    char **overrides = etm_calloc((size_t)argc + 1, sizeof *overrides);
+    char *backend_override = NULL;
     int n_over = 0, quiet = 0;
     etm_train_options opt;
     etm_train_options_init(&opt);
@@ -103,6 +108,11 @@ int cmd_train(int argc, char **argv) {
                 free(overrides);
                 return cli_usage_error(verb, "option --stop-at needs a value");
             }
+        } else if (cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+            if (missing) {
+                free(overrides);
+                return cli_usage_error(verb, "option --backend needs a value");
+            }
         } else if (a[0] == '-' && a[1] != '\0') {
             free(overrides);
             return cli_usage_error(verb, "unknown option '%s'", a);
@@ -127,13 +137,18 @@ int cmd_train(int argc, char **argv) {
         free(overrides);
         return cli_usage_error(verb, "--stop-at '%s': expected a whole number of steps >= 1", stop_s);
     }
+    if (backend) {
+        size_t len = strlen("backend=") + strlen(backend) + 1;
+        backend_override = etm_malloc(len);
+        snprintf(backend_override, len, "backend=%s", backend);
+        overrides[n_over++] = backend_override;
+    }
     etm_error err = {{0}};
     etm_hparams hp;
-    if (etm_hparams_configure(&hp, config, n_over, overrides, &err) != 0) {
-        free(overrides);
-        return cli_usage_error(verb, "%s", err.msg);
-    }
+    int configured = etm_hparams_configure(&hp, config, n_over, overrides, &err);
     free(overrides);
+    free(backend_override);
+    if (configured != 0) return cli_usage_error(verb, "%s", err.msg);
 
     opt.progress = quiet ? NULL : stderr;
     opt.stop_flag = &stop_signal;

@@ -705,12 +705,18 @@ START_TEST(command_line_train_eval_and_exit_codes) {
     ck_assert_int_eq(run_cmd(fx.dir, args), 2);
     snprintf(args, sizeof args, "train %s --stop-at 0", conf);
     ck_assert_int_eq(run_cmd(fx.dir, args), 2);
+    snprintf(args, sizeof args, "train %s --backend", conf);
+    ck_assert_int_eq(run_cmd(fx.dir, args), 2);
+    snprintf(args, sizeof args, "train %s backend=cpu --backend no_such_backend", conf);
+    ck_assert_int_ne(run_cmd(fx.dir, args), 0);
+    ck_assert(file_has(errf, "unknown backend 'no_such_backend'"));
     ck_assert_int_eq(run_cmd(fx.dir, "eval"), 2);
     ck_assert_int_eq(run_cmd(fx.dir, "eval /nonexistent.safetensors"), 2);
 
     /* a run, then a refused rerun (exit 1), then eval */
-    snprintf(args, sizeof args, "train %s", conf);
+    snprintf(args, sizeof args, "train %s --backend cpu", conf);
     ck_assert_int_eq(run_cmd(fx.dir, args), 0);
+    snprintf(args, sizeof args, "train %s", conf);
     ck_assert(file_has(errf, "step     3/3"));
     ck_assert_int_eq(run_cmd(fx.dir, args), 1);
     ck_assert(file_has(errf, "--resume"));
