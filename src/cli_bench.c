@@ -128,8 +128,9 @@ int cmd_bench(int argc, char **argv) {
     printf(": %s, d_model %d, %d layers, %d heads (%d kv), seq_len %d, vocabulary %d\n",
            router_name(hp.router), hp.d_model, hp.n_layer, hp.n_head, hp.n_kv_head, hp.seq_len,
            hp.vocab_size);
-    /* the OpenMP settings that most change timings on a shared machine (see doc/performance.md) */
-    const char *env[] = {"OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND"};
+    /* the settings that most change timings: OpenMP's on a shared machine (doc/performance.md),
+     * the CUDA backend's GEMM precision (doc/cuda.md) */
+    const char *env[] = {"OMP_NUM_THREADS", "OMP_WAIT_POLICY", "OMP_PROC_BIND", "ETM_CUDA_GEMM"};
     printf("  environment:");
     for (size_t i = 0; i < ETM_ARRAY_LEN(env); i++)
         printf(" %s=%s", env[i], getenv(env[i]) ? getenv(env[i]) : "(unset)");

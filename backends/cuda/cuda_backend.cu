@@ -96,17 +96,17 @@ static void cuda_synchronize(etm_backend *be) {
  * has machine code for the device (every .cu file is compiled with the same -gencode list). */
 __global__ void k_probe_image(void) {}
 
-static void apply_math_mode(etm_cuda_ctx *c) {
-    /* Plain fp32 unless TF32 was asked for (CUBLAS_DEFAULT_MATH never uses TF32 for sgemm), so
-     * results stay comparable with the CPU backend at fp32 tolerances. */
-    ETM_CUBLAS_CHECK(cublasSetMathMode(c->cublas, c->tf32 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                          : CUBLAS_DEFAULT_MATH));
+extern "C" int etm_cuda_gemm_math_parse(const char *name) {
+    if (!strcmp(name, "fp32")) return ETM_CUDA_GEMM_FP32;
+    if (!strcmp(name, "tf32")) return ETM_CUDA_GEMM_TF32;
+    if (!strcmp(name, "bf16")) return ETM_CUDA_GEMM_BF16;
+    return -1;
 }
 
-extern "C" void etm_cuda_set_tf32(etm_backend *be, int on) {
-    etm_cuda_ctx *c = etm_cuda(be);
-    c->tf32 = on ? 1 : 0;
-    apply_math_mode(c);
+/* The precision is chosen per call by cublasGemmEx's compute type (cuda_gemm.cu); the handle's
+ * math mode stays CUBLAS_DEFAULT_MATH so nothing else can lower it. */
+extern "C" void etm_cuda_set_gemm_math(etm_backend *be, etm_cuda_gemm_math math) {
+    etm_cuda(be)->gemm_math = math;
 }
 
 extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
@@ -162,9 +162,20 @@ extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
     ETM_CUBLAS_CHECK(cublasSetStream(c->cublas, c->stream));
     ETM_CUBLAS_CHECK(cublasSetPointerMode(c->cublas, CUBLAS_POINTER_MODE_HOST));
     ETM_CUBLAS_CHECK(cublasSetAtomicsMode(c->cublas, CUBLAS_ATOMICS_NOT_ALLOWED));
-    const char *tf32 = getenv("ETM_CUDA_TF32");
-    c->tf32 = tf32 && strcmp(tf32, "1") == 0;
-    apply_math_mode(c);
+    ETM_CUBLAS_CHECK(cublasSetMathMode(c->cublas, CUBLAS_DEFAULT_MATH));
+    c->gemm_math = ETM_CUDA_GEMM_FP32;
+    const char *math = getenv("ETM_CUDA_GEMM");
+    if (math && *math) {
+        int m = etm_cuda_gemm_math_parse(math);
+        if (m < 0) {
+            etm_fail(err, "cuda backend: ETM_CUDA_GEMM='%s': expected fp32, tf32 or bf16", math);
+            cublasDestroy(c->cublas);
+            cudaStreamDestroy(c->stream);
+            free(c);
+            return NULL;
+        }
+        c->gemm_math = (etm_cuda_gemm_math)m;
+    }
     ETM_CUDA_CHECK(cudaDeviceGetAttribute(&c->max_smem_optin,
                                           cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     ETM_CUDA_CHECK(cudaMalloc(&c->sum_partials, (ETM_CUDA_SUM_BLOCKS + 1) * sizeof(double)));

@@ -17,13 +17,26 @@ extern "C" { /* backend.h and common.h are C: their functions have C linkage */
 /* Creates the CUDA backend on the current device (device 0 unless CUDA_VISIBLE_DEVICES or
  * cudaSetDevice say otherwise). Returns NULL with a message naming the reason when there is no
  * usable device (no driver, no GPU, or cuBLAS cannot start). Free with etm_backend_free (or
- * be->destroy followed by free(be)). TF32 tensor-core GEMMs start off; the environment variable
- * ETM_CUDA_TF32=1 turns them on at creation. */
+ * be->destroy followed by free(be)). The GEMMs start in plain fp32 unless the environment
+ * variable ETM_CUDA_GEMM names another precision (fp32, tf32 or bf16); an unknown name is an
+ * error. */
 etm_backend *etm_cuda_backend_create(etm_error *err);
 
-/* Turns TF32 tensor-core arithmetic for gemm / gemm_grouped on (1) or off (0, the default:
- * plain fp32, what the CPU comparison tolerances assume). be must be a CUDA backend. */
-void etm_cuda_set_tf32(etm_backend *be, int on);
+/* The arithmetic of gemm / gemm_grouped. Inputs and outputs stay fp32 in every mode; the
+ * reduced modes let cuBLAS round the products' inputs for tensor cores (TF32 keeps 10 mantissa
+ * bits, bf16 keeps 7) and accumulate in fp32. FP32 is what the CPU comparison tolerances
+ * assume; the others are speed options for full-scale runs. */
+typedef enum {
+    ETM_CUDA_GEMM_FP32 = 0,
+    ETM_CUDA_GEMM_TF32,
+    ETM_CUDA_GEMM_BF16
+} etm_cuda_gemm_math;
+
+/* The mode named by text ("fp32", "tf32", "bf16"); -1 for anything else. */
+int etm_cuda_gemm_math_parse(const char *name);
+
+/* Switches gemm / gemm_grouped to the given mode. be must be a CUDA backend. */
+void etm_cuda_set_gemm_math(etm_backend *be, etm_cuda_gemm_math math);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,10 @@
  * cuBLAS is column-major. A row-major matrix X with leading dimension ldx is, read column-major,
  * X^T with the same leading dimension, so the row-major C = op(A) op(B) is computed as the
  * column-major C^T = op(B)^T op(A)^T: swap the operands and the sizes M and N, keep the
- * transpose flags. cuBLAS sgemm with atomics disallowed is deterministic on a given GPU. */
+ * transpose flags. cuBLAS with atomics disallowed is deterministic on a given GPU.
+ *
+ * Every product is one cublasGemmEx on fp32 matrices; its compute type carries the backend's
+ * precision mode (plain fp32, or TF32 / bf16 tensor cores accumulating in fp32). */
 #include "cuda_internal.h"
 
 /* C(M,N) = beta * C, the K == 0 case (cuBLAS requires lda >= 1 and is not asked). beta == 0
@@ -33,8 +36,12 @@ static void gemm_one(etm_backend *be, int trans_a, int trans_b, int M, int N, in
     }
     cublasOperation_t op_a = trans_a == ETM_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = trans_b == ETM_TRANS ? CUBLAS_OP_T : CUBLAS_OP_N;
-    ETM_CUBLAS_CHECK(cublasSgemm(c->cublas, op_b, op_a, N, M, K, &alpha, B, ldb, A, lda, &beta,
-                                 C, ldc));
+    cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+    if (c->gemm_math == ETM_CUDA_GEMM_TF32) compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    if (c->gemm_math == ETM_CUDA_GEMM_BF16) compute = CUBLAS_COMPUTE_32F_FAST_16BF;
+    ETM_CUBLAS_CHECK(cublasGemmEx(c->cublas, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb, A,
+                                  CUDA_R_32F, lda, &beta, C, CUDA_R_32F, ldc,
+                                  compute, CUBLAS_GEMM_DEFAULT));
 }
 
 void etm_cuda_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, float alpha,

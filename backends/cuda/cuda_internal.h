@@ -17,6 +17,7 @@
 
 extern "C" {
 #include "backend.h"
+#include "cuda_backend.h"
 }
 
 /* Threads per block of the simple one-dimensional kernels. */
@@ -29,7 +30,7 @@ typedef struct {
     int device;              /* CUDA device ordinal */
     cudaStream_t stream;     /* every kernel, copy and cuBLAS call goes here, in order */
     cublasHandle_t cublas;   /* bound to stream; atomics not allowed */
-    int tf32;                /* 1: TF32 tensor-core GEMMs; 0: plain fp32 (default) */
+    etm_cuda_gemm_math gemm_math; /* fp32 (default), tf32 or bf16 tensor-core GEMMs */
     int max_smem_optin;      /* largest dynamic shared memory per block the device allows */
     void *scratch;           /* device scratch of scratch_bytes, grown on demand, reused by ops */
     size_t scratch_bytes;
