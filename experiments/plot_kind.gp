@@ -15,6 +15,8 @@ set ylabel "routed experts per token"
 set grid ytics
 set key outside right top
 set yrange [0:*]
+# two-line tick labels (kind, share of tokens) need room below the axis
+set bmargin 4
 set title "Experts per token by token kind (validation set, mean over seeds)"
 plot for [i=1:words(cols)] f using (column(i + 2)):xticlabels(sprintf("%s\n%.1f%% of tokens", strcol(1), 100 * column(2))) \
         lc rgb router_color(base(word(cols, i))) fs solid (strstrt(word(cols, i), "(") > 0 ? 0.35 : 0.9) border -1 \
