@@ -146,9 +146,15 @@ BEGIN {
     print ""
     print "    " INFO["command"]
     print ""
-    printf "run %s on %s (commit %s, %s); %s job(s) of %s thread(s) at once; training %s min, all %s min;\n",
+    printf "run %s on %s (commit %s, %s); %s job(s) of %s thread(s) at once; the %s runs' own\n",
            INFO["date"], INFO["cpu"], INFO["commit"], INFO["version"], INFO["jobs"], INFO["threads"],
-           INFO["train_minutes"], INFO["total_minutes"]
+           INFO["runs_total"]
+    if (INFO["runs_trained"] == INFO["runs_total"])
+        printf "training times add up to %s min; this invocation took %s min in all;\n",
+               INFO["run_minutes"], INFO["total_minutes"]
+    else
+        printf "training times add up to %s min; this invocation trained %s of them and reused the\nrest from an earlier one (same commands), taking %s min in all; runs trained at commit %s;\n",
+               INFO["run_minutes"], INFO["runs_trained"], INFO["total_minutes"], INFO["run_commits"]
     printf "load average (1, 5, 15 min) %s at the start and %s at the end (the machine is shared, so\n",
            INFO["load_start"], INFO["load_end"]
     print "times vary with what else runs; the results do not: runs are bit-exact whatever the threads)."

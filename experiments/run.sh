@@ -126,6 +126,8 @@ conf_get() { # KEY FILE: a value of an etmoe config file (quotes removed)
 
 # ---- data -------------------------------------------------------------------------------------
 started=$(date +%s)
+# Runs finished after this stamp were trained by this invocation; older ones were reused.
+mkdir -p "$out" && : >"$out/started.stamp" || die "cannot write in $out"
 load_start=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
 echo "run.sh: $( [ $quick = 1 ] && echo quick mode || echo full experiment ) in $out; $jobs job(s) x $threads thread(s); seeds $seeds"
 data=$out/data
@@ -154,6 +156,7 @@ run_one() {
     t0=$(date +%s)
     eval "$cmd $how" >"$log" 2>&1 || { echo "  $name seed $seed: training failed (see $log)"; return 1; }
     t1=$(date +%s)
+    git -C "$top" describe --always --dirty >"$dir/commit" 2>/dev/null || echo unknown >"$dir/commit"
     ckpt=$dir/latest.safetensors
     "$etmoe" eval "$ckpt" --batches $final_batches >"$dir/eval.txt" 2>>"$log" ||
         { echo "  $name seed $seed: eval failed (see $log)"; return 1; }
@@ -236,6 +239,10 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
     printf 'jobs\t%s\n' "$jobs"
     printf 'threads\t%s\n' "$threads"
     printf 'train_minutes\t%s\n' "$(( (trained - started + 30) / 60 ))"
+    printf 'runs_total\t%s\n' "$(find "$out/runs" -name done | wc -l | tr -d ' ')"
+    printf 'runs_trained\t%s\n' "$(find "$out/runs" -name done -newer "$out/started.stamp" | wc -l | tr -d ' ')"
+    # every run's own training time (final.tsv), whichever invocation trained it
+    printf 'run_minutes\t%s\n' "$(cat "$out"/runs/*/final.tsv | "$AWK" -F'\t' '$1 == "seconds" { s += $2 } END { printf "%d", (s + 30) / 60 }')"
     printf 'total_minutes\t%s\n' "$(( (finished - started + 30) / 60 ))"
     printf 'total_seconds\t%s\n' "$((finished - started))"
     printf 'load_start\t%s\n' "$load_start"
@@ -243,6 +250,10 @@ load_end=$(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)
     printf 'cpu\t%s\n' "$("$AWK" -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo 2>/dev/null) x $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo '?')"
     printf 'version\t%s\n' "$("$etmoe" --version | head -1)"
     printf 'commit\t%s\n' "$(git -C "$top" describe --always --dirty 2>/dev/null || echo unknown)"
+    # the commits that trained the runs (reused runs keep theirs): "abc1234 x 23, def5678 x 1"
+    printf 'run_commits\t%s\n' "$(for d in "$out"/runs/*/; do [ -f "$d/done" ] || continue
+        cat "$d/commit" 2>/dev/null || echo unrecorded; done | sort | uniq -c |
+        "$AWK" '{ printf "%s%s x %d", (NR > 1 ? ", " : ""), $2, $1 }')"
     printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     printf 'config\t%s\n' "experiments/experiment.conf"
     printf 'sizes\t%s\n' "${sizes:-(none: experiments/experiment.conf as is)}"

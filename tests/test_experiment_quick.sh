@@ -76,6 +76,8 @@ grep -q '^# Router comparison' "$md" || fail "results.md has no title"
 grep -q 'Quick mode' "$md" || fail "results.md does not say it is a quick run"
 for r in $routers; do grep -q "^| $r | 2 | [0-9]" "$md" || fail "results.md has no result row for $r"; done
 grep -q '^| ET + warm-up | 0.5M -> 500M | 2.844 | 19.88 |' "$md" || fail "results.md lacks the paper's table"
+grep -q "the 16 runs' own" "$md" && grep -q '^training times add up to [0-9]* min; this invocation took' "$md" ||
+    fail "results.md does not say how long the 16 runs took"
 if [ -z "$figures" ]; then
     for f in loss thresholds position kind passage; do
         png=$tmp/doc/figures/$f.png
@@ -93,4 +95,6 @@ OMP_NUM_THREADS=1 sh "$srcdir/experiments/run.sh" --quick --out "$tmp/out" --doc
 # seconds differ between runs (the reused runs keep theirs): compare everything else
 cut -f1-22,24- "$t/routers.tsv" >"$tmp/a"; cut -f1-22,24- "$tmp/routers.before" >"$tmp/b"
 cmp -s "$tmp/a" "$tmp/b" || fail "the second run changed routers.tsv"
+grep -q 'this invocation trained 0 of them and reused the' "$md" || fail "results.md does not say the runs were reused"
+grep -q 'runs trained at commit [^ ]* x 16;' "$md" || fail "results.md does not say which commit trained the runs"
 echo "PASS: quick experiment ($(grep -c . "$md") lines of results.md)"
