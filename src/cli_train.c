@@ -10,6 +10,7 @@
 #include "trainer.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -31,16 +32,6 @@ static void install_stop_handlers(void) {
     sa.sa_flags = SA_RESETHAND | SA_RESTART;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-}
-
-/* A whole number in [lo, hi] from text; 0 or -1. */
-static int parse_int(const char *s, int lo, int hi, int *out) {
-    char *end = NULL;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = (int)v;
-    return 0;
 }
 
 /* ---- train --------------------------------------------------------------------------------- */
@@ -133,10 +124,12 @@ int cmd_train(int argc, char **argv) {
         free(overrides);
         return cli_usage_error(verb, "--resume and --force contradict each other");
     }
-    if (stop_s && parse_int(stop_s, 1, 1000000000, &opt.stop_at) != 0) {
+    long stop_at = 0;
+    if (stop_s && cli_parse_long(stop_s, 1, 1000000000, &stop_at) != 0) {
         free(overrides);
         return cli_usage_error(verb, "--stop-at '%s': expected a whole number of steps >= 1", stop_s);
     }
+    opt.stop_at = (int)stop_at;
     if (backend) {
         size_t len = strlen("backend=") + strlen(backend) + 1;
         backend_override = etm_malloc(len);
@@ -212,8 +205,8 @@ int cmd_eval(int argc, char **argv) {
         }
     }
     if (!path) return cli_usage_error(verb, "no CHECKPOINT given");
-    int batches = 0;
-    if (batches_s && parse_int(batches_s, 1, 1000000000, &batches) != 0)
+    long batches = 0;
+    if (batches_s && cli_parse_long(batches_s, 1, 1000000000, &batches) != 0)
         return cli_usage_error(verb, "--batches '%s': expected a whole number >= 1", batches_s);
     etm_eval_routing routing = ETM_EVAL_THRESHOLD;
     if (mode_s) {
@@ -238,7 +231,9 @@ int cmd_eval(int argc, char **argv) {
     etm_backend *be = etm_backend_create(hp.backend, &err);
     if (be) m = etm_checkpoint_load_model(path, be, hp.batch_size, &err);
     etm_eval_result ev;
-    if (m && etm_evaluate(m, data, batches * hp.batch_size, routing, &ev, &err) == 0) {
+    /* at most `batches` micro-batches of sequences (0: all); more than INT_MAX means all too */
+    int max_seqs = (int)ETM_MIN(batches * hp.batch_size, (long)INT_MAX);
+    if (m && etm_evaluate(m, data, max_seqs, routing, &ev, &err) == 0) {
         printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
                routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
                    ? "batch (expert choice per pool)"

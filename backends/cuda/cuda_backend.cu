@@ -126,10 +126,11 @@ extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
         etm_fail(err, "cuda backend: cannot select a CUDA device: %s", cudaGetErrorString(e));
         return NULL;
     }
-    /* nvcc builds machine code only for the architectures configure was given (sm_80 and sm_90
-     * by default, no PTX), so a GPU of another major architecture (sm_100, sm_120, ...) has no
-     * kernel to run, and every op would abort with "no kernel image is available". Report that
-     * here as "no usable device", naming the fix, before anything is allocated. */
+    /* nvcc builds only for the architectures configure was given (sm_80 and sm_90 code plus
+     * compute_90 PTX by default; --with-cuda-arch may give fewer), so a GPU the build has neither
+     * code nor usable PTX for has no kernel to run, and every op would abort with "no kernel
+     * image is available". Report that here as "no usable device", naming the fix, before
+     * anything is allocated. */
     cudaFuncAttributes image;
     if ((e = cudaFuncGetAttributes(&image, k_probe_image)) != cudaSuccess) {
         int major = 0, minor = 0;
