@@ -23,14 +23,6 @@
 #define ASSERT_MSG_HAS(err, s) \
     ck_assert_msg(strstr((err).msg, (s)) != NULL, "message '%s' lacks '%s'", (err).msg, (s))
 
-static etm_backend *test_backend(void) {
-    const char *name = getenv("ETM_TEST_BACKEND");
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create(name && *name ? name : "cpu", &err);
-    ck_assert_msg(be != NULL, "%s", err.msg);
-    return be;
-}
-
 /* A model small enough to build and step in milliseconds, with one dense and two MoE layers. */
 static void tiny_hparams(etm_hparams *hp, etm_router_kind router) {
     etm_hparams_defaults(hp);

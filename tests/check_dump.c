@@ -25,14 +25,6 @@
 
 #define ASSERT_STR_HAS(hay, s) ck_assert_msg(strstr((hay), (s)) != NULL, "'%s' lacks '%s'", (hay), (s))
 
-static etm_backend *test_backend(void) {
-    const char *name = getenv("ETM_TEST_BACKEND");
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create(name && *name ? name : "cpu", &err);
-    ck_assert_msg(be != NULL, "%s", err.msg);
-    return be;
-}
-
 static void tiny_hparams(etm_hparams *hp) {
     etm_hparams_defaults(hp);
     hp->vocab_size = 64;

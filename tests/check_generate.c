@@ -23,19 +23,7 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-/* Tiny models are all synchronisation and no work; one thread keeps them fast on a loaded box. */
-static void one_thread(void) {
-#ifdef _OPENMP
-    omp_set_num_threads(1);
-#endif
-}
 
-static etm_backend *cpu(void) {
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create("cpu", &err);
-    ck_assert_msg(be != NULL, "cpu backend: %s", err.msg);
-    return be;
-}
 
 /* V 37 (or vocab), T 12, D 16, 4 heads over 2 KV heads, 3 layers (layer 0 dense), 4 routed
  * experts of width 8 + 1 shared, top_k 2. */
@@ -273,8 +261,8 @@ static etm_gen_result generate_ok(etm_model *m, etm_gen_options *o, recorder *r)
  * logits within 1e-5, and each token's routed experts per layer equal to its row of the full
  * forward's routing mask. */
 static void check_cache_equals_full_forward(etm_router_kind router, float temperature, int top_k) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(router, 37);
     etm_model *m = random_model(be, &hp);
     int V = hp.vocab_size, T = hp.seq_len, E = hp.n_routed;
@@ -350,8 +338,8 @@ START_TEST(test_cache_equals_full_forward_dense) { check_cache_equals_full_forwa
 END_TEST
 
 START_TEST(test_same_seed_same_tokens) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET, 37);
     etm_model *m = random_model(be, &hp);
     int32_t prompt[2] = {3, 4};
@@ -590,7 +578,7 @@ static int run(const char *fmt, ...) {
     char cmd[4096];
     va_list ap;
     va_start(ap, fmt);
-    /* one thread unless the command says otherwise (see one_thread()); idle threads sleep rather
+    /* one thread unless the command says otherwise (see test_one_thread()); idle threads sleep rather
      * than spin, which on a loaded machine makes every barrier wait for a scheduler slice */
     int k = snprintf(cmd, sizeof cmd, "OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive; export OMP_NUM_THREADS OMP_WAIT_POLICY; ");
     vsnprintf(cmd + k, sizeof cmd - (size_t)k, fmt, ap);
@@ -637,14 +625,14 @@ static char *expected_show(etm_show_mode mode, const etm_expert_trace *t, const 
 }
 
 START_TEST(test_verb) {
-    one_thread();
+    test_one_thread();
     const char *bin = etmoe_bin();
     char dir[256], ck[512];
     test_tmpdir(dir, sizeof dir);
     snprintf(ck, sizeof ck, "%s/model.safetensors", dir);
 
     /* a tiny random ET model over the austen tokenizer, saved as a model file */
-    etm_backend *be = cpu();
+    etm_backend *be = test_backend_named("cpu");
     etm_tokenizer *tok = austen();
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET, etm_tokenizer_vocab_size(tok));
     hp.seq_len = 24;

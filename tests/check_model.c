@@ -19,21 +19,7 @@
 
 /* ---- helpers ------------------------------------------------------------------------------- */
 
-/* The tiny models of most tests are all synchronisation and no work: on a loaded 2-core machine
- * every OpenMP barrier can cost a scheduler slice, so they run on one thread. Thread-count
- * independence is test_threads_bit_identical's job. */
-static void one_thread(void) {
-#ifdef _OPENMP
-    omp_set_num_threads(1);
-#endif
-}
 
-static etm_backend *cpu(void) {
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create("cpu", &err);
-    ck_assert_msg(be != NULL, "cpu backend: %s", err.msg);
-    return be;
-}
 
 /* The tiny model of the gradient checks: V 37, T 6, D 16, 4 heads over 2 KV heads, 3 layers
  * (layer 0 dense), 4 routed experts + 1 shared of width 8. */
@@ -167,9 +153,9 @@ static const grad_case grad_cases[] = {
 /* Central differences of the loss (summed in double) with the routing replayed from the first
  * forward, against the analytic gradient, on a sample of entries of every tensor. */
 START_TEST(test_gradients_fd) {
-    one_thread();
+    test_one_thread();
     const grad_case *gc = &grad_cases[_i];
-    etm_backend *be = cpu();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(gc->router);
     hp.tc_score = gc->score;
     hp.tc_balance = gc->balance;
@@ -240,8 +226,8 @@ END_TEST
 
 /* The gradient scales with loss_scale and accumulates across backward calls. */
 START_TEST(test_grad_scale_accumulates) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_TC);
     hp.tc_balance = ETM_BALANCE_AUX;
     hp.aux_alpha = 0.3f;
@@ -325,8 +311,8 @@ static causal_result causal_probe(etm_model *m, etm_moe_mode mode, int t) {
 }
 
 START_TEST(test_causal_et_eval) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = causal_hp(ETM_ROUTER_ET);
     etm_model *m = make_model(be, &hp, 2);
     randomize_params(m, 11);
@@ -352,8 +338,8 @@ END_TEST
 /* Expert choice routes within the batch: a token's output depends on later tokens and on the
  * other sequences. The same probe must see it. */
 START_TEST(test_causal_ec_train_routing_is_not) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = causal_hp(ETM_ROUTER_EC);
     etm_model *m = make_model(be, &hp, 2);
     randomize_params(m, 11);
@@ -368,8 +354,8 @@ END_TEST
 /* ---- KV-cache decoding --------------------------------------------------------------------- */
 
 static void check_decode(etm_router_kind router) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = causal_hp(router);
     etm_model *m = make_model(be, &hp, 2);
     randomize_params(m, 21);
@@ -427,7 +413,7 @@ static float *grads_with_threads(int threads, double *loss) {
 #else
     (void)threads;
 #endif
-    etm_backend *be = cpu();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
     hp.seq_len = 32;
     hp.d_model = 64;
@@ -460,7 +446,7 @@ START_TEST(test_threads_bit_identical) {
     omp_set_num_threads(2);
 #endif
     ck_assert_msg(memcmp(&l1, &l2, sizeof l1) == 0, "loss %.17g vs %.17g", l1, l2);
-    etm_backend *be = cpu();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
     hp.seq_len = 32, hp.d_model = 64, hp.ffn_hidden = 256, hp.expert_hidden = 128, hp.n_routed = 8;
     hp.vocab_size = 300;
@@ -481,8 +467,8 @@ END_TEST
 /* ---- initialisation and the parameter table ------------------------------------------------ */
 
 START_TEST(test_init_seeded) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
     etm_model *a = make_model(be, &hp, 1), *b = make_model(be, &hp, 1);
     hp.seed = 1235;
@@ -510,8 +496,8 @@ END_TEST
 /* Each tensor follows its rule: zero output projections; embedding N(0,1); router std 1/sqrt(D);
  * others std min(1, sqrt(fan_out/fan_in))/sqrt(fan_in). Checked on sample moments. */
 START_TEST(test_init_distribution) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
     hp.vocab_size = 500, hp.d_model = 64, hp.n_head = 4, hp.ffn_hidden = 256, hp.expert_hidden = 32;
     hp.n_routed = 8, hp.seq_len = 16;
@@ -547,8 +533,8 @@ START_TEST(test_init_distribution) {
 END_TEST
 
 START_TEST(test_param_table) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_TC);
     etm_model *m = make_model(be, &hp, 1);
     size_t next = 0;
@@ -588,8 +574,8 @@ END_TEST
 /* ---- errors -------------------------------------------------------------------------------- */
 
 START_TEST(test_errors) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_error err = {{0}};
     etm_hparams hp = tiny_hp(ETM_ROUTER_DENSE);
     hp.n_kv_head = 3;
@@ -620,8 +606,8 @@ END_TEST
 
 /* A freshly initialised model predicts uniformly (zero LM head): loss = log V exactly. */
 START_TEST(test_initial_loss_uniform) {
-    one_thread();
-    etm_backend *be = cpu();
+    test_one_thread();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
     etm_model *m = make_model(be, &hp, 2);
     int32_t tok[12], tgt[12];
@@ -644,9 +630,9 @@ static void add_case(Suite *s, TCase *tc) {
 /* The parameter table drives the optimizer as is, and a few steps on one batch fit it: the
  * gradients point downhill for every router (Muon for matrices, AdamW for the rest). */
 START_TEST(test_optimizer_fits_batch) {
-    one_thread();
+    test_one_thread();
     static const etm_router_kind routers[] = {ETM_ROUTER_DENSE, ETM_ROUTER_TC, ETM_ROUTER_EC, ETM_ROUTER_ET};
-    etm_backend *be = cpu();
+    etm_backend *be = test_backend_named("cpu");
     etm_hparams hp = tiny_hp(routers[_i]);
     hp.max_steps = 30;
     hp.warmup_steps = 0;

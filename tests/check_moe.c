@@ -42,12 +42,6 @@ typedef struct {
     etm_moe_weights w, dw;
 } problem;
 
-static etm_backend *cpu(void) {
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create("cpu", &err);
-    ck_assert_msg(be != NULL, "cpu backend: %s", err.msg);
-    return be;
-}
 
 static float *dev_from(etm_backend *be, const float *host, size_t n) {
     float *d = be->alloc(be, (n ? n : 1) * sizeof(float));
@@ -116,7 +110,7 @@ static void problem_init(problem *p, const moe_case *c, uint64_t seed) {
         p->thr[0] = -1e9f;     /* et: everything passes expert 0's threshold */
         p->thr[E - 1] = 1e9f;  /* and nothing expert E-1's */
     }
-    etm_backend *be = p->be = cpu();
+    etm_backend *be = p->be = test_backend_named("cpu");
     p->bx = dev_from(be, p->x, (size_t)N * D);
     p->by = dev_from(be, NULL, (size_t)N * D);
     p->bdx = dev_from(be, NULL, (size_t)N * D);

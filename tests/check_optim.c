@@ -21,14 +21,6 @@
 #define ASSERT_MSG_HAS(err, s) \
     ck_assert_msg(strstr((err).msg, (s)) != NULL, "message '%s' lacks '%s'", (err).msg, (s))
 
-static etm_backend *test_backend(void) {
-    const char *name = getenv("ETM_TEST_BACKEND");
-    etm_error err = {{0}};
-    etm_backend *be = etm_backend_create(name && *name ? name : "cpu", &err);
-    ck_assert_msg(be != NULL, "%s", err.msg);
-    return be;
-}
-
 static void set_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);

@@ -1,5 +1,5 @@
-/* testutil.h: helpers shared by the Check suites: where fixtures and data live, temp files, and
- * a main() that runs one suite and reports in Check's usual form. */
+/* testutil.h: helpers shared by the Check suites: where fixtures and data live, temp files, the
+ * backend a test runs on, and a main() that runs one suite and reports in Check's usual form. */
 #ifndef ETM_TESTUTIL_H
 #define ETM_TESTUTIL_H
 
@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "backend.h"
 
 /* Directory of tests/ in the source tree (fixtures live under tests/fixtures). */
 static inline const char *test_dir(void) {
@@ -26,6 +31,29 @@ static inline const char *test_tmpdir(char *buf, size_t len) {
     snprintf(buf, len, "%s/etmoe-test-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     ck_assert_msg(mkdtemp(buf) != NULL, "mkdtemp failed");
     return buf;
+}
+
+/* The named backend, failing the test with the reason when it cannot be created. */
+static inline etm_backend *test_backend_named(const char *name) {
+    etm_error err = {{0}};
+    etm_backend *be = etm_backend_create(name, &err);
+    ck_assert_msg(be != NULL, "%s backend: %s", name, err.msg);
+    return be;
+}
+
+/* The backend of the suites that run on any backend: $ETM_TEST_BACKEND, or cpu. */
+static inline etm_backend *test_backend(void) {
+    const char *name = getenv("ETM_TEST_BACKEND");
+    return test_backend_named(name && *name ? name : "cpu");
+}
+
+/* Tiny models are all synchronisation and no work: on a loaded 2-core machine every OpenMP
+ * barrier can cost a scheduler slice, so their tests run on one thread. Thread-count
+ * independence has its own tests, which set the count they need. */
+static inline void test_one_thread(void) {
+#ifdef _OPENMP
+    omp_set_num_threads(1);
+#endif
 }
 
 /* Runs the suite and returns the process exit code. CK_FORK is left to the environment. */
