@@ -21,37 +21,7 @@ function fail(msg) {
     exit 1
 }
 
-# Reads a key/value TSV into KV (cleared first); 0 when the file is missing.
-function read_kv(path, KV,    line, n, f) {
-    split("", KV)
-    n = 0
-    while ((getline line < path) > 0) {
-        if (line ~ /^#/ || line == "") continue
-        split(line, f, "\t")
-        KV[f[1]] = f[2]
-        n++
-    }
-    close(path)
-    return n
-}
-
-function isnum(x) { return x ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ }
 function fmt(x) { return isnum(x) ? sprintf("%.6g", x) : "NaN" }
-
-# Student t quantile 0.975 for df degrees of freedom.
-function tcrit(df) {
-    if (df == 1) return 12.706
-    if (df == 2) return 4.303
-    if (df == 3) return 3.182
-    if (df == 4) return 2.776
-    if (df == 5) return 2.571
-    if (df == 6) return 2.447
-    if (df == 7) return 2.365
-    if (df == 8) return 2.306
-    if (df == 9) return 2.262
-    if (df <= 20) return 2.1
-    return 1.96
-}
 
 # First crossing of target by the curve X[1..n] -> Y[1..n] (Y decreasing overall).
 function crossing(n, X, Y, target,    i) {

@@ -10,7 +10,6 @@ function fail(msg) {
     exit 1
 }
 
-function isnum(x) { return x ~ /^-?[0-9.]+([eE][-+]?[0-9]+)?$/ }
 function f4(x) { return isnum(x) ? sprintf("%.4f", x) : "-" }
 function f3(x) { return isnum(x) ? sprintf("%.3f", x) : "-" }
 function f2(x) { return isnum(x) ? sprintf("%.2f", x) : "-" }
@@ -22,20 +21,6 @@ function tokens(x) {
     if (x >= 1e6) return sprintf("%.2fM", x / 1e6)
     if (x >= 1e3) return sprintf("%.0fk", x / 1e3)
     return sprintf("%.0f", x)
-}
-
-function tcrit(df) {
-    if (df == 1) return 12.706
-    if (df == 2) return 4.303
-    if (df == 3) return 3.182
-    if (df == 4) return 2.776
-    if (df == 5) return 2.571
-    if (df == 6) return 2.447
-    if (df == 7) return 2.365
-    if (df == 8) return 2.306
-    if (df == 9) return 2.262
-    if (df <= 20) return 2.1
-    return 1.96
 }
 
 # Reads a TSV with a '#' header into T[row, column name] (rows from 1); returns the row count.
@@ -61,15 +46,6 @@ function read_table(path, T, COLS, optional,    line, f, h, n, i, nh) {
         fail(path ": missing or without a header")
     }
     return n
-}
-
-function read_kv(path, KV,    line, f) {
-    while ((getline line < path) > 0) {
-        if (line ~ /^#/ || line == "") continue
-        split(line, f, "\t")
-        KV[f[1]] = f[2]
-    }
-    close(path)
 }
 
 # Paired difference (a - b) over the seeds both routers ran: sets D_n, D_mean, D_lo, D_hi, D_sig.

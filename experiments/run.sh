@@ -224,7 +224,7 @@ tables=$out/tables
         printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$label" "$kind" "$seed" "$out/runs/$name-s$seed"
     done <"$list"
 } >"$tables/runs.tsv"
-"$AWK" -v tables="$tables" -f "$here/aggregate.awk" "$tables/runs.tsv" || die "aggregate.awk failed"
+"$AWK" -v tables="$tables" -f "$here/tables.awk" -f "$here/aggregate.awk" "$tables/runs.tsv" || die "aggregate.awk failed"
 first_seed=$(echo $seeds | cut -d' ' -f1)
 "$AWK" -v tables="$tables" -v first_seed="$first_seed" -f "$here/figdata.awk" "$tables/runs.tsv" || die "figdata.awk failed"
 
@@ -273,6 +273,6 @@ if [ $figures = 1 ]; then
 fi
 
 # ---- results page ------------------------------------------------------------------------------
-"$AWK" -v tables="$tables" -v figures=$figures -f "$here/report.awk" "$tables/runs.tsv" >"$doc/results.md.tmp" &&
+"$AWK" -v tables="$tables" -v figures=$figures -f "$here/tables.awk" -f "$here/report.awk" "$tables/runs.tsv" >"$doc/results.md.tmp" &&
     mv "$doc/results.md.tmp" "$doc/results.md" || die "report.awk failed"
 echo "run.sh: done in $((finished - started)) s: $doc/results.md"
