@@ -184,6 +184,87 @@ struct etm_backend {
                          float lr, float b1, float b2, float eps, float wd, float bc1, float bc2);
 };
 
+/* ---- the list of operations ------------------------------------------------------------------
+ * Every function pointer of etm_backend, in declaration order, as X(name, kind). This list is the
+ * one place an operation is named; everything that must cover every operation follows from it:
+ *  - the backend tables: cpu_backend.c fills `.name = cpu_<name>` and cuda_backend.cu
+ *    `etm_cuda_<name>` (memory functions: `cuda_<name>`) for each entry, so a backend without the
+ *    function does not compile; etm_backend_create refuses a table with a NULL entry;
+ *  - the profiler (src/profiler.c) wraps each entry as `prof_<name>`: a missing wrapper does not
+ *    compile;
+ *  - backend_check's coverage: tests/check_ops_registry.c runs etm_check_backend_ops through the
+ *    profiler and fails for any entry the comparison never calls;
+ *  - backend.c checks at compile time that this list and the struct above agree, field by field.
+ * kind: ETM_OP_LIFETIME (destroy: called by etm_backend_free, not profiled or op-checked),
+ * ETM_OP_MEMORY (allocation and synchronisation: counted by the profiler, not timed),
+ * ETM_OP_TIMED (data movement and compute: timed by the profiler).
+ * Adding an operation: a field with its contract in etm_backend, a line here at the same place,
+ * then the compiler names every file that still lacks it (doc/architecture.md, "Add an op"). */
+#define ETM_BACKEND_OPS(X)                                                                         \
+    X(destroy, ETM_OP_LIFETIME)                                                                    \
+    X(alloc, ETM_OP_MEMORY)                                                                        \
+    X(free, ETM_OP_MEMORY)                                                                         \
+    X(upload, ETM_OP_TIMED)                                                                        \
+    X(download, ETM_OP_TIMED)                                                                      \
+    X(copy, ETM_OP_TIMED)                                                                          \
+    X(zero, ETM_OP_TIMED)                                                                          \
+    X(synchronize, ETM_OP_MEMORY)                                                                  \
+    X(gemm, ETM_OP_TIMED)                                                                          \
+    X(gemm_grouped, ETM_OP_TIMED)                                                                  \
+    X(fill, ETM_OP_TIMED)                                                                          \
+    X(scale, ETM_OP_TIMED)                                                                         \
+    X(axpy, ETM_OP_TIMED)                                                                          \
+    X(sum_squares, ETM_OP_TIMED)                                                                   \
+    X(column_sum, ETM_OP_TIMED)                                                                    \
+    X(add_row_vector, ETM_OP_TIMED)                                                                \
+    X(add_scaled_rows, ETM_OP_TIMED)                                                               \
+    X(embedding_forward, ETM_OP_TIMED)                                                             \
+    X(embedding_backward, ETM_OP_TIMED)                                                            \
+    X(rmsnorm_forward, ETM_OP_TIMED)                                                               \
+    X(rmsnorm_backward, ETM_OP_TIMED)                                                              \
+    X(rope_forward, ETM_OP_TIMED)                                                                  \
+    X(rope_backward, ETM_OP_TIMED)                                                                 \
+    X(attention_forward, ETM_OP_TIMED)                                                             \
+    X(attention_backward, ETM_OP_TIMED)                                                            \
+    X(relu2_forward, ETM_OP_TIMED)                                                                 \
+    X(relu2_backward, ETM_OP_TIMED)                                                                \
+    X(softcap, ETM_OP_TIMED)                                                                       \
+    X(xent_forward, ETM_OP_TIMED)                                                                  \
+    X(xent_backward, ETM_OP_TIMED)                                                                 \
+    X(sigmoid_forward, ETM_OP_TIMED)                                                               \
+    X(sigmoid_backward, ETM_OP_TIMED)                                                              \
+    X(softmax_forward, ETM_OP_TIMED)                                                               \
+    X(softmax_backward, ETM_OP_TIMED)                                                              \
+    X(logsumexp_rows, ETM_OP_TIMED)                                                                \
+    X(topk_rows, ETM_OP_TIMED)                                                                     \
+    X(select_columns, ETM_OP_TIMED)                                                                \
+    X(kth_largest_columns, ETM_OP_TIMED)                                                           \
+    X(dispatch_alloc, ETM_OP_MEMORY)                                                               \
+    X(dispatch_free, ETM_OP_MEMORY)                                                                \
+    X(build_dispatch, ETM_OP_TIMED)                                                                \
+    X(gather_rows, ETM_OP_TIMED)                                                                   \
+    X(scatter_add_rows, ETM_OP_TIMED)                                                              \
+    X(gather_pairs, ETM_OP_TIMED)                                                                  \
+    X(scatter_add_pairs, ETM_OP_TIMED)                                                             \
+    X(combine_forward, ETM_OP_TIMED)                                                               \
+    X(combine_backward, ETM_OP_TIMED)                                                              \
+    X(adamw_update, ETM_OP_TIMED)
+
+typedef enum { ETM_OP_LIFETIME, ETM_OP_MEMORY, ETM_OP_TIMED } etm_op_kind;
+
+/* ETM_OPI_<name>: an operation's index in the list; ETM_BACKEND_N_OPS of them. */
+#define ETM_OP_INDEX_(name, kind) ETM_OPI_##name,
+enum { ETM_BACKEND_OPS(ETM_OP_INDEX_) ETM_BACKEND_N_OPS };
+#undef ETM_OP_INDEX_
+
+/* The list at run time: name and kind of operation i < ETM_BACKEND_N_OPS. */
+const char *etm_backend_op_name(int i);
+etm_op_kind etm_backend_op_kind(int i);
+/* Index of the operation called name, or -1. */
+int etm_backend_op_index(const char *name);
+/* Operation i of a table as a generic pointer (NULL when the backend left it out). */
+void (*etm_backend_op(const etm_backend *be, int i))(void);
+
 /* ---- the registry (the only global state in etmoe) ---------------------------------------- */
 /* Creates the backend called name ("cpu", "cuda"); NULL with a message when it is unknown, not
  * built in, or has no device. */

@@ -159,6 +159,7 @@ static void run_memory(etm_backend *be, const void *va, float *out) {
     be->zero(be, y + 3, (a->n - 6) * sizeof(float));
     dget(be, out + a->n, y, a->n);
     float *fresh = dput(be, NULL, a->n * sizeof(float)); /* alloc zero-fills */
+    be->synchronize(be);
     dget(be, out + 2 * a->n, fresh, a->n);
     be->free(be, x);
     be->free(be, y);

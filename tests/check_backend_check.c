@@ -1,7 +1,8 @@
 /* check_backend_check.c: tests of the op-by-op backend comparison (src/backend_check.c), runnable
  * on any machine: the CPU backend compared with itself must pass every comparison, and copies of
  * it with one op broken in a known way (wrong arithmetic, wrong tie-breaking, a NaN, results
- * that change from run to run) must each be caught. */
+ * that change from run to run) must each be caught; and every operation of backends/backend.h's
+ * list must be profiled and exercised by the comparison. */
 #include <config.h>
 
 #include <math.h>
@@ -10,6 +11,7 @@
 
 #include "backend.h"
 #include "backend_check.h"
+#include "profiler.h"
 #include "testutil.h"
 
 /* A copy of the cpu backend's table with room for a call counter. The cpu backend's tensors are
@@ -106,6 +108,28 @@ START_TEST(test_nondeterminism_is_caught) {
 }
 END_TEST
 
+/* The list in backend.h is the contract: each operation must have a profiler wrapper (or the
+ * profiler would report it as host time) and be called by etm_check_backend_ops (or a backend
+ * could get it wrong unnoticed). The comparison is run on the profiler, which counts the calls. */
+START_TEST(test_every_op_is_checked_and_profiled) {
+    etm_profiler *pr = etm_profiler_create(cpu);
+    etm_backend *prof = etm_profiler_backend(pr);
+    for (int op = 0; op < ETM_BACKEND_N_OPS; op++) {
+        if (etm_backend_op_kind(op) == ETM_OP_LIFETIME) continue; /* destroy: etm_backend_free */
+        ck_assert_msg(etm_backend_op(prof, op) != etm_backend_op(cpu, op),
+                      "operation %s is not profiled (src/profiler.c)", etm_backend_op_name(op));
+    }
+    ck_assert_int_eq(etm_check_backend_ops(cpu, prof, 7, NULL), 0);
+    for (int op = 0; op < ETM_BACKEND_N_OPS; op++) {
+        if (etm_backend_op_kind(op) == ETM_OP_LIFETIME) continue;
+        ck_assert_msg(etm_profiler_calls(pr, 0, op) > 0.0,
+                      "operation %s is never called by etm_check_backend_ops (src/backend_check.c)",
+                      etm_backend_op_name(op));
+    }
+    etm_profiler_free(pr);
+}
+END_TEST
+
 START_TEST(test_nmse) {
     float r[4] = {1, -2, 3, 0}, t[4] = {1, -2, 3, 0};
     ck_assert(etm_check_nmse(r, t, 4) == 0.0);
@@ -130,6 +154,7 @@ int main(void) {
     tcase_add_test(tc, test_wrong_tie_break_is_caught);
     tcase_add_test(tc, test_nan_is_caught);
     tcase_add_test(tc, test_nondeterminism_is_caught);
+    tcase_add_test(tc, test_every_op_is_checked_and_profiled);
     tcase_add_test(tc, test_nmse);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

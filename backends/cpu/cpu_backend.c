@@ -100,58 +100,11 @@ static void cpu_zero(etm_backend *be, void *p, size_t bytes) {
 
 static void cpu_synchronize(etm_backend *be) { (void)be; }
 
-static const etm_backend cpu_table = {
-    .name = "cpu",
-    .ctx = NULL,
-    .destroy = cpu_destroy,
-    .alloc = cpu_alloc,
-    .free = cpu_free,
-    .upload = cpu_upload,
-    .download = cpu_download,
-    .copy = cpu_copy,
-    .zero = cpu_zero,
-    .synchronize = cpu_synchronize,
-    .gemm = cpu_gemm,
-    .gemm_grouped = cpu_gemm_grouped,
-    .fill = cpu_fill,
-    .scale = cpu_scale,
-    .axpy = cpu_axpy,
-    .sum_squares = cpu_sum_squares,
-    .column_sum = cpu_column_sum,
-    .add_row_vector = cpu_add_row_vector,
-    .add_scaled_rows = cpu_add_scaled_rows,
-    .embedding_forward = cpu_embedding_forward,
-    .embedding_backward = cpu_embedding_backward,
-    .rmsnorm_forward = cpu_rmsnorm_forward,
-    .rmsnorm_backward = cpu_rmsnorm_backward,
-    .rope_forward = cpu_rope_forward,
-    .rope_backward = cpu_rope_backward,
-    .attention_forward = cpu_attention_forward,
-    .attention_backward = cpu_attention_backward,
-    .relu2_forward = cpu_relu2_forward,
-    .relu2_backward = cpu_relu2_backward,
-    .softcap = cpu_softcap,
-    .xent_forward = cpu_xent_forward,
-    .xent_backward = cpu_xent_backward,
-    .sigmoid_forward = cpu_sigmoid_forward,
-    .sigmoid_backward = cpu_sigmoid_backward,
-    .softmax_forward = cpu_softmax_forward,
-    .softmax_backward = cpu_softmax_backward,
-    .logsumexp_rows = cpu_logsumexp_rows,
-    .topk_rows = cpu_topk_rows,
-    .select_columns = cpu_select_columns,
-    .kth_largest_columns = cpu_kth_largest_columns,
-    .dispatch_alloc = cpu_dispatch_alloc,
-    .dispatch_free = cpu_dispatch_free,
-    .build_dispatch = cpu_build_dispatch,
-    .gather_rows = cpu_gather_rows,
-    .scatter_add_rows = cpu_scatter_add_rows,
-    .gather_pairs = cpu_gather_pairs,
-    .scatter_add_pairs = cpu_scatter_add_pairs,
-    .combine_forward = cpu_combine_forward,
-    .combine_backward = cpu_combine_backward,
-    .adamw_update = cpu_adamw_update,
-};
+/* The table, one entry per operation of backends/backend.h's list: operation X is cpu_X (defined
+ * here or in the cpu_*.c file of its family, declared in cpu_internal.h). */
+#define CPU_OP(name, kind) .name = cpu_##name,
+static const etm_backend cpu_table = {.name = "cpu", .ctx = NULL, ETM_BACKEND_OPS(CPU_OP)};
+#undef CPU_OP
 
 etm_backend *etm_cpu_backend_create(etm_error *err) {
     (void)err;

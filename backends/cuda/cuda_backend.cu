@@ -27,7 +27,7 @@ void *etm_cuda_scratch(etm_backend *be, size_t bytes) {
 }
 
 /* ---- lifetime and memory ------------------------------------------------------------------- */
-static void cuda_destroy(etm_backend *be) {
+static void etm_cuda_destroy(etm_backend *be) {
     etm_cuda_ctx *c = etm_cuda(be);
     if (!c) return;
     cudaStreamSynchronize(c->stream);
@@ -40,7 +40,7 @@ static void cuda_destroy(etm_backend *be) {
     be->ctx = NULL;
 }
 
-static void *cuda_alloc(etm_backend *be, size_t bytes) {
+static void *etm_cuda_alloc(etm_backend *be, size_t bytes) {
     void *p = NULL;
     if (bytes == 0) return NULL;
     cudaError_t e = cudaMalloc(&p, bytes);
@@ -53,7 +53,7 @@ static void *cuda_alloc(etm_backend *be, size_t bytes) {
     return p;
 }
 
-static void cuda_free(etm_backend *be, void *p) {
+static void etm_cuda_free(etm_backend *be, void *p) {
     if (!p) return;
     /* Kernels queued on our stream may still use p. cudaFree does wait for the device in
      * practice, but the runtime documents no such ordering with a cudaStreamNonBlocking stream,
@@ -62,7 +62,7 @@ static void cuda_free(etm_backend *be, void *p) {
     ETM_CUDA_CHECK(cudaFree(p));
 }
 
-static void cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
+static void etm_cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
     if (bytes == 0) return;
     /* From pageable memory this returns once host_src has been staged, so the caller may reuse
      * it; the copy is ordered with the kernels on the stream. */
@@ -70,24 +70,24 @@ static void cuda_upload(etm_backend *be, void *dst, const void *host_src, size_t
                                    etm_cuda(be)->stream));
 }
 
-static void cuda_download(etm_backend *be, void *host_dst, const void *src, size_t bytes) {
+static void etm_cuda_download(etm_backend *be, void *host_dst, const void *src, size_t bytes) {
     if (bytes == 0) return;
     etm_cuda_ctx *c = etm_cuda(be);
     ETM_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
     ETM_CUDA_CHECK(cudaStreamSynchronize(c->stream));
 }
 
-static void cuda_copy(etm_backend *be, void *dst, const void *src, size_t bytes) {
+static void etm_cuda_copy(etm_backend *be, void *dst, const void *src, size_t bytes) {
     if (bytes == 0 || dst == src) return;
     ETM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, etm_cuda(be)->stream));
 }
 
-static void cuda_zero(etm_backend *be, void *p, size_t bytes) {
+static void etm_cuda_zero(etm_backend *be, void *p, size_t bytes) {
     if (bytes == 0) return;
     ETM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, etm_cuda(be)->stream));
 }
 
-static void cuda_synchronize(etm_backend *be) {
+static void etm_cuda_synchronize(etm_backend *be) {
     ETM_CUDA_CHECK(cudaStreamSynchronize(etm_cuda(be)->stream));
 }
 
@@ -185,53 +185,10 @@ extern "C" etm_backend *etm_cuda_backend_create(etm_error *err) {
     etm_backend *be = (etm_backend *)etm_calloc(1, sizeof *be);
     be->name = "cuda";
     be->ctx = c;
-    be->destroy = cuda_destroy;
-    be->alloc = cuda_alloc;
-    be->free = cuda_free;
-    be->upload = cuda_upload;
-    be->download = cuda_download;
-    be->copy = cuda_copy;
-    be->zero = cuda_zero;
-    be->synchronize = cuda_synchronize;
-    be->gemm = etm_cuda_gemm;
-    be->gemm_grouped = etm_cuda_gemm_grouped;
-    be->fill = etm_cuda_fill;
-    be->scale = etm_cuda_scale;
-    be->axpy = etm_cuda_axpy;
-    be->sum_squares = etm_cuda_sum_squares;
-    be->column_sum = etm_cuda_column_sum;
-    be->add_row_vector = etm_cuda_add_row_vector;
-    be->add_scaled_rows = etm_cuda_add_scaled_rows;
-    be->embedding_forward = etm_cuda_embedding_forward;
-    be->embedding_backward = etm_cuda_embedding_backward;
-    be->rmsnorm_forward = etm_cuda_rmsnorm_forward;
-    be->rmsnorm_backward = etm_cuda_rmsnorm_backward;
-    be->rope_forward = etm_cuda_rope_forward;
-    be->rope_backward = etm_cuda_rope_backward;
-    be->attention_forward = etm_cuda_attention_forward;
-    be->attention_backward = etm_cuda_attention_backward;
-    be->relu2_forward = etm_cuda_relu2_forward;
-    be->relu2_backward = etm_cuda_relu2_backward;
-    be->softcap = etm_cuda_softcap;
-    be->xent_forward = etm_cuda_xent_forward;
-    be->xent_backward = etm_cuda_xent_backward;
-    be->sigmoid_forward = etm_cuda_sigmoid_forward;
-    be->sigmoid_backward = etm_cuda_sigmoid_backward;
-    be->softmax_forward = etm_cuda_softmax_forward;
-    be->softmax_backward = etm_cuda_softmax_backward;
-    be->logsumexp_rows = etm_cuda_logsumexp_rows;
-    be->topk_rows = etm_cuda_topk_rows;
-    be->select_columns = etm_cuda_select_columns;
-    be->kth_largest_columns = etm_cuda_kth_largest_columns;
-    be->dispatch_alloc = etm_cuda_dispatch_alloc;
-    be->dispatch_free = etm_cuda_dispatch_free;
-    be->build_dispatch = etm_cuda_build_dispatch;
-    be->gather_rows = etm_cuda_gather_rows;
-    be->scatter_add_rows = etm_cuda_scatter_add_rows;
-    be->gather_pairs = etm_cuda_gather_pairs;
-    be->scatter_add_pairs = etm_cuda_scatter_add_pairs;
-    be->combine_forward = etm_cuda_combine_forward;
-    be->combine_backward = etm_cuda_combine_backward;
-    be->adamw_update = etm_cuda_adamw_update;
+    /* One entry per operation of backends/backend.h's list: operation X is etm_cuda_X (the memory
+     * functions above, the kernels' launchers in the other .cu files, cuda_internal.h). */
+#define CUDA_OP(name, kind) be->name = etm_cuda_##name;
+    ETM_BACKEND_OPS(CUDA_OP)
+#undef CUDA_OP
     return be;
 }
