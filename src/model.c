@@ -321,6 +321,14 @@ static void linear(etm_backend *be, float *y, const float *x, const float *W, in
     be->gemm(be, ETM_NO_TRANS, ETM_TRANS, N, out, in, 1.0f, x, in, W, in, beta, y, out);
 }
 
+/* Backward of linear(): dW(out, in) += dy(N, out)^T x(N, in), and dx(N, in) = dy W, or += with
+ * dx_beta 1 (the gradient of an input shared by several projections). */
+static void linear_backward(etm_backend *be, float *dx, float *dW, const float *dy, const float *x,
+                            const float *W, int N, int out, int in, float dx_beta) {
+    be->gemm(be, ETM_TRANS, ETM_NO_TRANS, out, in, N, 1.0f, dy, out, x, in, 1.0f, dW, in);
+    be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, in, out, 1.0f, dy, out, W, in, dx_beta, dx, in);
+}
+
 int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                       etm_moe_mode mode, double *loss, etm_error *err) {
     const etm_hparams *hp = &m->hp;
@@ -431,8 +439,7 @@ int etm_model_backward(etm_model *m, float loss_scale, etm_error *err) {
     /* head: loss = mean over valid tokens */
     float dloss = m->n_valid > 0 ? loss_scale / (float)m->n_valid : 0.0f;
     be->xent_backward(be, s->dlogits, a->logits, a->targets, N, V, hp->logit_cap, dloss);
-    be->gemm(be, ETM_TRANS, ETM_NO_TRANS, V, D, N, 1.0f, s->dlogits, V, a->lnf, D, 1.0f, m->g.lm_head, D);
-    be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, V, 1.0f, s->dlogits, V, m->w.lm_head, D, 0.0f, s->dln, D);
+    linear_backward(be, s->dln, m->g.lm_head, s->dlogits, a->lnf, m->w.lm_head, N, V, D, 0.0f);
     be->zero(be, s->dresid, ND);
     be->rmsnorm_backward(be, s->dresid, s->dln, a->lnf, a->lnf_rstd, N, D);
 
@@ -445,18 +452,15 @@ int etm_model_backward(etm_model *m, float loss_scale, etm_error *err) {
             be->zero(be, s->dln, ND);
             etm_moe_backward(m->moe[l], &w->moe, &g->moe, s->dresid, s->dln, loss_scale);
         } else {
-            be->gemm(be, ETM_TRANS, ETM_NO_TRANS, D, F, N, 1.0f, s->dresid, D, la->a, F, 1.0f, g->mlp_down, F);
-            be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, F, D, 1.0f, s->dresid, D, w->mlp_down, F, 0.0f, s->da, F);
+            linear_backward(be, s->da, g->mlp_down, s->dresid, la->a, w->mlp_down, N, D, F, 0.0f);
             be->zero(be, s->dh, (size_t)N * F * sizeof(float));
             be->relu2_backward(be, s->dh, s->da, la->h, (size_t)N * F);
-            be->gemm(be, ETM_TRANS, ETM_NO_TRANS, F, D, N, 1.0f, s->dh, F, la->ln2, D, 1.0f, g->mlp_up, D);
-            be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, F, 1.0f, s->dh, F, w->mlp_up, D, 0.0f, s->dln, D);
+            linear_backward(be, s->dln, g->mlp_up, s->dh, la->ln2, w->mlp_up, N, F, D, 0.0f);
         }
         be->rmsnorm_backward(be, s->dresid, s->dln, la->ln2, la->ln2_rstd, N, D);
 
         /* attention */
-        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, D, HD, N, 1.0f, s->dresid, D, la->att, HD, 1.0f, g->wo, HD);
-        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, HD, D, 1.0f, s->dresid, D, w->wo, HD, 0.0f, s->datt, HD);
+        linear_backward(be, s->datt, g->wo, s->dresid, la->att, w->wo, N, D, HD, 0.0f);
         be->zero(be, s->dqn, (size_t)N * HD * sizeof(float));
         be->zero(be, s->dkn, (size_t)N * KVD * sizeof(float));
         be->zero(be, s->dv, (size_t)N * KVD * sizeof(float));
@@ -468,12 +472,9 @@ int etm_model_backward(etm_model *m, float loss_scale, etm_error *err) {
         be->zero(be, s->dk, (size_t)N * KVD * sizeof(float));
         be->rmsnorm_backward(be, s->dk, s->dkn, la->k, la->k_rstd, N * Hkv, hd);
         be->rope_backward(be, s->dk, m->rope_cos, m->rope_sin, B, T, Hkv, hd, 0);
-        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, HD, D, N, 1.0f, s->dq, HD, la->ln1, D, 1.0f, g->wq, D);
-        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, KVD, D, N, 1.0f, s->dk, KVD, la->ln1, D, 1.0f, g->wk, D);
-        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, KVD, D, N, 1.0f, s->dv, KVD, la->ln1, D, 1.0f, g->wv, D);
-        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, HD, 1.0f, s->dq, HD, w->wq, D, 0.0f, s->dln, D);
-        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, KVD, 1.0f, s->dk, KVD, w->wk, D, 1.0f, s->dln, D);
-        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, KVD, 1.0f, s->dv, KVD, w->wv, D, 1.0f, s->dln, D);
+        linear_backward(be, s->dln, g->wq, s->dq, la->ln1, w->wq, N, HD, D, 0.0f);
+        linear_backward(be, s->dln, g->wk, s->dk, la->ln1, w->wk, N, KVD, D, 1.0f);
+        linear_backward(be, s->dln, g->wv, s->dv, la->ln1, w->wv, N, KVD, D, 1.0f);
         be->rmsnorm_backward(be, s->dresid, s->dln, la->ln1, la->ln1_rstd, N, D);
     }
 
