@@ -26,7 +26,7 @@ typedef char etm_ops_all_listed[sizeof(etm_backend) == ETM_OP_SLOT(ETM_BACKEND_N
 #define ETM_OP_ROW(name, kind) {#name, kind},
 static const struct {
     const char *name; /* the field's name */
-    etm_op_kind kind; /* how the profiler and backend_check treat it (backend.h) */
+    etm_op_kind kind; /* how the profiler and compare_ops treat it (backend.h) */
 } op_list[ETM_BACKEND_N_OPS] = {ETM_BACKEND_OPS(ETM_OP_ROW)};
 
 const char *etm_backend_op_name(int i) {

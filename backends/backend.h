@@ -192,8 +192,8 @@ struct etm_backend {
  *    function does not compile; etm_backend_create refuses a table with a NULL entry;
  *  - the profiler (src/profiler.c) wraps each entry as `prof_<name>`: a missing wrapper does not
  *    compile;
- *  - backend_check's coverage: tests/check_ops_registry.c runs etm_check_backend_ops through the
- *    profiler and fails for any entry the comparison never calls;
+ *  - the op-by-op comparison's coverage: tests/check_compare_ops.c runs etm_check_backend_ops
+ *    (src/compare_ops.c) through the profiler and fails for any entry it never calls;
  *  - backend.c checks at compile time that this list and the struct above agree, field by field.
  * kind: ETM_OP_LIFETIME (destroy: called by etm_backend_free, not profiled or op-checked),
  * ETM_OP_MEMORY (allocation and synchronisation: counted by the profiler, not timed),

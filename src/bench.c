@@ -11,6 +11,7 @@
 #include <omp.h>
 #endif
 
+#include "backend_bench.h"
 #include "cpu/cpu_bench.h"
 #include "model.h"
 #include "optim.h"

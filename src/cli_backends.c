@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "cli.h"
 #include "common.h"
+#include "backend_bench.h"
 #include "cpu/cpu_bench.h"
 
 #include <stdio.h>

@@ -1,10 +1,10 @@
 /* cli_check_backend.c: `etmoe check-backend NAME [CONFIG]`: validates a compute backend against
  * the CPU backend, op by op, on one training step and on a short training run (the work is in
- * check_backend.c; the procedure for a new GPU is in doc/cuda.md). */
+ * validate_backend.c; the procedure for a new GPU is in doc/cuda.md). */
 #include <config.h>
 
 #include "backend.h"
-#include "check_backend.h"
+#include "validate_backend.h"
 #include "cli.h"
 #include "common.h"
 #include "hparams.h"

@@ -2,8 +2,8 @@
  * whose entries call the real functions and record, per phase, how often each operation of
  * backends/backend.h's list ran and (for ETM_OP_TIMED operations) for how long, synchronising the
  * real backend after each call so that an asynchronous one is timed, not queued. Used by
- * `etmoe bench --profile` (bench.c) and by the coverage test of backend_check
- * (tests/check_backend_check.c). */
+ * `etmoe bench --profile` (bench.c) and by the coverage test of the op-by-op comparison
+ * (tests/check_compare_ops.c). */
 #ifndef ETM_PROFILER_H
 #define ETM_PROFILER_H
 

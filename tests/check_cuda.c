@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "backend_check.h"
+#include "compare_ops.h"
 #include "cuda/cuda_backend.h"
 #include "rng.h"
 #include "testutil.h"

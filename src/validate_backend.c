@@ -1,9 +1,9 @@
-/* check_backend.c: whole-model validation of one backend against another (check_backend.h):
+/* validate_backend.c: whole-model validation of one backend against another (validate_backend.h):
  * the op check, one compared training step (through dump files and dump.h's comparison, plus
  * the routing disagreements measured against their decision boundaries), and training curves. */
 #include <config.h>
 
-#include "check_backend.h"
+#include "validate_backend.h"
 
 #include <errno.h>
 #include <math.h>
@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backend_check.h"
+#include "compare_ops.h"
 #include "dump.h"
 #include "model.h"
 #include "optim.h"

@@ -1,4 +1,4 @@
-/* backend_check.h: runs every operation of backends/backend.h on two backends with the same
+/* compare_ops.h: runs every operation of backends/backend.h on two backends with the same
  * random inputs and compares the results, op by op (the analogue of ggml's test-backend-ops).
  *
  * Sizes are small and deliberately awkward (odd, not multiples of tile sizes, padded leading
@@ -7,8 +7,8 @@
  * dispatch indices, gathers and copies must agree exactly; a NaN never passes. Every op is also
  * run twice on the backend under test, and the two results must be identical bit for bit
  * (determinism). Used by tests/check_cuda (cpu against cuda) and by `etmoe check-backend`. */
-#ifndef ETM_BACKEND_CHECK_H
-#define ETM_BACKEND_CHECK_H
+#ifndef ETM_COMPARE_OPS_H
+#define ETM_COMPARE_OPS_H
 
 #include <stdint.h>
 #include <stdio.h>

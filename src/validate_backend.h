@@ -1,7 +1,7 @@
-/* check_backend.h: whole-model validation of a backend against a reference (normally "cpu"), the
+/* validate_backend.h: whole-model validation of a backend against a reference (normally "cpu"), the
  * work behind `etmoe check-backend` (doc/cuda.md, "Validating a backend"):
  *
- *   (1) every operation on its own: etm_check_backend_ops (src/backend_check.h);
+ *   (1) every operation on its own: etm_check_backend_ops (src/compare_ops.h);
  *   (2) one training step of a model, from the same state and on the same batch on both backends:
  *       logits, loss, every parameter gradient and each MoE layer's router logits and gates are
  *       compared tensor by tensor with dump.h's comparison (the step is written as two dump files);
@@ -22,8 +22,8 @@
  * So the reference first trains prime_steps steps on its own, and its complete state (parameters,
  * optimizer state, router state) is copied into the tested model. The warm-up counter of ET
  * routers is then set past et_warmup_steps on both, so the compared step routes by thresholds. */
-#ifndef ETM_CHECK_BACKEND_H
-#define ETM_CHECK_BACKEND_H
+#ifndef ETM_VALIDATE_BACKEND_H
+#define ETM_VALIDATE_BACKEND_H
 
 #include <stdint.h>
 #include <stdio.h>

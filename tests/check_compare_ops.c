@@ -1,4 +1,4 @@
-/* check_backend_check.c: tests of the op-by-op backend comparison (src/backend_check.c), runnable
+/* check_compare_ops.c: tests of the op-by-op backend comparison (src/compare_ops.c), runnable
  * on any machine: the CPU backend compared with itself must pass every comparison, and copies of
  * it with one op broken in a known way (wrong arithmetic, wrong tie-breaking, a NaN, results
  * that change from run to run) must each be caught; and every operation of backends/backend.h's
@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "backend_check.h"
+#include "compare_ops.h"
 #include "profiler.h"
 #include "testutil.h"
 
@@ -123,7 +123,7 @@ START_TEST(test_every_op_is_checked_and_profiled) {
     for (int op = 0; op < ETM_BACKEND_N_OPS; op++) {
         if (etm_backend_op_kind(op) == ETM_OP_LIFETIME) continue;
         ck_assert_msg(etm_profiler_calls(pr, 0, op) > 0.0,
-                      "operation %s is never called by etm_check_backend_ops (src/backend_check.c)",
+                      "operation %s is never called by etm_check_backend_ops (src/compare_ops*.c)",
                       etm_backend_op_name(op));
     }
     etm_profiler_free(pr);
@@ -145,7 +145,7 @@ START_TEST(test_nmse) {
 END_TEST
 
 int main(void) {
-    Suite *s = suite_create("backend_check");
+    Suite *s = suite_create("compare_ops");
     TCase *tc = tcase_create("checker");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 120);

@@ -1,4 +1,4 @@
-/* check_check_backend.c: tests of the whole-model backend validation (src/check_backend.c) and
+/* check_validate_backend.c: tests of the whole-model backend validation (src/validate_backend.c) and
  * of `etmoe check-backend`, runnable without a GPU: the cpu backend against itself must agree
  * exactly in every part; a copy of it whose gemm is off by 1e-3 relative must fail the compared
  * step and be named in the report; routing disagreements planted at a known distance from their
@@ -15,7 +15,7 @@
 #endif
 
 #include "backend.h"
-#include "check_backend.h"
+#include "validate_backend.h"
 #include "testutil.h"
 
 /* A copy of the cpu backend's table with one op replaced. The cpu backend's tensors are host
@@ -309,7 +309,7 @@ START_TEST(test_verb_exit_status) {
 END_TEST
 
 static Suite *suite(void) {
-    Suite *s = suite_create("check_backend");
+    Suite *s = suite_create("validate_backend");
     TCase *tc = tcase_create("core");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 300);
