@@ -19,23 +19,14 @@
 /* V 61, T 8, D 32, 4 heads over 2 KV heads (head_dim 8), 2 layers (layer 0 dense, MLP 64),
  * ET: 4 routed experts + 1 shared of width 16, k = 1; batches of 2 sequences. */
 static etm_hparams tiny_hp(etm_router_kind router) {
-    etm_hparams hp;
-    etm_hparams_defaults(&hp);
+    etm_hparams hp = test_tiny_hparams(router);
     hp.vocab_size = 61;
-    hp.seq_len = 8;
     hp.n_layer = 2;
     hp.d_model = 32;
     hp.n_head = 4;
     hp.n_kv_head = 2;
     hp.ffn_hidden = 64;
-    hp.router = router;
-    hp.dense_layers = 1;
-    hp.n_routed = 4;
-    hp.n_shared = 1;
-    hp.expert_hidden = 16;
-    hp.top_k = 1;
     hp.et_warmup_steps = 1;
-    hp.batch_size = 2;
     hp.matrix_optimizer = ETM_OPT_MUON;
     hp.ns_steps = 5;
     snprintf(hp.backend, sizeof hp.backend, "cpu");

@@ -25,25 +25,11 @@
 
 /* A model small enough to build and step in milliseconds, with one dense and two MoE layers. */
 static void tiny_hparams(etm_hparams *hp, etm_router_kind router) {
-    etm_hparams_defaults(hp);
-    hp->vocab_size = 64;
-    hp->seq_len = 8;
-    hp->n_layer = 3;
-    hp->d_model = 16;
-    hp->n_head = 2;
-    hp->n_kv_head = 1;
-    hp->ffn_hidden = 32;
-    hp->router = router;
-    hp->dense_layers = 1;
-    hp->n_routed = 4;
-    hp->n_shared = 1;
-    hp->expert_hidden = 16;
-    hp->top_k = 1;
+    *hp = test_tiny_hparams(router);
     hp->tc_balance = router == ETM_ROUTER_TC ? ETM_BALANCE_LOSSFREE : ETM_BALANCE_AUX;
     hp->lossfree_rate = 0.01f;
     hp->et_beta = 0.9f;
     hp->et_warmup_steps = 1;
-    hp->batch_size = 2;
     hp->max_steps = 10;
     hp->warmup_steps = 1;
     etm_error err = {{0}};

@@ -26,22 +26,8 @@
 #define ASSERT_STR_HAS(hay, s) ck_assert_msg(strstr((hay), (s)) != NULL, "'%s' lacks '%s'", (hay), (s))
 
 static void tiny_hparams(etm_hparams *hp) {
-    etm_hparams_defaults(hp);
-    hp->vocab_size = 64;
-    hp->seq_len = 8;
-    hp->n_layer = 3;
-    hp->d_model = 16;
-    hp->n_head = 2;
-    hp->n_kv_head = 1;
-    hp->ffn_hidden = 32;
-    hp->router = ETM_ROUTER_ET;
-    hp->dense_layers = 1;
-    hp->n_routed = 4;
-    hp->n_shared = 1;
-    hp->expert_hidden = 16;
-    hp->top_k = 1;
+    *hp = test_tiny_hparams(ETM_ROUTER_ET);
     hp->et_warmup_steps = 0;
-    hp->batch_size = 2;
     etm_error err = {{0}};
     ck_assert_msg(etm_hparams_validate(hp, &err) == 0, "%s", err.msg);
 }

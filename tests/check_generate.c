@@ -28,25 +28,16 @@
 /* V 37 (or vocab), T 12, D 16, 4 heads over 2 KV heads, 3 layers (layer 0 dense), 4 routed
  * experts of width 8 + 1 shared, top_k 2. */
 static etm_hparams tiny_hp(etm_router_kind router, int vocab) {
-    etm_hparams hp;
-    etm_hparams_defaults(&hp);
+    etm_hparams hp = test_tiny_hparams(router);
     hp.vocab_size = vocab;
     hp.seq_len = 12;
-    hp.n_layer = 3;
-    hp.d_model = 16;
     hp.n_head = 4;
     hp.n_kv_head = 2;
-    hp.ffn_hidden = 32;
-    hp.router = router;
-    hp.dense_layers = 1;
-    hp.n_routed = 4;
-    hp.n_shared = 1;
     hp.expert_hidden = 8;
     hp.top_k = 2;
     hp.tc_balance = ETM_BALANCE_NONE;
     hp.et_beta = 0.9f;
     hp.et_warmup_steps = 0;
-    hp.batch_size = 2;
     hp.grad_accum = 1;
     hp.seed = 77;
     snprintf(hp.tokenizer, sizeof hp.tokenizer, "austen");

@@ -24,22 +24,13 @@
 /* The tiny model of the gradient checks: V 37, T 6, D 16, 4 heads over 2 KV heads, 3 layers
  * (layer 0 dense), 4 routed experts + 1 shared of width 8. */
 static etm_hparams tiny_hp(etm_router_kind router) {
-    etm_hparams hp;
-    etm_hparams_defaults(&hp);
+    etm_hparams hp = test_tiny_hparams(router);
     hp.vocab_size = 37;
     hp.seq_len = 6;
-    hp.n_layer = 3;
-    hp.d_model = 16;
     hp.n_head = 4;
     hp.n_kv_head = 2;
-    hp.ffn_hidden = 32;
     hp.norm_eps = 1e-6f;
-    hp.router = router;
-    hp.dense_layers = 1;
-    hp.n_routed = 4;
-    hp.n_shared = 1;
     hp.expert_hidden = 8;
-    hp.top_k = 1;
     hp.tc_score = ETM_SCORE_SIGMOID;
     hp.tc_balance = ETM_BALANCE_NONE;
     hp.aux_alpha = 0.0f;
@@ -50,7 +41,6 @@ static etm_hparams tiny_hp(etm_router_kind router) {
     hp.et_warmup_steps = 0;
     hp.et_capacity = 0.0f;
     hp.seed = 1234;
-    hp.batch_size = 2;
     hp.grad_accum = 1;
     return hp;
 }

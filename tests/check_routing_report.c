@@ -492,16 +492,11 @@ START_TEST(verb_matches_the_model) {
     char dir[256], path[512], ckpt[512], out[512];
     test_tmpdir(dir, sizeof dir);
     etm_error err = {{0}};
-    etm_hparams hp;
-    etm_hparams_defaults(&hp);
+    etm_hparams hp = test_tiny_hparams(ETM_ROUTER_ET);
+    hp.vocab_size = 4096; /* the austen tokenizer's */
     hp.seq_len = 16;
-    hp.n_layer = 3;
     hp.d_model = 32;
-    hp.n_head = 2;
-    hp.n_kv_head = 1;
     hp.ffn_hidden = 128;
-    hp.router = ETM_ROUTER_ET;
-    hp.n_routed = 4;
     hp.expert_hidden = 64;
     hp.batch_size = 4;
     snprintf(hp.tokenizer, sizeof hp.tokenizer, "%s/tokenizers/austen.bpe", test_data_dir());

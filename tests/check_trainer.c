@@ -112,11 +112,9 @@ static void set(etm_hparams *hp, const char *kv) {
  * tokens, micro-batches of 4 sequences, 2 micro-batches per step, 8 steps; the ET warm-up ends
  * after step 2, so both routing rules are exercised. out_dir = DIR/<name>. */
 static etm_hparams tiny_config(const fixture *fx, const char *name) {
-    etm_hparams hp;
-    etm_hparams_defaults(&hp);
-    const char *keys[] = {"vocab_size=48", "seq_len=16", "n_layer=2", "d_model=32", "n_head=2", "n_kv_head=1",
-                          "ffn_hidden=64", "router=et", "dense_layers=1", "n_routed=4", "n_shared=1",
-                          "expert_hidden=32", "top_k=1", "pool_seqs=0", "et_beta=0.9", "et_warmup_steps=2",
+    etm_hparams hp = test_tiny_hparams(ETM_ROUTER_ET);
+    const char *keys[] = {"vocab_size=48", "seq_len=16", "n_layer=2", "d_model=32", "ffn_hidden=64",
+                          "expert_hidden=32", "pool_seqs=0", "et_beta=0.9", "et_warmup_steps=2",
                           "batch_size=4", "grad_accum=2", "max_steps=8", "warmup_steps=2",
                           "muon_warmup_steps=4", "eval_every=4", "eval_batches=2", "ckpt_every=0",
                           "log_every=1", "thresholds_every=2", "lr_matrix=0.02", "lr_embed=0.1",

@@ -20,7 +20,7 @@ pcfile=$(find "$dest" -name etmoe.pc | head -n 1)
 [ -n "$pcfile" ] || fail "no etmoe.pc installed"
 headers=$(cd "$dest" && find . -name '*.h' | sort)
 [ "$(echo "$headers" | sed 's|.*/||')" = "etmoe.h" ] || fail "installed headers are not exactly etmoe.h: $headers"
-ls "$dest"/*/*/lib/libetmoe.so.* "$dest"/*/lib/libetmoe.so.* 2>/dev/null | grep -q . || fail "no versioned libetmoe.so installed"
+[ -n "$(find "$dest" -name 'libetmoe.so.*')" ] || fail "no versioned libetmoe.so installed"
 
 # pkg-config reads the installed file; the sysroot variable puts its paths under DESTDIR.
 PKG_CONFIG_PATH=$(dirname "$pcfile")${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}

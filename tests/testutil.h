@@ -13,6 +13,7 @@
 #endif
 
 #include "backend.h"
+#include "hparams.h"
 
 /* Directory of tests/ in the source tree (fixtures live under tests/fixtures). */
 static inline const char *test_dir(void) {
@@ -54,6 +55,31 @@ static inline void test_one_thread(void) {
 #ifdef _OPENMP
     omp_set_num_threads(1);
 #endif
+}
+
+/* The tiny model the suites share: vocabulary 64, sequences of 8, 3 layers (layer 0 dense) of
+ * width 16 with 2 heads over 1 KV head and an MLP of 32, 4 routed experts + 1 shared of width 16,
+ * k = 1, batches of 2; every other key at its default (etm_hparams_defaults). A suite sets what its
+ * tests need differently right after the call, so each difference from this preset is written
+ * where it matters. Not validated: the caller may still change it. */
+static inline etm_hparams test_tiny_hparams(etm_router_kind router) {
+    etm_hparams hp;
+    etm_hparams_defaults(&hp);
+    hp.vocab_size = 64;
+    hp.seq_len = 8;
+    hp.n_layer = 3;
+    hp.d_model = 16;
+    hp.n_head = 2;
+    hp.n_kv_head = 1;
+    hp.ffn_hidden = 32;
+    hp.router = router;
+    hp.dense_layers = 1;
+    hp.n_routed = 4;
+    hp.n_shared = 1;
+    hp.expert_hidden = 16;
+    hp.top_k = 1;
+    hp.batch_size = 2;
+    return hp;
 }
 
 /* Runs the suite and returns the process exit code. CK_FORK is left to the environment. */
