@@ -33,6 +33,7 @@
 #include "common.h"
 #include "hparams.h"
 #include "param.h"
+#include "profiler.h"
 
 typedef struct {
     int steps;        /* timed steps, >= 1 */
@@ -43,26 +44,6 @@ typedef struct {
 
 /* steps 3, warmup 1, no profile, ceiling_reps 5 */
 void etm_bench_default_options(etm_bench_options *opt);
-
-/* Time of one backend operation (or one kind of GEMM) in one phase, per step. */
-typedef struct {
-    const char *name; /* static: "gemm", "gemm nt", "attention_backward", ... */
-    double calls;     /* per step */
-    double seconds;   /* per step */
-    double gflop;     /* per step; matrix products only, else 0 */
-} etm_bench_op;
-
-#define ETM_BENCH_MAX_OPS 64
-
-typedef struct {
-    int n_ops;
-    etm_bench_op ops[ETM_BENCH_MAX_OPS]; /* (n_ops) operations that ran, in the table's order; a
-                                            GEMM entry is followed by its split by transposes */
-    double step_s;                       /* the phase's mean wall time per step */
-    double ops_s;                        /* sum of the operations' times (sub-entries excluded) */
-} etm_bench_profile;
-
-typedef enum { ETM_BENCH_FWDBWD = 0, ETM_BENCH_OPTIM, ETM_BENCH_PHASES } etm_bench_phase;
 
 typedef struct {
     /* the model and its batch */

@@ -1,7 +1,7 @@
-/* compare_ops_layers.c: the op-by-op comparison of the transformer's operations: embedding, RMSNorm, RoPE, attention, activations, router scores and cross-entropy (compare_ops_internal.h). */
+/* compare_ops_layers.c: the op-by-op comparison of the transformer's operations: embedding, RMSNorm, RoPE, attention, activations, router scores and cross-entropy (compare_ops_case.h). */
 #include <config.h>
 
-#include "compare_ops_internal.h"
+#include "compare_ops_case.h"
 
 /* ---- embedding, RMSNorm, RoPE ------------------------------------------------------------- */
 typedef struct {

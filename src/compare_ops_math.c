@@ -1,7 +1,7 @@
-/* compare_ops_math.c: the op-by-op comparison of memory, matrix products, elementwise operations, reductions and the optimizer (compare_ops_internal.h). */
+/* compare_ops_math.c: the op-by-op comparison of memory, matrix products, elementwise operations, reductions and the optimizer (compare_ops_case.h). */
 #include <config.h>
 
-#include "compare_ops_internal.h"
+#include "compare_ops_case.h"
 
 /* ---- memory ------------------------------------------------------------------------------ */
 typedef struct {

@@ -1,7 +1,7 @@
-/* compare_ops_routing.c: the op-by-op comparison of routing decisions and of the dropless dispatch with its row and pair movements (compare_ops_internal.h). */
+/* compare_ops_routing.c: the op-by-op comparison of routing decisions and of the dropless dispatch with its row and pair movements (compare_ops_case.h). */
 #include <config.h>
 
-#include "compare_ops_internal.h"
+#include "compare_ops_case.h"
 
 /* ---- routing decisions -------------------------------------------------------------------- */
 typedef struct {

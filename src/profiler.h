@@ -3,12 +3,31 @@
  * backends/backend.h's list ran and (for ETM_OP_TIMED operations) for how long, synchronising the
  * real backend after each call so that an asynchronous one is timed, not queued. Used by
  * `etmoe bench --profile` (bench.c) and by the coverage test of the op-by-op comparison
- * (tests/check_compare_ops.c). */
+ * (tests/check_compare_ops.c). The profile types are those of bench.h's result. */
 #ifndef ETM_PROFILER_H
 #define ETM_PROFILER_H
 
 #include "backend.h"
-#include "bench.h"
+
+/* Time of one backend operation (or one kind of GEMM) in one phase, per step. */
+typedef struct {
+    const char *name; /* static: "gemm", "gemm nt", "attention_backward", ... */
+    double calls;     /* per step */
+    double seconds;   /* per step */
+    double gflop;     /* per step; matrix products only, else 0 */
+} etm_bench_op;
+
+#define ETM_BENCH_MAX_OPS 64
+
+typedef struct {
+    int n_ops;
+    etm_bench_op ops[ETM_BENCH_MAX_OPS]; /* (n_ops) operations that ran, in the table's order; a
+                                            GEMM entry is followed by its split by transposes */
+    double step_s;                       /* the phase's mean wall time per step */
+    double ops_s;                        /* sum of the operations' times (sub-entries excluded) */
+} etm_bench_profile;
+
+typedef enum { ETM_BENCH_FWDBWD = 0, ETM_BENCH_OPTIM, ETM_BENCH_PHASES } etm_bench_phase;
 
 typedef struct etm_profiler etm_profiler;
 

@@ -1,4 +1,4 @@
-/* compare_ops_internal.h: what the files of the op-by-op comparison share (compare_ops.h):
+/* compare_ops_case.h: one case of the op-by-op comparison (compare_ops.h) and what its files share:
  * tolerances, the comparison's state, the named outputs of one case, the helpers that move test
  * data to and from a backend, and one etm_cmp_<family> function per family of operations.
  *
@@ -7,14 +7,16 @@
  * exact small floats), and a test function that draws the inputs and names the outputs (parts)
  * with their tolerances. etm_cmp_case runs the op on the reference once and on the tested
  * backend twice, and judges each part. */
-#ifndef ETM_COMPARE_OPS_INTERNAL_H
-#define ETM_COMPARE_OPS_INTERNAL_H
+#ifndef ETM_COMPARE_OPS_CASE_H
+#define ETM_COMPARE_OPS_CASE_H
 
 #include <math.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "compare_ops.h"
+#include "backend.h"
 #include "rng.h"
 
 #define EXACT (-1.0)    /* tolerance meaning "bit-identical" */
@@ -85,7 +87,13 @@ static inline uint8_t *h_mask(chk *c, size_t n, float density) {
     return z;
 }
 
-/* Runs fn on ref once and on test twice, then judges each part of the output (compare_ops.c). */
+/* The normalised error of compare_ops.h's etm_check_nmse (compare_ops_case.c). */
+double etm_cmp_nmse(const float *ref, const float *test, size_t n);
+
+/* The report's column titles (compare_ops_case.c). */
+void etm_cmp_report_header(chk *c);
+
+/* Runs fn on ref once and on test twice, then judges each part of the output (compare_ops_case.c). */
 void etm_cmp_case(chk *c, const char *op, run_fn fn, const void *args, int n_parts,
                   const part *parts);
 
