@@ -5,6 +5,7 @@
 #include "hparams.h"
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 
 /* Writes text to a fresh temp file; its path goes to path. */
@@ -70,8 +71,14 @@ START_TEST(presets_load_with_their_sizes) {
     ck_assert_int_eq(hp.expert_hidden, 2 * hp.d_model);
     ck_assert_int_eq(hp.ffn_hidden, 4 * hp.d_model);
     ck_assert_int_eq(hp.batch_size * hp.grad_accum * hp.seq_len, 524288);
+    /* The paper-scale presets follow the recipe: F.rms_norm's default epsilon, nanochat's 300-step
+     * Muon momentum warm-up (the demo's defaults keep 1e-6 and 100, doc/config.md says why). */
+    ck_assert(hp.norm_eps == FLT_EPSILON);
+    ck_assert_int_eq(hp.muon_warmup_steps, 300);
 
     ck_assert_msg(etm_hparams_load(&hp, "d20", &err) == 0, "%s", err.msg);
+    ck_assert(hp.norm_eps == FLT_EPSILON);
+    ck_assert_int_eq(hp.muon_warmup_steps, 300);
     ck_assert_int_eq(hp.n_layer, 20);
     ck_assert_int_eq(hp.d_model, 1280);
     ck_assert_int_eq(hp.n_head, 10);
