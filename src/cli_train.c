@@ -7,6 +7,7 @@
 #include "common.h"
 #include "hparams.h"
 #include "model.h"
+#include "tokenizer.h"
 #include "trainer.h"
 
 #include <errno.h>
@@ -162,7 +163,10 @@ static void eval_usage(void) {
            "                  [--backend NAME]\n"
            "\n"
            "Mean token cross-entropy (nats) and perplexity of a checkpoint's model on validation\n"
-           "shards, each window of seq_len tokens once, in micro-batches of the run's batch_size.\n"
+           "shards, each window of seq_len tokens once, in micro-batches of the run's batch_size,\n"
+           "and bits per byte: the nats of the targets that are text / ln 2 / their UTF-8 bytes\n"
+           "(decoded with the configuration's tokenizer; <|endoftext|> counts in neither), which\n"
+           "compares across tokenizers.\n"
            "\n"
            "  --data SHARDS   shard glob (default: the checkpoint configuration's val_data)\n"
            "  --batches N     at most N micro-batches (default: all the data, once)\n"
@@ -176,6 +180,26 @@ static void eval_usage(void) {
            "  --help          this text\n"
            "\n"
            "example: etmoe eval runs/demo/latest.safetensors\n");
+}
+
+/* The UTF-8 bytes each of the model's vocab_size ids decodes to with tok: 0 for <|endoftext|> and
+ * for padding ids past the tokenizer's vocabulary (not text). Byte-level BPE decodes a sequence to
+ * the concatenation of its tokens' bytes, so these sum to the decoded length. */
+static int32_t *token_byte_lengths(const etm_tokenizer *tok, int vocab_size, etm_error *err) {
+    int32_t *len = etm_calloc((size_t)vocab_size, sizeof *len);
+    int n = ETM_MIN(vocab_size, etm_tokenizer_vocab_size(tok));
+    for (int32_t id = 0; id < n; id++) {
+        if (id == etm_tokenizer_eot(tok)) continue;
+        size_t bytes;
+        char *text = etm_tokenizer_decode(tok, &id, 1, &bytes, err);
+        if (!text) {
+            free(len);
+            return NULL;
+        }
+        free(text);
+        len[id] = (int32_t)bytes;
+    }
+    return len;
 }
 
 static const char *router_name(etm_router_kind k) {
@@ -230,22 +254,34 @@ int cmd_eval(int argc, char **argv) {
     etm_model *m = NULL;
     etm_backend *be = etm_backend_create(hp.backend, &err);
     if (be) m = etm_checkpoint_load_model(path, be, hp.batch_size, &err);
+    /* Bits per byte need the tokenizer; without it the loss is still right, so say so and go on. */
+    int32_t *token_bytes = NULL;
+    if (m) {
+        etm_error terr = {{0}};
+        etm_tokenizer *tok = etm_tokenizer_load(hp.tokenizer, &terr);
+        if (tok) token_bytes = token_byte_lengths(tok, hp.vocab_size, &terr);
+        if (!token_bytes)
+            fprintf(stderr, "etmoe eval: no bits per byte: tokenizer '%s': %s\n", hp.tokenizer, terr.msg);
+        etm_tokenizer_free(tok);
+    }
     etm_eval_result ev;
     /* at most `batches` micro-batches of sequences (0: all); more than INT_MAX means all too */
     int max_seqs = (int)ETM_MIN(batches * hp.batch_size, (long)INT_MAX);
-    if (m && etm_evaluate(m, data, max_seqs, routing, &ev, &err) == 0) {
+    if (m && etm_evaluate_bytes(m, data, max_seqs, routing, token_bytes, &ev, &err) == 0) {
         printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
                routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
                    ? "batch (expert choice per pool)"
                    : "threshold (causal, per token)");
         printf("  data %s: %d sequences, %lld tokens\n", data, ev.sequences, (long long)ev.tokens);
         printf("  loss %.4f  perplexity %.2f", ev.loss, ev.perplexity);
+        if (token_bytes) printf("  bits/byte %.4f (%lld bytes)", ev.bits_per_byte, (long long)ev.bytes);
         if (hp.router != ETM_ROUTER_DENSE) printf("  routed experts/token %.3f", ev.mean_experts);
         printf("\n");
         rc = ETM_EXIT_OK;
     } else {
         fprintf(stderr, "etmoe eval: %s\n", err.msg);
     }
+    free(token_bytes);
     etm_model_free(m);
     if (be) etm_backend_free(be);
     return rc;

@@ -19,7 +19,8 @@
 typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_score_kind) == sizeof(int) &&
                                 sizeof(etm_balance_kind) == sizeof(int) &&
-                                sizeof(etm_matrix_optimizer) == sizeof(int)) ? 1 : -1];
+                                sizeof(etm_matrix_optimizer) == sizeof(int) &&
+                                sizeof(etm_muon_layout) == sizeof(int)) ? 1 : -1];
 
 typedef enum { KEY_INT, KEY_U64, KEY_FLOAT, KEY_STR, KEY_ENUM } key_type;
 
@@ -38,6 +39,7 @@ static const char *const router_names[] = {"dense", "tc", "ec", "et", NULL};
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
 static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
+static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
 
 static const char *const sections[] = {"model", "moe", "optim", "run", NULL};
 
@@ -93,6 +95,7 @@ static const key_info keys[] = {
     FLT(muon_momentum_end, "optim", "Muon momentum after muon_warmup_steps"),
     INT(muon_warmup_steps, "optim", 0, "steps of the linear Muon momentum warm-up"),
     INT(ns_steps, "optim", 1, "Newton-Schulz iterations of Muon"),
+    ENM(muon_expert_layout, "optim", muon_layout_names, "Muon over expert tensors: per_expert or stacked"),
     INT(warmup_steps, "optim", 0, "steps of linear learning-rate warm-up"),
     FLT(decay_fraction, "optim", "fraction of steps, at the end, of linear decay"),
     FLT(final_lr_frac, "optim", "learning-rate multiplier the decay ends at"),
@@ -158,6 +161,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->muon_momentum_end = 0.95f;
     hp->muon_warmup_steps = 100;
     hp->ns_steps = 5;
+    hp->muon_expert_layout = ETM_MUON_PER_EXPERT;
     hp->warmup_steps = 10;
     hp->decay_fraction = 0.4f;
     hp->final_lr_frac = 0.0f;

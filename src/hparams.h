@@ -17,6 +17,10 @@ typedef enum {
     ETM_BALANCE_LOSSFREE  /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
 } etm_balance_kind;
 typedef enum { ETM_OPT_MUON = 0, ETM_OPT_ADAMW } etm_matrix_optimizer;
+typedef enum {
+    ETM_MUON_PER_EXPERT = 0, /* an (E, rows, cols) expert tensor is E matrices, each orthogonalised */
+    ETM_MUON_STACKED         /* ... one (E rows, cols) matrix, as the authors' token-choice code */
+} etm_muon_layout;
 
 typedef struct {
     /* ---- model ---- */
@@ -64,6 +68,7 @@ typedef struct {
     float muon_momentum_start, muon_momentum_end; /* warmed up linearly over muon_warmup_steps */
     int muon_warmup_steps;
     int ns_steps;           /* Newton-Schulz iterations */
+    etm_muon_layout muon_expert_layout; /* Muon over expert tensors: per expert or stacked */
     int warmup_steps;       /* linear LR warm-up */
     float decay_fraction;   /* linear decay to final_lr_frac over the last fraction of steps */
     float final_lr_frac;

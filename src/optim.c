@@ -141,7 +141,8 @@ static void add_state(etm_optim *opt, const opt_param *op, const char *suffix, f
     for (int d = 0; d < 3; d++) st->shape[d] = d < op->p.ndim ? op->p.shape[d] : 0;
 }
 
-static int check_param(const etm_param *p, int i, const etm_param *all, int muon, etm_error *err) {
+static int check_param(const etm_param *p, int i, const etm_param *all, int muon, int stacked,
+                       etm_error *err) {
     if (!p->name[0]) return etm_fail(err, "optimizer: parameter %d has no name", i);
     for (int j = 0; j < i; j++)
         if (!strcmp(all[j].name, p->name)) return etm_fail(err, "optimizer: parameter '%s' listed twice", p->name);
@@ -157,6 +158,9 @@ static int check_param(const etm_param *p, int i, const etm_param *all, int muon
     if (muon && p->ndim < 2)
         return etm_fail(err, "optimizer: parameter '%s' (group matrix) is 1-D; Muon needs a 2-D (rows, cols) "
                         "or 3-D (E, rows, cols) tensor", p->name);
+    if (muon && stacked && p->ndim == 3 && p->shape[0] * p->shape[1] > INT32_MAX)
+        return etm_fail(err, "optimizer: parameter '%s': %lld stacked rows are too many for "
+                        "muon_expert_layout = stacked", p->name, (long long)(p->shape[0] * p->shape[1]));
     return 0;
 }
 
@@ -168,7 +172,8 @@ etm_optim *etm_optim_create(etm_backend *be, const etm_hparams *hp, const etm_pa
     }
     for (int i = 0; i < n_params; i++) {
         int muon = params[i].group == ETM_PARAM_MATRIX && hp->matrix_optimizer == ETM_OPT_MUON;
-        if (check_param(&params[i], i, params, muon, err) != 0) return NULL;
+        if (check_param(&params[i], i, params, muon, hp->muon_expert_layout == ETM_MUON_STACKED, err) != 0)
+            return NULL;
     }
     etm_optim *opt = etm_calloc(1, sizeof *opt);
     opt->be = be;
@@ -187,6 +192,11 @@ etm_optim *etm_optim_create(etm_backend *be, const etm_hparams *hp, const etm_pa
             op->count = op->p.ndim == 3 ? (int)op->p.shape[0] : 1;
             op->rows = (int)op->p.shape[op->p.ndim - 2];
             op->cols = (int)op->p.shape[op->p.ndim - 1];
+            /* Stacked: the (E, rows, cols) tensor, contiguous, is already the (E rows, cols) matrix. */
+            if (hp->muon_expert_layout == ETM_MUON_STACKED && op->count > 1) {
+                op->rows *= op->count;
+                op->count = 1;
+            }
             op->momentum = be->alloc(be, op->numel * sizeof(float));
             add_state(opt, op, "momentum", op->momentum);
             max_update = ETM_MAX(max_update, op->numel);

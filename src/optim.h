@@ -20,7 +20,8 @@
  * 2.0315). It maps G = U S V^T to about U V^T (singular values pushed into roughly [0.7, 1.2]).
  * A tall matrix (rows > cols) is iterated as its transpose: A = X^T X, X = a X + X B, the same
  * result without moving memory. A 3-D parameter (E, rows, cols), e.g. the experts of an MoE layer,
- * is E matrices, each orthogonalised on its own. */
+ * is E matrices, each orthogonalised on its own (muon_expert_layout = per_expert), or one (E rows,
+ * cols) matrix with shape scale max(1, E rows / cols)^0.5 (stacked, as the authors' TC code). */
 #ifndef ETM_OPTIM_H
 #define ETM_OPTIM_H
 

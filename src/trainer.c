@@ -91,6 +91,11 @@ static void router_backup_restore(router_backup *b, etm_model *m) {
 
 int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                  etm_eval_result *res, etm_error *err) {
+    return etm_evaluate_bytes(m, glob, max_seqs, routing, NULL, res, err);
+}
+
+int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                       const int32_t *token_bytes, etm_eval_result *res, etm_error *err) {
     const etm_hparams *hp = &m->hp;
     int B = m->max_batch, T = hp->seq_len;
     etm_error lerr;
@@ -115,8 +120,8 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
 
     int32_t *inputs = etm_malloc((size_t)B * T * sizeof(int32_t));
     int32_t *targets = etm_malloc((size_t)B * T * sizeof(int32_t));
-    double sum = 0.0, experts = 0.0;
-    int64_t done = 0, tokens = 0;
+    double sum = 0.0, experts = 0.0, text_nats = 0.0;
+    int64_t done = 0, tokens = 0, bytes = 0;
     int n_moe = 0, rc = 0;
     for (int l = 0; l < hp->n_layer; l++) n_moe += m->moe[l] != NULL;
     while (done < n_seqs) {
@@ -134,6 +139,12 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
             break;
         }
         sum += s;
+        if (token_bytes)
+            for (int i = 0; i < b * T; i++)
+                if (targets[i] >= 0 && token_bytes[targets[i]] > 0) {
+                    text_nats += m->host_losses[i];
+                    bytes += token_bytes[targets[i]];
+                }
         for (int l = 0; l < hp->n_layer; l++)
             if (m->moe[l]) experts += etm_moe_last_stats(m->moe[l])->n_pairs;
         tokens += (int64_t)b * T;
@@ -149,6 +160,8 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
     res->loss = tokens > 0 ? sum / (double)tokens : NAN;
     res->perplexity = exp(res->loss);
     res->mean_experts = n_moe > 0 && tokens > 0 ? experts / ((double)tokens * n_moe) : 0.0;
+    res->bytes = bytes;
+    res->bits_per_byte = token_bytes && bytes > 0 ? text_nats / log(2.0) / (double)bytes : NAN;
     return 0;
 }
 

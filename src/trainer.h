@@ -78,6 +78,8 @@ typedef struct {
     int64_t tokens;         /* tokens evaluated */
     int sequences;          /* sequences evaluated */
     double mean_experts;    /* routed experts per token, averaged over MoE layers (0 when dense) */
+    int64_t bytes;          /* UTF-8 bytes of the targets that are text (etm_evaluate_bytes), else 0 */
+    double bits_per_byte;   /* nats of those targets / ln 2 / bytes; NAN without a byte table */
 } etm_eval_result;
 
 /* Mean token cross-entropy of m over the first max_seqs windows of the shards matching glob, in
@@ -87,5 +89,11 @@ typedef struct {
  * message (bad data; a non-finite loss names the sequences). */
 int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                  etm_eval_result *result, etm_error *err);
+/* The same, and bits per byte: token_bytes (vocab_size entries) holds the UTF-8 bytes each token
+ * decodes to, 0 for tokens that are not text (EOT, padding ids); a target with 0 bytes counts in
+ * neither sum, as in nanochat's evaluate_bpb, so runs with different tokenizers compare. NULL:
+ * no bits per byte (NAN). */
+int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                       const int32_t *token_bytes, etm_eval_result *result, etm_error *err);
 
 #endif

@@ -5,6 +5,7 @@
 #include "hparams.h"
 #include "testutil.h"
 
+#include <float.h>
 #include <math.h>
 
 /* Writes text to a fresh temp file; its path goes to path. */
@@ -70,8 +71,14 @@ START_TEST(presets_load_with_their_sizes) {
     ck_assert_int_eq(hp.expert_hidden, 2 * hp.d_model);
     ck_assert_int_eq(hp.ffn_hidden, 4 * hp.d_model);
     ck_assert_int_eq(hp.batch_size * hp.grad_accum * hp.seq_len, 524288);
+    /* The paper-scale presets follow the recipe: F.rms_norm's default epsilon, nanochat's 300-step
+     * Muon momentum warm-up (the demo's defaults keep 1e-6 and 100, doc/config.md says why). */
+    ck_assert(hp.norm_eps == FLT_EPSILON);
+    ck_assert_int_eq(hp.muon_warmup_steps, 300);
 
     ck_assert_msg(etm_hparams_load(&hp, "d20", &err) == 0, "%s", err.msg);
+    ck_assert(hp.norm_eps == FLT_EPSILON);
+    ck_assert_int_eq(hp.muon_warmup_steps, 300);
     ck_assert_int_eq(hp.n_layer, 20);
     ck_assert_int_eq(hp.d_model, 1280);
     ck_assert_int_eq(hp.n_head, 10);
@@ -113,6 +120,29 @@ static void assert_round_trip(const etm_hparams *hp) {
     free(text);
     free(again);
 }
+
+/* A checkpoint written before a key existed has no line for it; it must read back as the value it
+ * was trained with. muon_expert_layout came after the first checkpoints, which were per expert. */
+START_TEST(configs_older_than_a_key_keep_its_old_behaviour) {
+    etm_hparams hp, back;
+    etm_hparams_defaults(&hp);
+    hp.muon_expert_layout = ETM_MUON_STACKED;
+    char *text = etm_hparams_to_string(&hp);
+    char *line = strstr(text, "\nmuon_expert_layout = stacked\n");
+    ck_assert_ptr_nonnull(line);
+    memmove(line, line + strlen("\nmuon_expert_layout = stacked"), strlen(line + strlen("\nmuon_expert_layout = stacked")) + 1);
+    ck_assert_ptr_null(strstr(text, "muon_expert_layout"));
+    etm_error err = {{0}};
+    memset(&back, 0xab, sizeof back);
+    ck_assert_msg(etm_hparams_from_string(&back, text, "old.safetensors", &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(back.muon_expert_layout, ETM_MUON_PER_EXPERT);
+    /* Every other key as written. */
+    back.muon_expert_layout = ETM_MUON_STACKED;
+    const char *diff = etm_hparams_first_difference(&hp, &back);
+    ck_assert_msg(diff == NULL, "%s changed", diff ? diff : "");
+    free(text);
+}
+END_TEST
 
 START_TEST(print_and_parse_round_trip) {
     const char *presets[] = {"demo", "bench", "d12", "d20"};
@@ -480,6 +510,7 @@ static Suite *hparams_suite(void) {
     tcase_add_test(tc, defaults_are_valid_and_equal_the_demo_preset);
     tcase_add_test(tc, presets_load_with_their_sizes);
     tcase_add_test(tc, print_and_parse_round_trip);
+    tcase_add_test(tc, configs_older_than_a_key_keep_its_old_behaviour);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);
     tcase_add_test(tc, floats_read_back_bit_identical);

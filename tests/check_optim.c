@@ -2,7 +2,8 @@
  * in every group against a scalar double-precision reference over several steps of a schedule;
  * Newton-Schulz against a slow double-precision reference with explicit transposes, its singular
  * values near 1, and its bit-identity across thread counts; Muon's whole update (momentum warm-up,
- * Nesterov, shape scale, weight decay, 3-D expert tensors) against a reference; the learning-rate
+ * Nesterov, shape scale, weight decay, 3-D expert tensors per expert and stacked) against a
+ * reference, and both expert layouts' bit-identity across thread counts; the learning-rate
  * and momentum schedules at key steps; clipping; non-finite gradients; and checkpointing of the
  * optimizer state so that a restored run continues bit for bit. */
 #include "backend.h"
@@ -403,11 +404,14 @@ END_TEST
 
 /* ---- Muon ------------------------------------------------------------------------------------ */
 
-START_TEST(muon_matches_a_reference) {
+/* Four Muon steps on a wide, a tall and a 3-D expert parameter under layout, against a double
+ * reference; stacked orthogonalises the (3, 8, 5) experts as one (24, 5) matrix. */
+static void check_muon_against_reference(etm_muon_layout layout) {
     etm_backend *be = test_backend();
     etm_hparams hp;
     etm_hparams_defaults(&hp);
     hp.matrix_optimizer = ETM_OPT_MUON;
+    hp.muon_expert_layout = layout;
     hp.lr_matrix = 0.05f;
     hp.weight_decay = 0.2f;
     hp.muon_momentum_start = 0.8f;
@@ -453,6 +457,10 @@ START_TEST(muon_matches_a_reference) {
             /* The reference update, in double. */
             int count = ps[i].ndim == 3 ? (int)ps[i].shape[0] : 1;
             int rows = (int)ps[i].shape[ps[i].ndim - 2], cols = (int)ps[i].shape[ps[i].ndim - 1];
+            if (layout == ETM_MUON_STACKED) {
+                rows *= count;
+                count = 1;
+            }
             double *u = etm_malloc(n * sizeof *u);
             for (size_t j = 0; j < n; j++) {
                 rm[i][j] = mu * rm[i][j] + (1 - mu) * g[j];
@@ -483,6 +491,70 @@ START_TEST(muon_matches_a_reference) {
     }
     etm_optim_free(opt);
     free_params(be, ps, 3);
+    etm_backend_free(be);
+}
+
+START_TEST(muon_matches_a_reference) { check_muon_against_reference(ETM_MUON_PER_EXPERT); }
+END_TEST
+
+START_TEST(muon_stacked_experts_match_a_reference) { check_muon_against_reference(ETM_MUON_STACKED); }
+END_TEST
+
+/* Three Muon steps on an expert tensor (8, 48, 32) and a matrix under layout with threads threads;
+ * returns the expert tensor's values (host). */
+static float *muon_steps(etm_backend *be, etm_muon_layout layout, int threads) {
+    etm_hparams hp;
+    etm_hparams_defaults(&hp);
+    hp.muon_expert_layout = layout;
+    hp.grad_clip = 0.0f;
+    set_threads(threads);
+    etm_param ps[2] = {
+        make_param(be, "experts", ETM_PARAM_MATRIX, 3, 8, 48, 32),
+        make_param(be, "w", ETM_PARAM_MATRIX, 2, 40, 64, 0),
+    };
+    etm_rng rng;
+    etm_rng_seed(&rng, 31);
+    for (int i = 0; i < 2; i++) {
+        size_t n = numel(&ps[i]);
+        float *h = etm_malloc(n * sizeof *h);
+        fill_normal(&rng, h, n, 0.1f);
+        upload(be, ps[i].data, h, n);
+        free(h);
+    }
+    etm_error err = {{0}};
+    etm_optim *opt = etm_optim_create(be, &hp, ps, 2, &err);
+    ck_assert_msg(opt != NULL, "%s", err.msg);
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 2; i++) {
+            size_t n = numel(&ps[i]);
+            float *g = etm_malloc(n * sizeof *g);
+            fill_normal(&rng, g, n, 1.0f);
+            upload(be, ps[i].grad, g, n);
+            free(g);
+        }
+        ck_assert_msg(etm_optim_step(opt, step, NULL, &err) == 0, "%s", err.msg);
+    }
+    float *out = download(be, ps[0].data, numel(&ps[0]));
+    etm_optim_free(opt);
+    free_params(be, ps, 2);
+    set_threads(2);
+    return out;
+}
+
+START_TEST(muon_layouts_are_thread_count_invariant) {
+    etm_backend *be = test_backend();
+    const size_t n = 8 * 48 * 32;
+    float *per1 = muon_steps(be, ETM_MUON_PER_EXPERT, 1), *per2 = muon_steps(be, ETM_MUON_PER_EXPERT, 2);
+    float *st1 = muon_steps(be, ETM_MUON_STACKED, 1), *st2 = muon_steps(be, ETM_MUON_STACKED, 2);
+    ck_assert_msg(memcmp(per1, per2, n * sizeof(float)) == 0, "per_expert: 1 and 2 threads differ");
+    ck_assert_msg(memcmp(st1, st2, n * sizeof(float)) == 0, "stacked: 1 and 2 threads differ");
+    /* The layouts are different updates: one orthogonal (384, 32) matrix is not 8 orthogonal
+     * (48, 32) ones, and the shape scales are sqrt(12) and sqrt(1.5). */
+    ck_assert_msg(memcmp(per1, st1, n * sizeof(float)) != 0, "stacked and per_expert agree");
+    free(per1);
+    free(per2);
+    free(st1);
+    free(st2);
     etm_backend_free(be);
 }
 END_TEST
@@ -799,6 +871,8 @@ static Suite *optim_suite(void) {
     tcase_add_test(tc, newton_schulz_matches_the_reference);
     tcase_add_test(tc, newton_schulz_is_thread_count_invariant);
     tcase_add_test(tc, muon_matches_a_reference);
+    tcase_add_test(tc, muon_stacked_experts_match_a_reference);
+    tcase_add_test(tc, muon_layouts_are_thread_count_invariant);
     tcase_add_test(tc, clipping_scales_gradients_to_the_limit);
     tcase_add_test(tc, non_finite_gradients_stop_the_step);
     tcase_add_test(tc, create_rejects_bad_parameters);

@@ -620,19 +620,34 @@ START_TEST(evaluation_sees_each_window_once_and_changes_nothing) {
     ck_assert_double_eq(capped.loss, all.loss);
     ck_assert_double_eq_tol(all.perplexity, exp(all.loss), 1e-9);
 
-    /* the same loss, window by window, one sequence at a time (a slow reference) */
+    /* the same loss, window by window, one sequence at a time (a slow reference); and bits per
+     * byte under a made-up byte table (token id mod 3 bytes: every third token is not text and
+     * counts in neither sum) */
+    int32_t token_bytes[VOCAB];
+    for (int v = 0; v < VOCAB; v++) token_bytes[v] = v % 3;
+    etm_eval_result bpb;
+    ck_assert_msg(etm_evaluate_bytes(m, fx.val, 0, ETM_EVAL_THRESHOLD, token_bytes, &bpb, &err) == 0, "%s",
+                  err.msg);
+    ck_assert_double_eq(bpb.loss, all.loss);
+    ck_assert(isnan(all.bits_per_byte) && all.bytes == 0);
     etm_loader *ld = etm_loader_open(fx.val, 1, T, hp.seed, 0, hp.vocab_size, &err);
     ck_assert_ptr_nonnull(ld);
     int32_t in[64], tg[64];
-    double sum = 0.0;
+    double sum = 0.0, text_nats = 0.0;
+    int64_t bytes = 0;
     for (int w = 0; w < windows; w++) {
         double loss;
         ck_assert(etm_loader_next(ld, in, tg, &err) == 0);
         ck_assert_msg(etm_model_forward(m, in, tg, 1, T, ETM_MOE_EVAL, &loss, &err) == 0, "%s", err.msg);
-        for (int t = 0; t < T; t++) sum += m->host_losses[t];
+        for (int t = 0; t < T; t++) {
+            sum += m->host_losses[t];
+            if (tg[t] % 3) text_nats += m->host_losses[t], bytes += tg[t] % 3;
+        }
     }
     etm_loader_free(ld);
     ck_assert_double_eq_tol(all.loss, sum / ((double)windows * T), 1e-5);
+    ck_assert_int_eq(bpb.bytes, bytes);
+    ck_assert_double_eq_tol(bpb.bits_per_byte, text_nats / log(2.0) / (double)bytes, 1e-5);
 
     /* batch routing: expert choice per pool (here the whole batch of 4 x 16 tokens, k_target 16),
      * so exactly k routed experts per token on full batches; the thresholds are untouched */
@@ -650,6 +665,33 @@ START_TEST(evaluation_sees_each_window_once_and_changes_nothing) {
     etm_eval_result first;
     ck_assert(etm_evaluate(m, fx.val, hp.eval_batches * hp.batch_size, ETM_EVAL_THRESHOLD, &first, &err) == 0);
     ck_assert_double_eq_tol(first.loss, res.val_loss, 1e-12);
+    etm_model_free(m);
+    etm_backend_free(be);
+    fixture_free(&fx);
+}
+END_TEST
+
+/* A hand-computable case: a fresh model's LM head is zero, so every prediction is uniform and every
+ * target costs ln V nats; with 2 bytes per token except token 0 (not text), bits per byte is
+ * log2(V) / 2 whatever the data. */
+START_TEST(bits_per_byte_of_a_uniform_model_is_log2_v_over_bytes_per_token) {
+    set_threads(1);
+    fixture fx;
+    fixture_make(&fx);
+    etm_hparams hp = tiny_config(&fx, "run");
+    etm_error err = {{0}};
+    etm_backend *be = etm_backend_create("cpu", &err);
+    ck_assert_ptr_nonnull(be);
+    etm_model *m = etm_model_create(be, &hp, hp.batch_size, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    int32_t token_bytes[VOCAB];
+    for (int v = 0; v < VOCAB; v++) token_bytes[v] = v ? 2 : 0;
+    etm_eval_result ev;
+    ck_assert_msg(etm_evaluate_bytes(m, fx.val, 0, ETM_EVAL_THRESHOLD, token_bytes, &ev, &err) == 0, "%s",
+                  err.msg);
+    ck_assert_double_eq_tol(ev.loss, log((double)VOCAB), 1e-6);
+    ck_assert_double_eq_tol(ev.bits_per_byte, log2((double)VOCAB) / 2.0, 1e-6);
+    ck_assert(ev.bytes > 0 && ev.bytes % 2 == 0 && ev.bytes < 2 * ev.tokens); /* some targets are 0 */
     etm_model_free(m);
     etm_backend_free(be);
     fixture_free(&fx);
@@ -725,6 +767,7 @@ START_TEST(command_line_train_eval_and_exit_codes) {
     snprintf(args, sizeof args, "eval %s", ckpt);
     ck_assert_int_eq(run_cmd(fx.dir, args), 0);
     ck_assert(file_has(out, "perplexity"));
+    ck_assert(file_has(out, "bits/byte"));
     ck_assert(file_has(out, "93 sequences"));
     snprintf(args, sizeof args, "eval %s --batches 2 --mode batch --data %s", ckpt, fx.train);
     ck_assert_int_eq(run_cmd(fx.dir, args), 0);
@@ -797,6 +840,7 @@ int main(void) {
     tcase_add_test(tc, metrics_have_one_object_per_step_with_the_documented_keys);
     tcase_add_test(tc, run_directory_is_never_clobbered_by_accident);
     tcase_add_test(tc, evaluation_sees_each_window_once_and_changes_nothing);
+    tcase_add_test(tc, bits_per_byte_of_a_uniform_model_is_log2_v_over_bytes_per_token);
     tcase_add_test(tc, command_line_train_eval_and_exit_codes);
     tcase_add_test(tc, sigint_checkpoints_and_exits_130);
     suite_add_tcase(s, tc);
