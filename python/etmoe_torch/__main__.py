@@ -2,9 +2,11 @@
 
   dump CKPT --like REF --out OUT [--dtype fp64|fp32] [--follow] [--device cpu|cuda]
       one training forward+backward of CKPT on the inputs and targets of dump REF, written as a
-      dump etmoe compare reads. --follow: check every routing disagreement with REF against its
-      decision boundary, and when all lie within rounding compute the rest with REF's masks.
-      Prints the disagreements; exit 1 when one is not explained by rounding.
+      dump etmoe compare reads. --follow: every layer computes from REF's routing masks, so that
+      rounding in one layer's routing cannot spread to the next; the twin's own decision on its
+      own logits is still what it writes as the mask, and every disagreement with REF must lie
+      within rounding of its decision boundary. Prints the disagreements; exit 1 when one is
+      not explained by rounding.
   step CKPT --shard FILE --out CKPT2 [--dtype fp64|fp32]
       one optimizer step (forward, backward, clipping, AdamW/Muon, router state update) on the
       shard's windows as one batch; writes the parameters, optimizer and router state and step.
@@ -23,7 +25,8 @@ from . import dump, safetensors, shard, step
 def cmd_dump(a):
     ref, _ = safetensors.read(a.like)
     inputs, targets = ref["inputs"], ref["targets"]
-    res, meta, margins = dump.compute(a.ckpt, inputs, targets, a.dtype, device=a.device)
+    follow = dump.masks_of(ref) if a.follow else None
+    res, meta, margins = dump.compute(a.ckpt, inputs, targets, a.dtype, follow=follow, device=a.device)
     if a.follow:
         ok, bad = dump.flips(ref, res, margins)
         for l, t, e, m, tol in ok:
@@ -33,16 +36,10 @@ def cmd_dump(a):
             print(f"layer {l} token {t} expert {e}: disagreement at distance {m:.3g} from the boundary,"
                   f" beyond rounding ({tol:.3g})")
         print(f"routing: {len(ok)} disagreements within rounding, {len(bad)} beyond")
+        meta["flips_accepted"] = str(len(ok))
         if bad:
             dump.write(a.out, res, meta)
             return 1
-        if ok:  # recompute downstream of routing with the reference's masks
-            own = dump.masks_of(res)
-            res, meta, _ = dump.compute(a.ckpt, inputs, targets, a.dtype, follow=dump.masks_of(ref),
-                                        device=a.device)
-            for l, m in own.items():
-                res[f"routing.{l}.mask"] = m.to(torch.uint8)
-        meta["flips_accepted"] = str(len(ok))
     dump.write(a.out, res, meta)
     print(f"wrote {a.out}: loss {res['loss'].item():.9g} ({a.dtype})")
     return 0

@@ -2,10 +2,11 @@
 backward of a checkpoint's model on a dump's inputs and targets (no optimizer step, no router
 update) and returns the dump's tensors; `write` writes them so that `etmoe compare` reads them.
 
-`follow` (optional) adopts another dump's routing masks for the rest of the computation, after
-`flips` has shown that every disagreement lies within rounding of its decision boundary: then
-everything downstream of routing can be compared with tight tolerances. The twin's own masks are
-still what it writes.
+`follow` (optional) makes every layer compute with another dump's routing masks, so that a
+flip in one layer (rounding at a boundary) does not spread to the inputs of the next and
+everything downstream of routing can be compared with tight tolerances. The twin's own decision
+(on its own logits) is still what it writes as the mask, and `flips` checks that each
+disagreement with the other dump lies within rounding of its decision boundary.
 """
 import torch
 
