@@ -12,6 +12,7 @@ if [ -z "$py" ]; then
 fi
 etmoe=$(pwd)/etmoe
 [ -x "$etmoe" ] || { echo "no etmoe program at $etmoe"; exit 99; }
+export PYTHONDONTWRITEBYTECODE=1 # a read-only source tree (distcheck) stays clean
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} "$py" "$srcdir/python/check_torch.py" "$etmoe" || exit 1
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/etmoe-kernel-XXXXXX") || exit 99
 trap 'rm -rf "$tmp"' EXIT
