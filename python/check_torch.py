@@ -46,8 +46,11 @@ CASES = {
     "tc-softmax-aux-top2": (["router=tc", "tc_score=softmax", "tc_balance=aux", "aux_alpha=0.01", "top_k=2"], 2),
     "tc-softmax-switch": (["router=tc", "tc_score=softmax", "tc_balance=switch", "aux_alpha=0.01"], 2),
     "tc-none-zloss": (["router=tc", "tc_balance=none", "z_loss=0.01"], 2),
-    "tc-lossfree-capacity": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.01", "capacity_factor=1"], 3),
+    "tc-lossfree-capacity": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.2", "capacity_factor=1"], 3),
     "tc-aux-capacity-noshared": (["router=tc", "tc_balance=aux", "capacity_factor=1.25", "n_shared=0"], 2),
+    "tc-softmax-lossfree-zloss-capacity-top2": (["router=tc", "tc_score=softmax", "tc_balance=lossfree",
+                                                 "lossfree_rate=0.2", "z_loss=0.01", "capacity_factor=1.1",
+                                                 "top_k=2"], 3),
     "ec-batch": (["router=ec"], 2),
     "ec-pools-zloss": (["router=ec", "pool_seqs=1", "z_loss=0.01"], 2),
     "et-warmup": (["router=et", "et_warmup_steps=100"], 2),
@@ -98,10 +101,13 @@ EDITS = {"reset_router": lambda path, etmoe, log: reset_router(path), "threshold
 # name: (configuration overrides, steps before the compared step). The data is one batch, the
 # routing pool the whole batch (the twin does not reproduce the trainer's shuffle).
 STEP_CASES = {
+    # the step in the linear decay (max_steps 3, last 2 steps), Muon with weight decay, clipping
     "step-et-muon": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "matrix_optimizer=muon",
-                      "max_steps=10", "decay_fraction=0.5", "weight_decay=0.01"], 2),
+                      "max_steps=3", "decay_fraction=0.5", "weight_decay=0.01", "muon_warmup_steps=4",
+                      "grad_clip=0.2"], 2),
+    # the step in the learning-rate warm-up, AdamW for the matrices too
     "step-tc-lossfree-adamw": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.01",
-                                "matrix_optimizer=adamw", "lr_matrix=0.003", "max_steps=10"], 2),
+                                "matrix_optimizer=adamw", "lr_matrix=0.003", "max_steps=10", "warmup_steps=5"], 2),
 }
 
 
@@ -225,8 +231,9 @@ def step_case(etmoe, tmp, name, overrides, steps, log):
             moved.append(k.split(".")[-1])
     if not moved:
         raise Failure("the router state did not change in this step: nothing was tested")
+    how = re.search(r"grad norm .*", out).group(0)
     return (f"worst norm err {worst[0]:.2g} ({worst[1]}); router state updated and equal: "
-            f"{', '.join(sorted(set(moved)))}")
+            f"{', '.join(sorted(set(moved)))}; {how}")
 
 
 def main(argv):

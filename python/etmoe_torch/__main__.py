@@ -52,7 +52,9 @@ def cmd_step(a):
     for k in ("rng", "loader.pos"):
         new.pop(k, None)
     safetensors.write(a.out, new, meta)
-    print(f"wrote {a.out}: step {meta['step']}, loss {stats['loss']:.9g}, grad norm {stats['grad_norm']:.6g}")
+    print(f"wrote {a.out}: step {meta['step']}, loss {stats['loss']:.9g}, grad norm {stats['grad_norm']:.6g}"
+          f" (clipped by {stats['clip_scale']:.4g}), lr multiplier {stats['lr_mult']:.4g},"
+          f" Muon momentum {stats['muon_momentum']:.4g}")
     return 0
 
 

@@ -3,6 +3,8 @@
 matrix_optimizer = adamw), Muon with Nesterov momentum and Newton-Schulz orthogonalisation per
 matrix (per expert for stacked (E, rows, cols) tensors), the learning-rate schedule and the Muon
 momentum warm-up."""
+import math
+
 import torch
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -12,7 +14,7 @@ def lr_multiplier(hp, step):
     mult = 1.0
     if hp["warmup_steps"] > 0:
         mult = min(mult, (step + 1) / hp["warmup_steps"])
-    W = round(hp["decay_fraction"] * hp["max_steps"])
+    W = math.floor(hp["decay_fraction"] * hp["max_steps"] + 0.5)  # C's round(): halves away from 0
     if W > 0 and step > hp["max_steps"] - W:
         p = (hp["max_steps"] - step) / W
         mult = min(mult, p + (1 - p) * hp["final_lr_frac"])
