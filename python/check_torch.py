@@ -15,6 +15,8 @@ state and the router state (ET cut-off EMA and thresholds, loss-free biases, cou
 
 Usage: python3 check_torch.py ETMOE [--keep DIR] [--only NAME]. Exit 0 pass, 1 fail.
 """
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -28,6 +30,7 @@ sys.path.insert(0, HERE)
 import torch  # noqa: E402
 
 from etmoe_torch import safetensors, shard  # noqa: E402
+from etmoe_torch.__main__ import main as twin_main  # noqa: E402
 
 RTOL, ATOL, NORM_TOL = 1e-3, 1e-6, 1e-4       # dump: fp32 C vs fp64 twin
 DTYPE = os.environ.get("ETM_TWIN_DTYPE", "fp64")  # the twin's precision for the dumps
@@ -122,9 +125,12 @@ def run(cmd, log):
 
 
 def twin(args, log):
-    env_cmd = [sys.executable, "-m", "etmoe_torch"] + args
-    os.environ["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")
-    return run(env_cmd, log)
+    """python3 -m etmoe_torch ARGS, in this process (one torch start for the whole check)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        rc = twin_main(args)
+    log.append("$ python3 -m etmoe_torch " + " ".join(args) + "\n" + buf.getvalue())
+    return rc, buf.getvalue()
 
 
 def check_norm_errors(table, limit):
