@@ -91,7 +91,10 @@ static void batched_gemm(etm_backend *be, int ta, int tb, int count, int M, int 
     free(g);
 }
 
-void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols, int steps, float *work) {
+/* The iteration, ping-ponging between X and work; returns the buffer holding the result (X after
+ * an even number of steps, else work), so that a caller with a scratch X need not copy it back. */
+static float *newton_schulz_into(etm_backend *be, float *X, int count, int rows, int cols, int steps,
+                                 float *work) {
     const size_t rc = (size_t)rows * cols;
     const int tall = rows > cols;
     const int s = tall ? cols : rows; /* side of the Gram matrix A */
@@ -126,7 +129,12 @@ void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols,
         cur = next;
         next = t;
     }
-    if (cur != X) be->copy(be, X, cur, (size_t)count * rc * sizeof *X);
+    return cur;
+}
+
+void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols, int steps, float *work) {
+    float *cur = newton_schulz_into(be, X, count, rows, cols, steps, work);
+    if (cur != X) be->copy(be, X, cur, (size_t)count * (size_t)rows * cols * sizeof *X);
 }
 
 /* ---- creation -------------------------------------------------------------------------------- */
@@ -255,7 +263,9 @@ static void muon_update(etm_optim *opt, opt_param *op, float lr, float mu) {
     be->copy(be, u, op->p.grad, n * sizeof *u);
     be->scale(be, u, 1.0f - mu, n);
     be->axpy(be, u, mu, op->momentum, n);
-    etm_newton_schulz(be, u, op->count, op->rows, op->cols, hp->ns_steps, opt->ns_work);
+    /* The result stays wherever the iteration left it (the update buffer or the workspace): no
+     * copy back. */
+    u = newton_schulz_into(be, u, op->count, op->rows, op->cols, hp->ns_steps, opt->ns_work);
     if (hp->weight_decay > 0.0f) be->scale(be, op->p.data, 1.0f - lr * hp->weight_decay, n);
     double shape_scale = sqrt(ETM_MAX(1.0, (double)op->rows / op->cols));
     be->axpy(be, op->p.data, (float)(-lr * shape_scale), u, n);
