@@ -134,18 +134,9 @@ static int check_header(const char *path, const unsigned char *header, uint64_t 
 }
 
 etm_shard *etm_shard_open(const char *path, etm_shard_load how, etm_error *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        etm_fail(err, "%s: cannot open token shard: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        etm_fail(err, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    uint64_t file_bytes = (uint64_t)st.st_size;
+    uint64_t file_bytes = 0;
+    int fd = etm_open_regular(path, "token shard", &file_bytes, err);
+    if (fd < 0) return NULL;
     if (file_bytes < ETM_SHARD_HEADER_BYTES) {
         if (file_bytes == 0)
             etm_fail(err, "%s: empty file (0 bytes); a token shard starts with a %d-byte header", path,
