@@ -180,7 +180,13 @@ etm_shard *etm_shard_open(const char *path, etm_shard_load how, etm_error *err) 
         }
     }
     if (!s->mapped) {
-        s->base = etm_malloc(s->file_bytes);
+        s->base = etm_try_malloc(s->file_bytes, "a token shard", err);
+        if (!s->base) {
+            etm_fail(err, "%s: out of memory reading its %zu bytes", path, s->file_bytes);
+            close(fd);
+            etm_shard_free(s);
+            return NULL;
+        }
         if (pread_all(fd, s->base, s->file_bytes, 0) != 0) {
             etm_fail(err, "%s: read error: %s", path, strerror(errno));
             close(fd);
