@@ -6,6 +6,7 @@
 #include "checkpoint.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,9 +120,11 @@ static etm_st_file *open_checkpoint(const char *path, etm_error *err) {
     if (!f) return NULL;
     const char *format = etm_st_metadata(f, "format");
     if (!format || strcmp(format, ETM_CHECKPOINT_FORMAT)) {
-        if (format)
+        if (format && !strncmp(format, "etmoe-checkpoint-", strlen("etmoe-checkpoint-")))
             etm_fail(err, "%s: checkpoint format '%s', this etmoe reads '%s'", path, format,
                      ETM_CHECKPOINT_FORMAT);
+        else if (format)
+            etm_fail(err, "%s: not an etmoe checkpoint (a safetensors file of format '%s')", path, format);
         else
             etm_fail(err, "%s: not an etmoe checkpoint (no \"format\" in the safetensors metadata)", path);
         etm_st_close(f);
@@ -276,6 +279,15 @@ static int validate(etm_st_file *f, const etm_model *m, const struct etm_optim *
     return check_no_unexpected(f, m, opt, err);
 }
 
+/* A NaN or an infinity in a weight or a router threshold would silently poison every output. */
+static int check_finite(etm_st_file *f, const char *name, const float *x, size_t n, etm_error *err) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return etm_fail(err, "%s: tensor '%s' holds %s at element %zu: the checkpoint is corrupt", etm_st_path(f),
+                            name, isnan(x[i]) ? "NaN" : "an infinity", i);
+    return 0;
+}
+
 static int stage(etm_st_file *f, const etm_model *m, const etm_checkpoint_extra *extra,
                  staged_state *s, etm_error *err) {
     int L = m->hp.n_layer, E = m->hp.n_routed;
@@ -295,6 +307,7 @@ static int stage(etm_st_file *f, const etm_model *m, const etm_checkpoint_extra 
         int64_t shape[3];
         param_shape(m, i, &ndim, shape);
         if (etm_st_read(f, m->table[i].name, ETM_ST_F32, ndim, shape, s->params + off, err) != 0) return -1;
+        if (check_finite(f, m->table[i].name, s->params + off, shape_numel(ndim, shape), err) != 0) return -1;
         off += shape_numel(ndim, shape);
     }
     for (int l = 0; l < L; l++) {
@@ -307,7 +320,12 @@ static int stage(etm_st_file *f, const etm_model *m, const etm_checkpoint_extra 
             router_shape(m, fi, &dtype, &shape);
             void *dst = fi == 3 ? (void *)(s->router_count + 2 * l) : (void *)(s->router_f32 + ((size_t)l * 3 + fi) * E);
             if (etm_st_read(f, name, dtype, 1, &shape, dst, err) != 0) return -1;
+            if (fi != 3 && check_finite(f, name, dst, (size_t)shape, err) != 0) return -1;
         }
+        const int64_t *cnt = s->router_count + 2 * l;
+        if (cnt[0] < 0 || cnt[1] < 0)
+            return etm_fail(err, "%s: tensor 'router.%d.counters' holds a negative count (%" PRId64 ", %" PRId64 ")",
+                            etm_st_path(f), l, cnt[0], cnt[1]);
     }
     if (extra) {
         int64_t four = 4, pos_len = ETM_LOADER_POS_LEN;
@@ -316,6 +334,11 @@ static int stage(etm_st_file *f, const etm_model *m, const etm_checkpoint_extra 
             etm_st_read(f, "loader.pos", ETM_ST_I64, 1, &pos_len, s->pos, err) != 0)
             return -1;
         if (s->step < 0) return etm_fail(err, "%s: tensor 'step' is negative (%" PRId64 ")", etm_st_path(f), s->step);
+        static const char *const pos_fields[ETM_LOADER_POS_LEN] = {"epoch", "index", "seed", "n_windows"};
+        for (int k = 0; k < ETM_LOADER_POS_LEN; k++)
+            if (k != 2 && s->pos[k] < 0) /* the seed is any 64-bit pattern; the rest are counts */
+                return etm_fail(err, "%s: tensor 'loader.pos': the %s is negative (%" PRId64 ")", etm_st_path(f),
+                                pos_fields[k], s->pos[k]);
         if (!s->rng[0] && !s->rng[1] && !s->rng[2] && !s->rng[3])
             return etm_fail(err, "%s: tensor 'rng' is all zero, not a valid xoshiro256** state", etm_st_path(f));
     }

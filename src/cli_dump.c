@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "cli_checkpoint.h"
 #include "common.h"
 #include "dump.h"
 #include "loader.h"
@@ -14,7 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
 static int parse_double(const char *text, double *out) {
     char *end;
@@ -23,11 +24,6 @@ static int parse_double(const char *text, double *out) {
     if (errno || end == text || *end || !(v >= 0)) return -1;
     *out = v;
     return 0;
-}
-
-static int is_file(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 /* ---- dump ---------------------------------------------------------------------------------- */
@@ -71,42 +67,36 @@ int cmd_dump(int argc, char **argv) {
     if (!ckpt) return cli_usage_error("dump", "no checkpoint given");
     if (!data) return cli_usage_error("dump", "--data SHARDS is required");
     if (!out) return cli_usage_error("dump", "--out FILE is required");
-    if (!is_file(ckpt)) return cli_usage_error("dump", "no checkpoint file '%s'", ckpt);
-
-    etm_error err = {{0}};
-    etm_hparams hp;
-    if (etm_checkpoint_read_config(ckpt, &hp, &err) != 0) {
-        fprintf(stderr, "etmoe dump: %s\n", err.msg);
-        return ETM_EXIT_FAIL;
-    }
-    long B = hp.batch_size;
+    cli_ckpt c;
+    int rc = cli_ckpt_open(&c, "dump", ckpt);
+    if (rc != ETM_EXIT_OK) return rc;
+    const etm_hparams *hp = &c.hp;
+    long B = hp->batch_size;
     if (batch_text && cli_parse_long(batch_text, 1, 1 << 20, &B) != 0)
-        return cli_usage_error("dump", "--batch must be a positive integer, not '%s'", batch_text);
-
-    int rc = ETM_EXIT_FAIL;
-    etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
-    etm_model *m = NULL;
+        return cli_usage_error("dump", "--batch must be an integer in 1..%d, not '%s'", 1 << 20, batch_text);
+    rc = cli_ckpt_load(&c, backend, (int)B);
+    if (rc != ETM_EXIT_OK) {
+        cli_ckpt_close(&c);
+        return rc;
+    }
+    rc = ETM_EXIT_FAIL;
     etm_loader *ld = NULL;
     int32_t *inputs = NULL, *targets = NULL;
-    if (!be) goto done;
-    m = etm_checkpoint_load_model(ckpt, be, (int)B, &err);
-    if (!m) goto done;
-    ld = etm_loader_open(data, (int)B, hp.seq_len, hp.seed, 0, hp.vocab_size, &err);
+    ld = etm_loader_open(data, (int)B, hp->seq_len, hp->seed, 0, hp->vocab_size, &c.err);
     if (!ld) goto done;
-    inputs = etm_malloc((size_t)B * hp.seq_len * sizeof(int32_t));
-    targets = etm_malloc((size_t)B * hp.seq_len * sizeof(int32_t));
-    if (etm_loader_next(ld, inputs, targets, &err) != 0) goto done;
+    inputs = etm_malloc((size_t)B * hp->seq_len * sizeof(int32_t));
+    targets = etm_malloc((size_t)B * hp->seq_len * sizeof(int32_t));
+    if (etm_loader_next(ld, inputs, targets, &c.err) != 0) goto done;
     double loss;
-    if (etm_dump_write(m, inputs, targets, (int)B, ckpt, out, &loss, &err) != 0) goto done;
-    printf("wrote %s: batch %ld x %d tokens, loss %.6f, backend %s\n", out, B, hp.seq_len, loss, be->name);
+    if (etm_dump_write(c.m, inputs, targets, (int)B, ckpt, out, &loss, &c.err) != 0) goto done;
+    printf("wrote %s: batch %ld x %d tokens, loss %.6f, backend %s\n", out, B, hp->seq_len, loss, c.be->name);
     rc = ETM_EXIT_OK;
 done:
-    if (rc != ETM_EXIT_OK) fprintf(stderr, "etmoe dump: %s\n", err.msg);
+    if (rc != ETM_EXIT_OK) cli_ckpt_fail(&c);
     free(inputs);
     free(targets);
     etm_loader_free(ld);
-    etm_model_free(m);
-    if (be) etm_backend_free(be);
+    cli_ckpt_close(&c);
     return rc;
 }
 
@@ -163,9 +153,12 @@ int cmd_compare(int argc, char **argv) {
         }
     }
     if (n_files != 2) return cli_usage_error("compare", "two dump files are needed");
-    for (int k = 0; k < 2; k++)
-        if (!is_file(files[k])) return cli_usage_error("compare", "no file '%s'", files[k]);
     etm_error err = {{0}};
+    for (int k = 0; k < 2; k++) {
+        int fd = etm_open_regular(files[k], "dump", NULL, &err);
+        if (fd < 0) return cli_input_error("compare", "%s", err.msg);
+        close(fd);
+    }
     etm_compare_result r;
     int ok = etm_dump_compare(files[0], files[1], &o, stdout, &r, &err);
     if (ok < 0) {

@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "cli_checkpoint.h"
 #include "common.h"
 #include "generate.h"
 #include "router.h"
@@ -166,19 +167,13 @@ int cmd_generate(int argc, char **argv) {
     } else
         return cli_usage_error("generate", "--color must be auto, always or never, not '%s'", color);
     if (html && !*html) return cli_usage_error("generate", "--html needs a file name");
-    struct stat st;
-    if (stat(ckpt, &st) != 0 || !S_ISREG(st.st_mode))
-        return cli_usage_error("generate", "no checkpoint file '%s'", ckpt);
-
+    cli_ckpt c;
+    int rc = cli_ckpt_open(&c, "generate", ckpt);
+    if (rc != ETM_EXIT_OK) return rc;
+    etm_hparams hp = c.hp;
     etm_error err = {{0}};
-    etm_hparams hp;
-    if (etm_checkpoint_read_config(ckpt, &hp, &err) != 0) {
-        fprintf(stderr, "etmoe generate: %s\n", err.msg);
-        return ETM_EXIT_FAIL;
-    }
-    int rc = ETM_EXIT_FAIL;
+    rc = ETM_EXIT_FAIL;
     etm_tokenizer *tok = NULL;
-    etm_backend *be = NULL;
     etm_model *m = NULL;
     etm_expert_trace *trace = NULL;
     int32_t *ids = NULL, *seq = NULL;
@@ -193,10 +188,13 @@ int cmd_generate(int argc, char **argv) {
                  etm_tokenizer_vocab_size(tok), ckpt, hp.vocab_size);
         goto done;
     }
-    be = etm_backend_create(backend ? backend : hp.backend, &err);
-    if (!be) goto done;
-    m = etm_checkpoint_load_model(ckpt, be, 1, &err);
-    if (!m) goto done;
+    rc = cli_ckpt_load(&c, backend, 1);
+    if (rc != ETM_EXIT_OK) {
+        rc = rc == ETM_EXIT_FAIL ? -1 : rc; /* cli_ckpt_load printed the message */
+        goto done;
+    }
+    rc = ETM_EXIT_FAIL;
+    m = c.m;
 
     size_t n_ids = 0;
     ids = etm_tokenizer_encode(tok, prompt, strlen(prompt), &n_ids);
@@ -304,8 +302,7 @@ done:
     free(seq);
     free(ids);
     etm_trace_free(trace);
-    etm_model_free(m);
-    if (be) etm_backend_free(be);
+    cli_ckpt_close(&c);
     etm_tokenizer_free(tok);
-    return rc;
+    return rc < 0 ? ETM_EXIT_FAIL : rc;
 }

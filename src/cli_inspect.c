@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "cli_checkpoint.h"
 #include "common.h"
 #include "dump.h"
 #include "loader.h"
@@ -137,33 +138,31 @@ int cmd_inspect(int argc, char **argv) {
         ckpt = a;
     }
     if (!ckpt) return cli_usage_error("inspect", "no checkpoint given");
-    struct stat st;
-    if (stat(ckpt, &st) != 0 || !S_ISREG(st.st_mode)) return cli_usage_error("inspect", "no checkpoint file '%s'", ckpt);
-
-    etm_error err = {{0}};
-    etm_hparams hp;
-    if (etm_checkpoint_read_config(ckpt, &hp, &err) != 0) {
-        fprintf(stderr, "etmoe inspect: %s\n", err.msg);
-        return ETM_EXIT_FAIL;
-    }
+    cli_ckpt c;
+    int rc = cli_ckpt_open(&c, "inspect", ckpt);
+    if (rc != ETM_EXIT_OK) return rc;
+    etm_hparams hp = c.hp;
     long batches = hp.eval_batches > 0 ? hp.eval_batches : 1, B = hp.batch_size, top = 5;
     if (batches_text && cli_parse_long(batches_text, 1, 1L << 30, &batches))
-        return cli_usage_error("inspect", "--batches must be a positive integer, not '%s'", batches_text);
-    if (batch_text && cli_parse_long(batch_text, 1, 1L << 30, &B))
-        return cli_usage_error("inspect", "--batch must be a positive integer, not '%s'", batch_text);
+        return cli_usage_error("inspect", "--batches must be an integer in 1..%ld, not '%s'", 1L << 30, batches_text);
+    if (batch_text && cli_parse_long(batch_text, 1, 1L << 20, &B))
+        return cli_usage_error("inspect", "--batch must be an integer in 1..%ld, not '%s'", 1L << 20, batch_text);
     if (top_text && cli_parse_long(top_text, 0, 1L << 30, &top))
         return cli_usage_error("inspect", "--top must be an integer >= 0, not '%s'", top_text);
 
-    int rc = ETM_EXIT_FAIL;
-    etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
     etm_model *m = NULL;
     etm_loader *ld = NULL;
     etm_inspect *s = NULL;
     etm_tokenizer *tok = NULL;
     int32_t *inputs = NULL, *targets = NULL;
-    if (!be) goto done;
-    m = etm_checkpoint_load_model(ckpt, be, (int)B, &err);
-    if (!m) goto done;
+    rc = cli_ckpt_load(&c, backend, (int)B);
+    if (rc != ETM_EXIT_OK) {
+        cli_ckpt_close(&c);
+        return rc;
+    }
+    rc = ETM_EXIT_FAIL;
+    m = c.m;
+    etm_error err = {{0}};
     printf("%s: router %s, %d layers, %d routed experts (top_k %d), %d shared\n", ckpt,
            hp.router == ETM_ROUTER_ET ? "et" : hp.router == ETM_ROUTER_EC ? "ec" : hp.router == ETM_ROUTER_TC ? "tc" : "dense",
            hp.n_layer, hp.n_routed, hp.top_k, hp.n_shared);
@@ -209,7 +208,6 @@ done:
     etm_tokenizer_free(tok);
     etm_inspect_free(s);
     etm_loader_free(ld);
-    etm_model_free(m);
-    if (be) etm_backend_free(be);
+    cli_ckpt_close(&c);
     return rc;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static void print_usage(void) {
     printf("usage: etmoe prepare --tokenizer T --out DIR [options] FILES...\n"
@@ -121,11 +122,10 @@ int cmd_prepare(int argc, char **argv) {
     }
     /* Every input must be there before any shard is written. */
     for (int f = 0; f < n_files && rc == ETM_EXIT_OK; f++) {
-        struct stat st;
-        if (stat(files[f], &st) != 0)
-            rc = cli_usage_error(verb, "%s: %s", files[f], strerror(errno));
-        else if (!S_ISREG(st.st_mode))
-            rc = cli_usage_error(verb, "%s: not a regular file", files[f]);
+        etm_error why = {{0}};
+        int fd = etm_open_regular(files[f], "text", NULL, &why);
+        if (fd < 0) rc = cli_usage_error(verb, "%s", why.msg);
+        else close(fd);
     }
     if (rc != ETM_EXIT_OK) {
         free(files);

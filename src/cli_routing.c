@@ -6,6 +6,7 @@
 #include "backend.h"
 #include "checkpoint.h"
 #include "cli.h"
+#include "cli_checkpoint.h"
 #include "common.h"
 #include "loader.h"
 #include "model.h"
@@ -250,16 +251,11 @@ int cmd_routing_profile(int argc, char **argv) {
     if (!out) return cli_usage_error("routing-profile", "no output directory given (--out DIR)");
     if (strcmp(mode, "threshold") && strcmp(mode, "batch"))
         return cli_usage_error("routing-profile", "--mode must be threshold or batch, not '%s'", mode);
-    struct stat st;
-    if (stat(ckpt, &st) != 0 || !S_ISREG(st.st_mode))
-        return cli_usage_error("routing-profile", "no checkpoint file '%s'", ckpt);
-
+    cli_ckpt c;
+    int rc = cli_ckpt_open(&c, "routing-profile", ckpt);
+    if (rc != ETM_EXIT_OK) return rc;
+    etm_hparams hp = c.hp;
     etm_error err = {{0}};
-    etm_hparams hp;
-    if (etm_checkpoint_read_config(ckpt, &hp, &err) != 0) {
-        fprintf(stderr, "etmoe routing-profile: %s\n", err.msg);
-        return ETM_EXIT_FAIL;
-    }
     profile_options o = {mode, 16, hp.batch_size, hp.pool_seqs, 400, 80, 20};
     if (batches_text && cli_parse_long(batches_text, 1, 1L << 30, &o.batches))
         return cli_usage_error("routing-profile", "--batches must be a positive integer, not '%s'", batches_text);
@@ -280,20 +276,17 @@ int cmd_routing_profile(int argc, char **argv) {
     if (o.pool_seqs > 0 && o.B % o.pool_seqs != 0)
         return cli_usage_error("routing-profile", "a pool of %ld sequences does not divide the batch of %ld", o.pool_seqs,
                                o.B);
-    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "etmoe routing-profile: cannot create %s: %s\n", out, strerror(errno));
-        return ETM_EXIT_FAIL;
-    }
-
-    int rc = ETM_EXIT_FAIL;
-    etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
     etm_model *m = NULL;
     etm_loader *ld = NULL;
     etm_tokenizer *tok = NULL;
     etm_routing_report *rep = NULL;
-    if (!be) goto done;
-    m = etm_checkpoint_load_model(ckpt, be, (int)o.B, &err);
-    if (!m) goto done;
+    rc = cli_ckpt_load(&c, backend, (int)o.B);
+    if (rc != ETM_EXIT_OK) {
+        cli_ckpt_close(&c);
+        return rc;
+    }
+    rc = ETM_EXIT_FAIL;
+    m = c.m;
     ld = etm_loader_open(data ? data : hp.val_data, (int)o.B, hp.seq_len, hp.seed, 0, hp.vocab_size, &err);
     if (!ld) goto done;
     tok = etm_tokenizer_load(hp.tokenizer, &err);
@@ -306,8 +299,13 @@ int cmd_routing_profile(int argc, char **argv) {
     long batches = 0;
     double loss_sum = 0;
     int64_t n_valid = 0;
-    if (profile(m, ld, rep, &o, &batches, &loss_sum, &n_valid, &err) != 0 ||
-        etm_routing_report_write(rep, out, (int)o.min_count, (int)o.width, &err) != 0 ||
+    if (profile(m, ld, rep, &o, &batches, &loss_sum, &n_valid, &err) != 0) goto done;
+    /* the output directory only now: a refused or failed run leaves none behind */
+    if (mkdir(out, 0777) != 0 && errno != EEXIST) {
+        etm_fail(&err, "cannot create %s: %s", out, strerror(errno));
+        goto done;
+    }
+    if (etm_routing_report_write(rep, out, (int)o.min_count, (int)o.width, &err) != 0 ||
         write_summary(out, ckpt, &hp, &o, batches, rep, loss_sum, n_valid, &err) != 0)
         goto done;
     printf("%s: %s router, %s routing, %ld batches of %ld x %d tokens: loss %.4f, %.4f experts per token, "
@@ -321,7 +319,6 @@ done:
     etm_routing_report_free(rep);
     etm_tokenizer_free(tok);
     etm_loader_free(ld);
-    etm_model_free(m);
-    if (be) etm_backend_free(be);
+    cli_ckpt_close(&c);
     return rc;
 }

@@ -16,22 +16,41 @@
 #include <sys/stat.h>
 
 /* Reads a whole stream (stdin) into a NUL-terminated buffer. */
+/* Reads all of f (stdin), at most ETM_MAX_TEXT_BYTES; NULL on a read error or a longer stream
+ * (*len is then ETM_MAX_TEXT_BYTES + 1). */
 static char *read_stream(FILE *f, size_t *len) {
     size_t cap = 1 << 16, n = 0;
     char *buf = etm_malloc(cap);
+    *len = 0;
     for (;;) {
-        if (n + 1 >= cap) buf = etm_realloc(buf, cap *= 2);
+        if (n + 1 >= cap) {
+            if ((uint64_t)n > ETM_MAX_TEXT_BYTES) {
+                free(buf);
+                *len = (size_t)ETM_MAX_TEXT_BYTES + 1;
+                return NULL;
+            }
+            buf = etm_realloc(buf, cap *= 2);
+        }
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;
     }
-    if (ferror(f)) {
+    if (ferror(f) || (uint64_t)n > ETM_MAX_TEXT_BYTES) {
+        *len = ferror(f) ? 0 : (size_t)ETM_MAX_TEXT_BYTES + 1;
         free(buf);
         return NULL;
     }
     buf[n] = '\0';
     *len = n;
     return buf;
+}
+
+static void read_stream_error(size_t len) {
+    if (len > ETM_MAX_TEXT_BYTES)
+        fprintf(stderr, "etmoe tokenize: stdin: more than the limit of %llu bytes\n",
+                (unsigned long long)ETM_MAX_TEXT_BYTES);
+    else
+        fprintf(stderr, "etmoe tokenize: error reading stdin\n");
 }
 
 /* The usage error for getopt's return c ('?' unknown option, ':' missing argument). */
@@ -44,11 +63,9 @@ static int option_error(const char *verb, int c, char **argv) {
 }
 
 static int readable_file(const char *verb, const char *path) {
-    struct stat st;
-    FILE *f;
-    if (stat(path, &st) != 0) return cli_usage_error(verb, "%s: %s", path, strerror(errno));
-    if (S_ISDIR(st.st_mode)) return cli_usage_error(verb, "%s: is a directory, not a file", path);
-    if (!(f = fopen(path, "rb"))) return cli_usage_error(verb, "%s: %s", path, strerror(errno));
+    etm_error err = {{0}};
+    FILE *f = etm_fopen_regular(path, "text", NULL, &err);
+    if (!f) return cli_usage_error(verb, "%s", err.msg);
     fclose(f);
     return 0;
 }
@@ -83,7 +100,7 @@ static int do_encode(const etm_tokenizer *tok) {
     size_t len;
     char *text = read_stream(stdin, &len);
     if (!text) {
-        fprintf(stderr, "etmoe tokenize: error reading stdin\n");
+        read_stream_error(len);
         return ETM_EXIT_FAIL;
     }
     size_t n;
@@ -102,7 +119,7 @@ static int do_decode(const etm_tokenizer *tok) {
     size_t len;
     char *text = read_stream(stdin, &len);
     if (!text) {
-        fprintf(stderr, "etmoe tokenize: error reading stdin\n");
+        read_stream_error(len);
         return ETM_EXIT_FAIL;
     }
     size_t n = 0, cap = 1024;
@@ -110,6 +127,13 @@ static int do_decode(const etm_tokenizer *tok) {
     const char *p = text;
     for (;;) {
         while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
+        if (!*p && (size_t)(p - text) < len) { /* a NUL byte, not the end: ids are text */
+            fprintf(stderr, "etmoe tokenize: stdin: a NUL byte at byte %zu (after value %zu): ids are decimal text\n",
+                    (size_t)(p - text), n);
+            free(ids);
+            free(text);
+            return ETM_EXIT_FAIL;
+        }
         if (!*p) break;
         char *end;
         errno = 0;
@@ -186,7 +210,7 @@ static int do_bench(const etm_tokenizer *tok, const char *tok_name, double load_
         size_t len;
         char *text = read_stream(stdin, &len);
         if (!text) {
-            fprintf(stderr, "etmoe tokenize: error reading stdin\n");
+            read_stream_error(len);
             return ETM_EXIT_FAIL;
         }
         failed |= bench_one(tok, "(stdin)", text, len, repeat, &t_sum, &tok_sum);

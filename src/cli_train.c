@@ -4,6 +4,7 @@
 
 #include "checkpoint.h"
 #include "cli.h"
+#include "cli_checkpoint.h"
 #include "common.h"
 #include "hparams.h"
 #include "model.h"
@@ -39,7 +40,7 @@ static void install_stop_handlers(void) {
 
 static void train_usage(void) {
     printf("usage: etmoe train CONFIG [key=value...] [--backend NAME] [--resume] [--force]\n"
-           "                   [--stop-at N] [--quiet]\n"
+           "                   [--stop-at N] [--quiet] [--dry-run]\n"
            "\n"
            "Trains the model CONFIG describes: a config file's path, or a preset name (demo, bench,\n"
            "d12, d20 in the data directory's configs/). key=value arguments override its settings\n"
@@ -58,6 +59,7 @@ static void train_usage(void) {
            "  --stop-at N   stop with a checkpoint after step N (max_steps still sets the schedule;\n"
            "                --resume continues as if there had been no stop)\n"
            "  --quiet       no progress lines\n"
+           "  --dry-run     print the parameter count and memory estimate, then stop (nothing written)\n"
            "  --help-keys   every configuration key with its default and meaning\n"
            "  --help        this text\n"
            "\n"
@@ -75,7 +77,7 @@ int cmd_train(int argc, char **argv) {
     /* argv's key=value arguments, then backend=NAME for --backend (so it wins). */
     char **overrides = etm_calloc((size_t)argc + 1, sizeof *overrides);
     char *backend_override = NULL;
-    int n_over = 0, quiet = 0;
+    int n_over = 0, quiet = 0, dry_run = 0;
     etm_train_options opt;
     etm_train_options_init(&opt);
     for (int i = 1; i < argc; i++) {
@@ -95,6 +97,8 @@ int cmd_train(int argc, char **argv) {
             opt.force = 1;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
+        } else if (!strcmp(a, "--dry-run")) {
+            dry_run = 1;
         } else if (cli_option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
             if (missing) {
                 free(overrides);
@@ -143,6 +147,21 @@ int cmd_train(int argc, char **argv) {
     free(overrides);
     free(backend_override);
     if (configured != 0) return cli_usage_error(verb, "%s", err.msg);
+    /* Refusals before etm_train creates out_dir: a refused run leaves nothing behind. */
+    int refused = cli_check_backend_name(verb, hp.backend);
+    if (refused != ETM_EXIT_OK) return refused;
+    etm_memory_estimate est;
+    etm_model_memory_estimate(&hp, hp.batch_size, 1, &est);
+    if (dry_run) {
+        const double g = 1024.0 * 1024.0 * 1024.0;
+        printf("%s: %.0f parameters; memory estimate for training with batch_size %d x seq_len %d:\n"
+               "  parameters %.3f GiB, gradients %.3f GiB, optimizer state %.3f GiB,\n"
+               "  activations %.3f GiB, routing %.3f GiB: total %.3f GiB (this machine: %.1f GiB)\n",
+               config, est.n_params, hp.batch_size, hp.seq_len, est.params / g, est.grads / g, est.optimizer / g,
+               est.activations / g, est.routing / g, est.total / g, etm_host_memory_bytes() / g);
+    }
+    refused = cli_ckpt_check_memory(verb, config, &hp, hp.batch_size, 1);
+    if (refused != ETM_EXIT_OK || dry_run) return refused;
 
     opt.progress = quiet ? NULL : stderr;
     opt.stop_flag = &stop_signal;
@@ -238,25 +257,23 @@ int cmd_eval(int argc, char **argv) {
         else if (!strcmp(mode_s, "batch")) routing = ETM_EVAL_BATCH;
         else return cli_usage_error(verb, "--mode '%s': expected threshold or batch", mode_s);
     }
-    struct stat st;
-    if (stat(path, &st) != 0) return cli_usage_error(verb, "%s: %s", path, strerror(errno));
-
-    etm_error err = {{0}};
-    etm_hparams hp;
-    if (etm_checkpoint_read_config(path, &hp, &err) != 0) {
-        fprintf(stderr, "etmoe eval: %s\n", err.msg);
-        return ETM_EXIT_FAIL;
-    }
-    if (backend) snprintf(hp.backend, sizeof hp.backend, "%s", backend);
+    cli_ckpt c;
+    int rc = cli_ckpt_open(&c, verb, path);
+    if (rc != ETM_EXIT_OK) return rc;
+    etm_hparams hp = c.hp;
     if (!data) data = hp.val_data;
     if (!data[0]) return cli_usage_error(verb, "the checkpoint's configuration has no val_data: give --data");
-    int rc = ETM_EXIT_FAIL;
-    etm_model *m = NULL;
-    etm_backend *be = etm_backend_create(hp.backend, &err);
-    if (be) m = etm_checkpoint_load_model(path, be, hp.batch_size, &err);
+    rc = cli_ckpt_load(&c, backend, hp.batch_size);
+    if (rc != ETM_EXIT_OK) {
+        cli_ckpt_close(&c);
+        return rc;
+    }
+    rc = ETM_EXIT_FAIL;
+    etm_model *m = c.m;
+    etm_error err = {{0}};
     /* Bits per byte need the tokenizer; without it the loss is still right, so say so and go on. */
     int32_t *token_bytes = NULL;
-    if (m) {
+    {
         etm_error terr = {{0}};
         etm_tokenizer *tok = etm_tokenizer_load(hp.tokenizer, &terr);
         if (tok) token_bytes = token_byte_lengths(tok, hp.vocab_size, &terr);
@@ -267,7 +284,7 @@ int cmd_eval(int argc, char **argv) {
     etm_eval_result ev;
     /* at most `batches` micro-batches of sequences (0: all); more than INT_MAX means all too */
     int max_seqs = (int)ETM_MIN(batches * hp.batch_size, (long)INT_MAX);
-    if (m && etm_evaluate_bytes(m, data, max_seqs, routing, token_bytes, &ev, &err) == 0) {
+    if (etm_evaluate_bytes(m, data, max_seqs, routing, token_bytes, &ev, &err) == 0) {
         printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
                routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
                    ? "batch (expert choice per pool)"
@@ -282,7 +299,6 @@ int cmd_eval(int argc, char **argv) {
         fprintf(stderr, "etmoe eval: %s\n", err.msg);
     }
     free(token_bytes);
-    etm_model_free(m);
-    if (be) etm_backend_free(be);
+    cli_ckpt_close(&c);
     return rc;
 }

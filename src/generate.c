@@ -140,6 +140,14 @@ int etm_generate(etm_model *m, const etm_gen_options *o, etm_gen_result *res, et
                 res->end = ETM_GEN_CONTEXT;
                 break;
             }
+            int bad = -1; /* a NaN or infinite logit: sampling would pick garbage and print it as text */
+            for (int i = 0; i < n_vocab && bad < 0; i++)
+                if (!isfinite(logits[i])) bad = i;
+            if (bad >= 0) {
+                rc = etm_fail(err, "the model's logit for token %d at position %d is %s: the weights or the "
+                              "routing produce non-finite values", bad, pos, isnan(logits[bad]) ? "NaN" : "infinite");
+                break;
+            }
             token = etm_sample(logits, n_vocab, &o->sampling, &rng);
             if (token == o->stop_token) {
                 res->end = ETM_GEN_STOP_TOKEN;

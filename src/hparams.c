@@ -225,7 +225,7 @@ static int unknown_key(etm_error *err, const char *where, const char *key) {
     }
     if (best >= 0)
         return etm_fail(err, "%sunknown key '%s' (did you mean '%s'?)", where, key, keys[best].key);
-    return etm_fail(err, "%sunknown key '%s' (etmoe train --help lists the keys)", where, key);
+    return etm_fail(err, "%sunknown key '%s' (etmoe train --help-keys lists the keys)", where, key);
 }
 
 /* ---- values ---------------------------------------------------------------------------------- */
@@ -641,16 +641,20 @@ static void resolve_config(const char *path_or_preset, char *buf, size_t len) {
 static int load_file(etm_hparams *hp, const char *path_or_preset, origins *o, etm_error *err) {
     char path[2048];
     resolve_config(path_or_preset, path, sizeof path);
-    char *text = etm_read_file(path, NULL, err);
+    size_t len = 0;
+    char *text = etm_read_file_max(path, "config", ETM_MAX_CONFIG_BYTES, &len, err);
     if (!text) {
         if (strcmp(path, path_or_preset))
             etm_fail(err, "no preset '%s' (%s: cannot read it); presets live in data/configs/",
                      path_or_preset, path);
         return -1;
     }
-    if (memchr(text, '\0', strlen(text) + 1) != text + strlen(text)) {
+    if (strlen(text) != len) { /* a NUL byte would silently end the text there */
+        size_t at = strlen(text);
+        int line = 1;
+        for (size_t i = 0; i < at; i++) line += text[i] == '\n';
         free(text);
-        return etm_fail(err, "%s: not a text file", path);
+        return etm_fail(err, "%s:%d: a NUL byte (at byte %zu): not a text file", path, line, at);
     }
     int rc = parse_text(hp, text, path, o, err);
     free(text);

@@ -205,6 +205,8 @@ int etm_loader_set_pos(etm_loader *ld, const etm_loader_pos *pos, etm_error *err
                         "hold %llu: the data or T has changed",
                         first, (unsigned long long)pos->n_windows, ld->n_shards, ld->T,
                         (unsigned long long)ld->n_windows);
+    if (pos->epoch > (uint64_t)INT64_MAX)
+        return etm_fail(err, "%s...: saved epoch %lld is negative", first, (long long)(int64_t)pos->epoch);
     if (pos->index >= ld->n_windows)
         return etm_fail(err, "%s...: saved window index %llu is out of range (expected below %llu)", first,
                         (unsigned long long)pos->index, (unsigned long long)ld->n_windows);

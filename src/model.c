@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "rng.h"
 
@@ -17,6 +18,7 @@ static int check_hparams(const etm_hparams *hp, int max_batch, etm_error *err) {
     if (hp->vocab_size < 2) return etm_fail(err, "model: vocab_size must be at least 2 (got %d)", hp->vocab_size);
     if (hp->seq_len < 1) return etm_fail(err, "model: seq_len must be positive (got %d)", hp->seq_len);
     if (hp->n_layer < 1) return etm_fail(err, "model: n_layer must be positive (got %d)", hp->n_layer);
+    if (hp->n_layer > 1000000) return etm_fail(err, "model: n_layer %d is over the limit of 1000000", hp->n_layer);
     if (hp->d_model < 2) return etm_fail(err, "model: d_model must be at least 2 (got %d)", hp->d_model);
     if (hp->n_head < 1 || hp->d_model % hp->n_head != 0)
         return etm_fail(err, "model: n_head (%d) must be positive and divide d_model (%d)", hp->n_head,
@@ -41,11 +43,78 @@ static int check_hparams(const etm_hparams *hp, int max_batch, etm_error *err) {
     if (any_dense && hp->ffn_hidden < 1)
         return etm_fail(err, "model: ffn_hidden must be positive (got %d)", hp->ffn_hidden);
     if (max_batch < 1) return etm_fail(err, "model: max_batch must be positive (got %d)", max_batch);
-    if ((double)max_batch * hp->seq_len * ETM_MAX(hp->vocab_size, 4 * hp->d_model) > 4e12 ||
+    if ((double)max_batch * hp->seq_len * ETM_MAX((double)hp->vocab_size, 4.0 * hp->d_model) > 4e12 ||
         (double)max_batch * hp->seq_len > 2e9)
         return etm_fail(err, "model: batch %d x seq_len %d is too large", max_batch, hp->seq_len);
     if (any_moe && etm_moe_check_hparams(hp, max_batch * hp->seq_len, err) < 0) return -1;
+    etm_memory_estimate est;
+    etm_model_memory_estimate(hp, max_batch, 0, &est);
+    etm_error why = {{0}};
+    if (etm_memory_check(&est, &why) != 0) return etm_fail(err, "model: %s", why.msg);
     return 0;
+}
+
+/* ---- memory -------------------------------------------------------------------------------- */
+
+void etm_model_memory_estimate(const etm_hparams *hp, int max_batch, int training, etm_memory_estimate *out) {
+    const double f = sizeof(float), i32 = sizeof(int32_t);
+    double N = (double)(max_batch > 0 ? max_batch : 0) * (hp->seq_len > 0 ? hp->seq_len : 0);
+    double V = hp->vocab_size, D = hp->d_model, H = hp->n_head, Hkv = hp->n_kv_head;
+    double hd = hp->n_head > 0 ? (double)(hp->d_model / hp->n_head) : 0, HD = H * hd, KVD = Hkv * hd;
+    double F = hp->ffn_hidden, E = hp->n_routed, S = hp->n_shared, Hx = hp->expert_hidden;
+    double L = hp->n_layer > 0 ? hp->n_layer : 0;
+    double moe_layers = 0;
+    if (hp->router != ETM_ROUTER_DENSE) {
+        moe_layers = L - (hp->dense_layers > 0 ? hp->dense_layers : 0);
+        if (moe_layers < 0) moe_layers = 0;
+    }
+    double dense_layers = L - moe_layers;
+    /* parameters: embedding and head, attention per layer, an MLP or experts per layer */
+    double attn = HD * D + 2 * KVD * D + D * HD;
+    double moe = E * D + 2 * E * Hx * D + 2 * S * Hx * D;
+    double P = 2 * V * D + L * attn + dense_layers * 2 * F * D + moe_layers * moe;
+    memset(out, 0, sizeof *out);
+    out->n_params = P;
+    out->params = P * f;
+    out->grads = P * f;
+    if (training) /* at most two state tensors per parameter (AdamW), plus Muon's update and work */
+        out->optimizer = 2 * P * f + 4 * ETM_MAX(E, 1.0) * ETM_MAX(Hx, F) * D * f;
+    /* layout_acts and layout_scratch, without their 64-byte rounding (covered below) */
+    double acts = N * (3 * D + 1) + N * (2 * D + 1) + N * V + N +
+                  L * N * (2 * D + 2 + 2 * HD + 2 * H + 2 * KVD + Hkv) + dense_layers * 2 * N * F;
+    double scratch = N * V + 3 * N * D + 3 * N * HD + 3 * N * KVD + (dense_layers > 0 ? 2 * N * F : 0);
+    out->activations = (acts + scratch) * f + 2 * N * i32 + 64.0 * (L + 1) * 32;
+    if (moe_layers > 0) {
+        double NE = N * E;
+        double k = hp->top_k > 0 ? hp->top_k : 1;
+        double pairs = ETM_MIN(NE, 2 * N * k);
+        double layer = N * D * f + 3 * NE * f           /* moe input, logits, dscore, dlogits */
+                       + (S > 0 ? (2 * S * N * Hx + 2 * N * Hx) * f : 0) /* shared experts */
+                       + 3 * NE * i32 + 2 * (N + E) * i32 /* dispatch tables */
+                       + 3 * NE * f + 4 * NE            /* router scores, prob, selection; masks */
+                       + pairs * (3 * D + 4 * Hx + 2) * f; /* expert pair buffers, forward and backward */
+        out->routing = moe_layers * layer;
+    }
+    out->total = out->params + out->grads + out->optimizer + out->activations + out->routing;
+}
+
+double etm_host_memory_bytes(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return 0;
+    return (double)pages * (double)page;
+}
+
+static double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
+
+int etm_memory_check(const etm_memory_estimate *est, etm_error *err) {
+    double have = etm_host_memory_bytes();
+    /* a size_t must hold every single buffer too: the total bounds them all */
+    if (est->total < (double)SIZE_MAX / 2 && (have <= 0 || est->total <= have)) return 0;
+    return etm_fail(err,
+                    "needs %.1f GiB (parameters %.1f, gradients %.1f, optimizer %.1f, activations %.1f, "
+                    "routing %.1f GiB for %.3g parameters); this machine has %.1f GiB of memory",
+                    gib(est->total), gib(est->params), gib(est->grads), gib(est->optimizer),
+                    gib(est->activations), gib(est->routing), est->n_params, gib(have));
 }
 
 /* ---- parameter table ----------------------------------------------------------------------- */
@@ -77,7 +146,7 @@ static void place(layout_walk *w, float **wslot, float **gslot, etm_param_group 
         p->shape[1] = d1;
         p->shape[2] = d2;
         p->group = group;
-        p->numel = (size_t)d0 * (ndim > 1 ? d1 : 1) * (ndim > 2 ? d2 : 1);
+        p->numel = (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1) * (size_t)(ndim > 2 ? d2 : 1); /* fits: checked by the memory estimate */
         p->offset = w->off;
         if (w->init_std) w->init_std[w->idx] = std;
         w->off += p->numel;
@@ -125,7 +194,7 @@ static void walk_params(layout_walk *w) {
 }
 
 static int count_tensors(const etm_hparams *hp) {
-    int n = 2;
+    int n = 2; /* at most 2 + 9 n_layer: check_hparams caps n_layer so this fits an int */
     for (int l = 0; l < hp->n_layer; l++)
         n += 4 + (!etm_is_moe_layer(hp, l) ? 2 : (hp->n_shared > 0 ? 5 : 3));
     return n;

@@ -156,6 +156,31 @@ typedef struct {
 etm_model *etm_model_create(etm_backend *be, const etm_hparams *hp, int max_batch, etm_error *err);
 void etm_model_free(etm_model *m);
 
+/* The memory a model needs, in bytes, counted in double so that no setting can overflow it. */
+typedef struct {
+    double params;      /* weights */
+    double grads;       /* their gradients (always allocated) */
+    double optimizer;   /* AdamW m and v or Muon momentum and work buffers (0 unless training) */
+    double activations; /* forward activations and backward scratch for max_batch sequences */
+    double routing;     /* MoE layers: router scores and masks, dispatch tables, expert pair
+                         * buffers (sized for twice top_k experts per token on average) */
+    double total;       /* the sum */
+    double n_params;    /* parameter count */
+} etm_memory_estimate;
+
+/* Estimates what etm_model_create (and, when training, etm_optim_create) will allocate for
+ * micro-batches of max_batch sequences: a little more than a tiny model's measured allocations
+ * (tests/check_model.c), in closed form, so it can be printed and checked before anything is
+ * allocated. Settings need not be valid (nothing is divided by zero). */
+void etm_model_memory_estimate(const etm_hparams *hp, int max_batch, int training, etm_memory_estimate *out);
+
+/* Memory this machine can give a process: physical memory (sysconf), in bytes; 0 if unknown. */
+double etm_host_memory_bytes(void);
+
+/* 0 when est fits in this machine's memory (est->total <= etm_host_memory_bytes()), else -1 with
+ * "needs X GiB (parameters ..., ...); this machine has Y GiB" in err. */
+int etm_memory_check(const etm_memory_estimate *est, etm_error *err);
+
 /* Forward pass over B sequences of T tokens (host tokens (B*T), each in [0, V)); 1 <= B <=
  * max_batch, 1 <= T <= seq_len (MoE layers may require T == seq_len; see moe.h). With targets
  * (host (B*T), a negative target is ignored) *loss gets the mean cross-entropy over the valid

@@ -283,10 +283,10 @@ int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *
         for (int i = 0; i < opt->n; i++) {
             double s = be->sum_squares(be, opt->params[i].p.grad, opt->params[i].numel);
             if (!isfinite(s))
-                return etm_fail(err, "step %d: the gradient of '%s' is not finite (sum of squares %g); "
-                                "nothing was updated", step, opt->params[i].p.name, s);
+                return etm_fail(err, "the gradient of '%s' is not finite (sum of squares %g); "
+                                "nothing was updated", opt->params[i].p.name, s);
         }
-        return etm_fail(err, "step %d: the gradient norm is not finite; nothing was updated", step);
+        return etm_fail(err, "the gradient norm is not finite; nothing was updated"); /* the caller names the step */
     }
     float clip = 1.0f;
     if (hp->grad_clip > 0.0f && norm > hp->grad_clip) {

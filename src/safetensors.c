@@ -413,11 +413,11 @@ static int check_coverage(etm_st_file *f, etm_error *err) {
 
 static int parse_header(etm_st_file *f, const char *text, size_t len, etm_error *err) {
     if (len == 0 || text[0] != '{')
-        return etm_fail(err, "%s: the header does not start with '{'", f->path);
+        return etm_fail(err, "%s: not a safetensors file (the header does not start with '{')", f->path);
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return etm_fail(err, "%s: the header is not valid JSON: %s (header line %d, column %d)", f->path,
+        return etm_fail(err, "%s: not a safetensors file (the header is not valid JSON: %s, header line %d, column %d)", f->path,
                         jerr.text, jerr.line, jerr.column);
     int rc = 0;
     if (!json_is_object(root)) {
@@ -465,22 +465,16 @@ etm_st_file *etm_st_open(const char *path, etm_error *err) {
     etm_st_file *f = etm_calloc(1, sizeof *f);
     f->path = etm_strdup(path);
     char *header = NULL;
-    f->fp = fopen(path, "rb");
-    if (!f->fp) {
-        etm_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    uint64_t file_size = 0;
+    f->fp = etm_fopen_regular(path, "safetensors", &file_size, err);
+    if (!f->fp) goto fail;
+    if (file_size > (uint64_t)INT64_MAX) {
+        etm_fail(err, "%s: %llu bytes: too large", path, (unsigned long long)file_size);
         goto fail;
     }
-    if (fseeko(f->fp, 0, SEEK_END) != 0) {
-        etm_fail(err, "%s: cannot seek: %s", path, strerror(errno));
-        goto fail;
-    }
-    off_t size = ftello(f->fp);
-    if (size < 0 || fseeko(f->fp, 0, SEEK_SET) != 0) {
-        etm_fail(err, "%s: cannot seek: %s", path, strerror(errno));
-        goto fail;
-    }
+    int64_t size = (int64_t)file_size;
     if (size < 8) {
-        etm_fail(err, "%s: %lld bytes, too short for a safetensors file (at least 8)", path, (long long)size);
+        etm_fail(err, "%s: not a safetensors file (%lld bytes, too short: at least 8)", path, (long long)size);
         goto fail;
     }
     unsigned char len_le[8];
@@ -491,7 +485,7 @@ etm_st_file *etm_st_open(const char *path, etm_error *err) {
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = hlen << 8 | len_le[i];
     if (hlen > (uint64_t)size - 8) {
-        etm_fail(err, "%s: the header length %llu runs past the end of the file (%lld bytes)", path,
+        etm_fail(err, "%s: not a safetensors file (the header length %llu runs past the end of the file of %lld bytes)", path,
                  (unsigned long long)hlen, (long long)size);
         goto fail;
     }

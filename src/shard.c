@@ -134,18 +134,9 @@ static int check_header(const char *path, const unsigned char *header, uint64_t 
 }
 
 etm_shard *etm_shard_open(const char *path, etm_shard_load how, etm_error *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) {
-        etm_fail(err, "%s: cannot open token shard: %s", path, strerror(errno));
-        return NULL;
-    }
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        etm_fail(err, "%s: not a regular file", path);
-        close(fd);
-        return NULL;
-    }
-    uint64_t file_bytes = (uint64_t)st.st_size;
+    uint64_t file_bytes = 0;
+    int fd = etm_open_regular(path, "token shard", &file_bytes, err);
+    if (fd < 0) return NULL;
     if (file_bytes < ETM_SHARD_HEADER_BYTES) {
         if (file_bytes == 0)
             etm_fail(err, "%s: empty file (0 bytes); a token shard starts with a %d-byte header", path,
@@ -189,7 +180,13 @@ etm_shard *etm_shard_open(const char *path, etm_shard_load how, etm_error *err) 
         }
     }
     if (!s->mapped) {
-        s->base = etm_malloc(s->file_bytes);
+        s->base = etm_try_malloc(s->file_bytes, "a token shard", err);
+        if (!s->base) {
+            etm_fail(err, "%s: out of memory reading its %zu bytes", path, s->file_bytes);
+            close(fd);
+            etm_shard_free(s);
+            return NULL;
+        }
         if (pread_all(fd, s->base, s->file_bytes, 0) != 0) {
             etm_fail(err, "%s: read error: %s", path, strerror(errno));
             close(fd);

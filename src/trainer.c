@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,6 +426,9 @@ static int run_setup(run *r, etm_error *err) {
 
     r->be = etm_backend_create(hp->backend, err);
     if (!r->be) return -1;
+    if ((long long)hp->batch_size * hp->seq_len > INT_MAX / 2)
+        return etm_fail(err, "batch_size %d x seq_len %d = %lld tokens per micro-batch: over the limit of %d",
+                        hp->batch_size, hp->seq_len, (long long)hp->batch_size * hp->seq_len, INT_MAX / 2);
     int tokens_per_batch = hp->batch_size * hp->seq_len;
     if (hp->router != ETM_ROUTER_DENSE && etm_moe_check_hparams(hp, tokens_per_batch, err) != 0) return -1;
     r->m = etm_model_create(r->be, hp, hp->batch_size, err);

@@ -283,8 +283,8 @@ START_TEST(shard_corruptions_are_named) {
 
     /* missing file, and a directory */
     path_in(path, sizeof path, dir, "missing.bin");
-    expect_open_error(path, (const char *[]){"cannot open", NULL});
-    expect_open_error(dir, (const char *[]){"not a regular file", NULL});
+    expect_open_error(path, (const char *[]){"no such file", NULL});
+    expect_open_error(dir, (const char *[]){"is a directory, not a token shard file", NULL});
 
     /* the good bytes still open (the cases above fail for their own reasons) */
     path_in(path, sizeof path, dir, "good.bin");
