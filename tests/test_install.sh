@@ -7,6 +7,8 @@ set -eu
 : "${ETM_TEST_DIR:?run by make check}"
 make=${ETM_MAKE:-make}
 cc=${ETM_CC:-cc}
+# The build's CFLAGS too: a sanitizer build's library needs the sanitizer runtime in the program.
+cflags=${ETM_CFLAGS:-}
 pkgconfig=${PKG_CONFIG:-pkg-config}
 dest=$(mktemp -d "${TMPDIR:-/tmp}/etmoe-install-XXXXXX")
 trap 'rm -rf "$dest"' EXIT
@@ -28,7 +30,7 @@ PKG_CONFIG_SYSROOT_DIR=$dest
 export PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
 flags=$($pkgconfig --cflags --libs etmoe) || fail "pkg-config --cflags --libs etmoe failed"
 echo "pkg-config --cflags --libs etmoe: $flags"
-$cc -std=c99 -Wall -Wextra -Werror -o "$dest/forward" "$ETM_TEST_DIR/outside/forward.c" $flags -lm ||
+$cc $cflags -std=c99 -Wall -Wextra -Werror -o "$dest/forward" "$ETM_TEST_DIR/outside/forward.c" $flags -lm ||
   fail "the outside program does not build against the installed library"
 libdir=$(dirname "$(dirname "$pcfile")") # the installed libdir (etmoe.pc is in libdir/pkgconfig)
 LD_LIBRARY_PATH=$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$dest/forward" "$dest" ||
