@@ -7,9 +7,11 @@
       own logits is still what it writes as the mask, and every disagreement with REF must lie
       within rounding of its decision boundary. Prints the disagreements; exit 1 when one is
       not explained by rounding.
-  step CKPT --shard FILE --out CKPT2 [--dtype fp64|fp32]
+  step CKPT --shard FILE --out CKPT2 [--dtype fp64|fp32] [--grads DUMP]
       one optimizer step (forward, backward, clipping, AdamW/Muon, router state update) on the
       shard's windows as one batch; writes the parameters, optimizer and router state and step.
+      --grads: the optimizer uses DUMP's gradients (etmoe's, of the same batch) instead of the
+      twin's, so that the optimizer is checked alone.
   strip IN OUT      copies a checkpoint without its rng and loader.pos (the twin's step does not
                     reproduce the trainer's data order), for etmoe compare.
   shard OUT --tokens N --vocab V [--seed S]   a token shard of uniform random tokens.
@@ -48,7 +50,8 @@ def cmd_dump(a):
 def cmd_step(a):
     tensors, _, hp = dump.load(a.ckpt)
     w = shard.windows(shard.read(a.shard), hp["seq_len"])
-    new, meta, stats = step.train_step(a.ckpt, w, a.dtype)
+    grads = safetensors.read(a.grads)[0] if a.grads else None
+    new, meta, stats = step.train_step(a.ckpt, w, a.dtype, grads_from=grads)
     for k in ("rng", "loader.pos"):
         new.pop(k, None)
     safetensors.write(a.out, new, meta)
@@ -87,6 +90,7 @@ def main(argv=None):
     s.add_argument("--shard", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--dtype", choices=sorted(dump.DTYPES), default="fp64")
+    s.add_argument("--grads", help="a dump whose gradients the optimizer uses instead of the twin's")
     st = sub.add_parser("strip")
     st.add_argument("src")
     st.add_argument("dst")

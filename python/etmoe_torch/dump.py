@@ -30,10 +30,12 @@ def compute(ckpt_path, inputs, targets, dtype="fp64", follow=None, hooks=None, d
     if device != "cpu":
         p = {n: t.detach().to(device).requires_grad_(True) for n, t in p.items()}
     state = model.load_router_state(tensors, hp)
+    if follow is not None:
+        follow = {l: m.to(device) for l, m in follow.items()}
     out = model.forward(p, state, hp, inputs, targets, train=True, hooks=hooks, follow=follow)
     out["loss"].backward()
     B, T = inputs.shape
-    res = {"inputs": inputs.int(), "targets": targets.int(),
+    res = {"inputs": inputs.int().cpu(), "targets": targets.int().cpu(),
            "logits": out["logits"].detach().float().cpu(),
            "losses": out["losses"].detach().float().cpu(),
            "loss": out["loss"].detach().double().cpu().reshape(())}
@@ -43,6 +45,7 @@ def compute(ckpt_path, inputs, targets, dtype="fp64", follow=None, hooks=None, d
     for l, rec in out["routing"].items():
         own = rec.get("own_mask", rec["mask"])
         res[f"routing.{l}.mask"] = own.to(torch.uint8).cpu()
+        rec["margin"] = rec["margin"].cpu()
         res[f"routing.{l}.logits"] = rec["logits"].detach().float().cpu()
         res[f"routing.{l}.gates"] = rec["scores"].detach().float().cpu()
         st = state[l]

@@ -22,14 +22,14 @@ def rms_norm(x, eps):
     return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps)
 
 
-def rope_tables(hp, T, dtype):
+def rope_tables(hp, T, dtype, device="cpu"):
     hd = hp["d_model"] // hp["n_head"]
     half = hd // 2
     i = torch.arange(half, dtype=torch.float64)
     inv_freq = hp["rope_base"] ** (-2.0 * i / hd)
     angle = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq[None, :]
     # etmoe keeps fp32 tables; the twin uses them at its own precision
-    return torch.cos(angle).to(dtype), torch.sin(angle).to(dtype)
+    return torch.cos(angle).to(device, dtype), torch.sin(angle).to(device, dtype)
 
 
 def rope(x, cos, sin):
@@ -55,7 +55,7 @@ def attention(x, p, l, hp, cos, sin):
     v = v.repeat_interleave(group, dim=2)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd)
     att = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
     att = att.masked_fill(~causal, float("-inf")).softmax(-1)
     y = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
     return y @ p[f"layers.{l}.attn.wo"].T
@@ -105,7 +105,9 @@ def forward(p, router_state, hp, inputs, targets, train=True, hooks=None, follow
     B, T = inputs.shape
     dtype = p["wte"].dtype
     eps = hp["norm_eps"]
-    cos, sin = rope_tables(hp, T, dtype)
+    dev = p["wte"].device
+    inputs, targets = inputs.to(dev), targets.to(dev)
+    cos, sin = rope_tables(hp, T, dtype, dev)
     x = rms_norm(p["wte"][inputs.long()], eps)
     routing, added = {}, 0
     for l in range(hp["n_layer"]):

@@ -67,7 +67,7 @@ def topk_rows(sel, k):
     """Each row's k largest. margin: distance to the midpoint of the k-th and (k+1)-th."""
     N, E = sel.shape
     vals, idx = _sorted_desc(sel, 1)
-    mask = torch.zeros(N, E, dtype=torch.bool)
+    mask = torch.zeros(N, E, dtype=torch.bool, device=sel.device)
     mask.scatter_(1, idx[:, :k], True)
     if k >= E:
         return mask, torch.full_like(sel, INF)
@@ -89,12 +89,12 @@ def select_columns(score, pool, lo, hi, eligible=None, threshold=None):
     vals, idx = _sorted_desc(keyed, 1)
     n_cand = cand.sum(1)
     if threshold is None:
-        n_above = torch.zeros(P, E, dtype=torch.long)
+        n_above = torch.zeros(P, E, dtype=torch.long, device=score.device)
     else:
         n_above = (cand & (s >= threshold.reshape(1, 1, E))).sum(1)
     take = torch.minimum(torch.clamp(n_above, min=lo, max=hi), n_cand)
     rank = torch.empty_like(idx)
-    rank.scatter_(1, idx, torch.arange(pool).reshape(1, pool, 1).expand(P, pool, E).contiguous())
+    rank.scatter_(1, idx, torch.arange(pool, device=score.device).reshape(1, pool, 1).expand(P, pool, E).contiguous())
     mask = cand & (rank < take.unsqueeze(1))
     margin = torch.full_like(s, INF)
     if threshold is not None:
@@ -189,7 +189,7 @@ def _update_ema(state, rec, hp):
     if rec.get("cut") is None:
         return state
     beta = hp["et_beta"]
-    ema = (beta * state["ema"].double() + (1 - beta) * rec["cut"].double()).float()
+    ema = (beta * state["ema"].double() + (1 - beta) * rec["cut"].double().cpu()).float()
     s = int(state["counters"][0]) + 1
     bc = 1.0 - beta ** s
     thr = (ema.double() / bc).float() if bc > 0 else ema.clone()
@@ -204,7 +204,7 @@ def _update_lossfree(state, rec, hp):
         return state
     counts = rec["counts"].long()
     diff = counts.sum() - counts * hp["n_routed"]
-    bias = (state["bias"] + hp["lossfree_rate"] * torch.sign(diff).float()).float()
+    bias = (state["bias"] + hp["lossfree_rate"] * torch.sign(diff).float().cpu()).float()
     return dict(state, bias=bias)
 
 
@@ -227,7 +227,7 @@ def route(r, state, hp, train=True):
     N = r.shape[0]
     rule = rule_name(hp, state, train)
     c = {"hp": hp, "r": r, "N": N, "train": train, "pool": pool_rows(hp, N),
-         "threshold": state["threshold"].to(r.dtype), "bias": state["bias"].to(r.dtype)}
+         "threshold": state["threshold"].to(r.device, r.dtype), "bias": state["bias"].to(r.device, r.dtype)}
     mask, margin = RULES[rule](c)
     out = {"mask": mask, "margin": margin, "rule": rule, "counts": c.get("counts")}
     if train and hp["router"] != "tc":

@@ -5,7 +5,8 @@ the trainer would write next.
 
 The batch is given (B sequences of T+1 tokens); the trainer's shuffled loader is not
 reproduced, so a test gives the trainer data of exactly one batch (the order of sequences inside
-it then changes only rounding when the routing pool is the whole batch)."""
+it then changes only rounding when the routing pool is the whole batch; with one sequence, not
+even that)."""
 import torch
 
 from . import model, optim, routers
@@ -13,8 +14,10 @@ from .dump import DTYPES, load
 from . import safetensors
 
 
-def train_step(ckpt_path, windows, dtype="fp64", overrides=None):
-    """windows: int tensor (B, T+1). Returns (tensors, metadata) of the next checkpoint."""
+def train_step(ckpt_path, windows, dtype="fp64", overrides=None, grads_from=None):
+    """windows: int tensor (B, T+1). grads_from: optional dict "grad.<name>" -> tensor (a dump's)
+    used instead of the twin's own gradients, to check the optimizer alone. Returns (tensors,
+    metadata, stats) of the next checkpoint."""
     from .config import override
     tensors, meta, hp = load(ckpt_path)
     if overrides:
@@ -29,7 +32,10 @@ def train_step(ckpt_path, windows, dtype="fp64", overrides=None):
     out["loss"].backward()
     names = model.param_names(hp)
     params = {n: p[n].detach().clone() for n in names}
-    grads = {n: p[n].grad.detach().clone() for n in names}
+    if grads_from is not None:
+        grads = {n: grads_from[f"grad.{n}"].to(dt).clone() for n in names}
+    else:
+        grads = {n: p[n].grad.detach().clone() for n in names}
     groups = {n: model.param_group(n) for n in names}
     opt_state = {k: v.to(dt).clone() for k, v in tensors.items() if k.startswith("opt.")}
     step_index = int(tensors["step"])
