@@ -35,6 +35,11 @@ typedef struct {
 } key_info;
 
 static const char *const router_names[] = {"dense", "tc", "ec", "et", NULL};
+typedef char router_names_cover_kinds[ETM_ARRAY_LEN(router_names) == ETM_ROUTER_N_KINDS + 1 ? 1 : -1];
+
+const char *etm_router_kind_name(etm_router_kind kind) {
+    return (int)kind >= 0 && kind < ETM_ROUTER_N_KINDS ? router_names[kind] : NULL;
+}
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
 static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};

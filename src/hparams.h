@@ -8,7 +8,16 @@
 
 #include "common.h"
 
-typedef enum { ETM_ROUTER_DENSE = 0, ETM_ROUTER_TC, ETM_ROUTER_EC, ETM_ROUTER_ET } etm_router_kind;
+typedef enum {
+    ETM_ROUTER_DENSE = 0,
+    ETM_ROUTER_TC,
+    ETM_ROUTER_EC,
+    ETM_ROUTER_ET,
+    ETM_ROUTER_N_KINDS /* the number of kinds, not a kind */
+} etm_router_kind;
+/* The config value of a kind ("dense", "tc", "ec", "et"); NULL for a value that is no kind. The
+ * one place that spells the names: printers and the config parser use it. */
+const char *etm_router_kind_name(etm_router_kind kind);
 typedef enum { ETM_SCORE_SIGMOID = 0, ETM_SCORE_SOFTMAX } etm_score_kind;
 typedef enum {
     ETM_BALANCE_NONE = 0,

@@ -1,7 +1,10 @@
 /* router.h: the routing rules of one MoE layer behind one interface: token choice (tc: top-k,
- * optional aux / switch / loss-free balancing, capacity dropping), expert choice (ec: top
- * k_target tokens per expert within pools) and expert threshold (et: r >= c_i with an EMA of
- * the batch cut-offs, EC warm-up, optional capacity clamp), plus the router z-loss.
+ * optional aux / switch / loss-free balancing, capacity dropping; router_tc.c), expert choice
+ * (ec: top k_target tokens per expert within pools; router_ec.c) and expert threshold (et:
+ * r >= c_i with an EMA of the batch cut-offs, EC warm-up, optional capacity clamp;
+ * router_et.c), plus the router z-loss. Each kind is one row of the table in router.c
+ * (router_kind.h defines a row); this header also holds the types the MoE layer and the
+ * checkpoint share with the router (modes, statistics, saved state).
  *
  * The router takes the logits r = x W_r^T (N,E) in backend memory and produces the routing
  * mask z (N,E), the score of every (token, expert) (the gate value: sigmoid(r), or softmax(r)
@@ -27,6 +30,8 @@
  *  - EVAL: ec and et route by the frozen thresholds (purely per token, causal: this is how the
  *    paper evaluates EC models too), tc by top-k (with the loss-free bias, without capacity).
  *    Nothing is recorded.
+ *  - EVAL_BATCH: ec and et route by expert choice over the batch's pools (not causal), tc as
+ *    in EVAL. Nothing is recorded and the state is untouched.
  *  - REPLAY: the previous mask is kept; scores and losses are recomputed from the new logits
  *    (the balance loss keeps the previous counts f_i). Nothing is recorded.
  *  - Balance losses (tc), counts taken from the top-k choice before capacity dropping:
@@ -44,7 +49,51 @@
 
 #include "backend.h"
 #include "hparams.h"
-#include "moe.h"
+
+typedef enum {
+    ETM_MOE_TRAIN = 0, /* routing from the batch (EC pools, ET thresholds or EC warm-up), cut-offs
+                          recorded for the once-per-step update */
+    ETM_MOE_EVAL,      /* frozen state: ET and EC route by thresholds (causal), TC by top-k; no
+                          statistics feed back into the router */
+    ETM_MOE_REPLAY,    /* reuse the mask of the previous forward (for finite-difference checks) */
+    ETM_MOE_EVAL_BATCH /* frozen state, batch routing: ET and EC by expert choice over the
+                          batch's pools (not causal), TC by top-k; nothing recorded */
+} etm_moe_mode;
+
+/* Routing statistics of the last forward (host memory). */
+typedef struct {
+    int n_tokens;          /* N */
+    int n_pairs;           /* routed (token, expert) pairs */
+    int *expert_load;      /* (E) tokens per routed expert */
+    int *experts_hist;     /* (E+1) tokens by number of routed experts (0..E) */
+    int tokens_no_expert;  /* tokens with zero routed experts */
+    int dropped;           /* TC capacity / ET clamp: pairs removed below the threshold rule */
+    int padded;            /* ET clamp: pairs added beyond the threshold rule */
+    float mean_experts;    /* n_pairs / N */
+    float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
+    float z_loss;          /* router z-loss (scaled), 0 when off */
+} etm_moe_stats;
+
+/* Router state that checkpoints save and restore (host memory, E floats each). A kind without
+ * one of the parts (tc has no thresholds, ec and et no bias) shows zeros there. */
+typedef struct {
+    float *threshold;     /* (E) c_i, the bias-corrected EMA used for routing */
+    float *ema;           /* (E) m_i, the raw EMA */
+    float *bias;          /* (E) loss-free selection bias b_i */
+    int64_t *counters;    /* (2) EMA updates so far (s), optimizer steps seen */
+} etm_router_state;
+
+/* The sizes a layer routes N tokens with (the definitions above); every caller that needs them
+ * (the router itself, check-backend, routing-profile) takes them from etm_router_sizes. */
+typedef struct {
+    int pool;       /* rows per routing pool (N for tc) */
+    int n_pools;    /* N / pool */
+    int k_target;   /* floor(pool k / E), clamped to [1, pool] */
+    int capacity;   /* tc capacity ceil(cf N k / E) (less a 1e-6 relative slack, in [1, N]); 0 = off */
+    int clamp_lo;   /* et capacity clamp per pool: floor((1-C) k_target), at least 0 (0 when off) */
+    int clamp_hi;   /* floor((1+C) k_target), at most the pool (the pool when off) */
+} etm_routing_sizes;
+etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N);
 
 typedef struct etm_router etm_router;
 
@@ -82,10 +131,15 @@ void etm_router_step_end(etm_router *rt);
 
 etm_route_rule etm_router_rule(const etm_router *rt, etm_moe_mode mode);
 
-/* State views (layer-owned host arrays) and restore; set also uploads and clears the
+/* State views (router-owned host arrays) and restore; set also uploads and clears the
  * accumulators of the current step. NULL arguments leave that part unchanged. */
 void etm_router_get_state(const etm_router *rt, etm_router_state *out);
 void etm_router_set_state(etm_router *rt, const float *threshold, const float *ema,
                           const float *bias, const int64_t *counters);
+
+/* Ends an et router's EC warm-up now (its optimizer-step count becomes at least
+ * et_warmup_steps), so that TRAIN forwards route by thresholds once an EMA exists; no effect on
+ * other kinds. For comparisons that must exercise the threshold rule (check-backend). */
+void etm_router_end_warmup(etm_router *rt);
 
 #endif

@@ -2,9 +2,11 @@
  * ET ties at the threshold, the cut-off EMA and its bias correction over several steps and
  * micro-batches, the warm-up switch at exactly step W, the capacity clamp's pads and drops, TC
  * capacity drops, frozen thresholds in EVAL, the loss-free bias update and its selection-only
- * effect, EC's exact balance per pool, state round trips and settings checks. */
+ * effect, EC's exact balance per pool, state round trips and settings checks; the kind table,
+ * the batch-routing evaluation mode and the routing sizes. */
 #include "backend.h"
 #include "router.h"
+#include "router_kind.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -517,6 +519,125 @@ START_TEST(bad_settings_are_named) {
 }
 END_TEST
 
+
+/* ---- the kind table, batch evaluation, sizes ------------------------------------------------ */
+
+/* Every kind but dense has a table row under its config name; no other value names a kind. */
+START_TEST(kind_table_covers_every_kind) {
+    ck_assert_ptr_null(etm_router_ops_of(ETM_ROUTER_DENSE));
+    ck_assert_str_eq(etm_router_kind_name(ETM_ROUTER_DENSE), "dense");
+    for (int k = ETM_ROUTER_DENSE + 1; k < ETM_ROUTER_N_KINDS; k++) {
+        const etm_router_ops *o = etm_router_ops_of((etm_router_kind)k);
+        ck_assert_msg(o != NULL, "kind %d has no table row", k);
+        ck_assert_int_eq(o->kind, k);
+        ck_assert_str_eq(o->name, etm_router_kind_name((etm_router_kind)k));
+        ck_assert(o->check && o->create && o->destroy && o->rule && o->route && o->get_state && o->set_state);
+    }
+    ck_assert_ptr_null(etm_router_kind_name(ETM_ROUTER_N_KINDS));
+    ck_assert_ptr_null(etm_router_kind_name((etm_router_kind)-1));
+    ck_assert_ptr_null(etm_router_ops_of(ETM_ROUTER_N_KINDS));
+    etm_hparams hp = router_hp(ETM_ROUTER_N_KINDS, 4, 1, 8, 0);
+    etm_error err;
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown kind"));
+}
+END_TEST
+
+/* EVAL_BATCH routes ec and et by expert choice over the pools whatever the thresholds and the
+ * warm-up, tc as EVAL does, and leaves the state exactly as it was. */
+START_TEST(eval_batch_routes_by_pools_and_keeps_the_state) {
+    const etm_router_kind kinds[] = {ETM_ROUTER_EC, ETM_ROUTER_ET, ETM_ROUTER_TC};
+    etm_hparams hp = router_hp(kinds[_i], 4, 1, 4, 1); /* pools of 4 tokens, k_target 1 */
+    hp.capacity_factor = 1.0f;
+    fixture f;
+    fx_init(&f, &hp, 16);
+    etm_rng rng;
+    etm_rng_seed(&rng, 30 + _i);
+    float r[64], c[4] = {-0.5f, 0.0f, 0.25f, 9.0f}, m[4] = {1, 2, 3, 4}, b[4] = {0.1f, -0.1f, 0, 0.2f};
+    for (int i = 0; i < 64; i++) r[i] = etm_rng_normal(&rng);
+    int64_t counters[2] = {3, 7};
+    etm_router_set_state(f.rt, c, m, b, counters);
+    etm_router_state before;
+    etm_router_get_state(f.rt, &before);
+    float keep[12];
+    memcpy(keep, before.threshold, sizeof c);
+    memcpy(keep + 4, before.ema, sizeof m);
+    memcpy(keep + 8, before.bias, sizeof b);
+    route(&f, r, ETM_MOE_EVAL_BATCH);
+    uint8_t want[64];
+    if (hp.router == ETM_ROUTER_TC) {
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL_BATCH), ETM_RULE_TOPK);
+        uint8_t got[64];
+        memcpy(got, f.mask, sizeof got);
+        route(&f, r, ETM_MOE_EVAL);
+        memcpy(want, f.mask, sizeof want);
+        memcpy(f.mask, got, sizeof got);
+    } else {
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL_BATCH), ETM_RULE_EC);
+        host_ec(r, 16, 4, 4, 1, want);
+    }
+    expect_mask(&f, want, "eval batch");
+    etm_router_step_end(f.rt); /* nothing was recorded: only the step count moves */
+    etm_router_state after;
+    etm_router_get_state(f.rt, &after);
+    for (int e = 0; e < 4; e++) {
+        ck_assert_float_eq(after.threshold[e], keep[e]);
+        ck_assert_float_eq(after.ema[e], keep[4 + e]);
+        ck_assert_float_eq(after.bias[e], hp.router == ETM_ROUTER_TC ? b[e] : 0.0f);
+    }
+    ck_assert_int_eq(after.counters[0], 3);
+    ck_assert_int_eq(after.counters[1], 8);
+    fx_free(&f);
+}
+END_TEST
+
+/* end_warmup moves an et router to thresholds in TRAIN and changes nothing else. */
+START_TEST(end_warmup_starts_thresholds) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 4, 0);
+    hp.et_warmup_steps = 10;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    float c[2] = {0, 0};
+    set_thresholds(&f, c, 2, 3);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_EC);
+    etm_router_end_warmup(f.rt);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_THRESHOLD);
+    etm_router_state st;
+    etm_router_get_state(f.rt, &st);
+    ck_assert_int_eq(st.counters[0], 2);
+    ck_assert_int_eq(st.counters[1], 10);
+    fx_free(&f);
+}
+END_TEST
+
+START_TEST(routing_sizes_follow_the_definitions) {
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 8, 2, 16, 2); /* pools of 32 tokens */
+    etm_routing_sizes s = etm_router_sizes(&hp, 128);
+    ck_assert_int_eq(s.pool, 32);
+    ck_assert_int_eq(s.n_pools, 4);
+    ck_assert_int_eq(s.k_target, 8);
+    ck_assert_int_eq(s.capacity, 0);
+    ck_assert_int_eq(s.clamp_lo, 0);
+    ck_assert_int_eq(s.clamp_hi, 32);
+    s = etm_router_sizes(&hp, 48); /* not a whole number of pools: the whole batch */
+    ck_assert_int_eq(s.pool, 48);
+    ck_assert_int_eq(s.k_target, 12);
+    hp.router = ETM_ROUTER_ET;
+    hp.et_capacity = 0.25f;
+    s = etm_router_sizes(&hp, 128);
+    ck_assert_int_eq(s.clamp_lo, 6);
+    ck_assert_int_eq(s.clamp_hi, 10);
+    hp = router_hp(ETM_ROUTER_TC, 8, 2, 16, 2); /* tc: one pool, the batch */
+    hp.capacity_factor = 1.1f; /* 1.1f * 80 * 2 / 8 = 22.0000004: 22, not 23 */
+    s = etm_router_sizes(&hp, 80);
+    ck_assert_int_eq(s.pool, 80);
+    ck_assert_int_eq(s.capacity, 22);
+    hp = router_hp(ETM_ROUTER_EC, 16, 1, 4, 0);
+    s = etm_router_sizes(&hp, 4); /* 4 * 1 / 16 rounds to 0: at least 1 */
+    ck_assert_int_eq(s.k_target, 1);
+}
+END_TEST
+
 static Suite *router_suite(void) {
     Suite *s = suite_create("router");
     TCase *tc = tcase_create("et");
@@ -536,6 +657,10 @@ static Suite *router_suite(void) {
     tc = tcase_create("state");
     tcase_add_test(tc, state_round_trip_reproduces_routing);
     tcase_add_test(tc, bad_settings_are_named);
+    tcase_add_test(tc, kind_table_covers_every_kind);
+    tcase_add_loop_test(tc, eval_batch_routes_by_pools_and_keeps_the_state, 0, 3);
+    tcase_add_test(tc, end_warmup_starts_thresholds);
+    tcase_add_test(tc, routing_sizes_follow_the_definitions);
     suite_add_tcase(s, tc);
     return s;
 }
