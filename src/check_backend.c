@@ -261,7 +261,12 @@ static void route_view_init(route_view *v, const route_shape *s, etm_model *m, i
                 v->eligible[(size_t)n * s->E + e] =
                     (uint8_t)top_k_of_row(v->select + (size_t)n * s->E, s->E, hp->top_k, e);
         v->drop_key = etm_malloc(NE * sizeof(float));
-        memcpy(v->drop_key, v->select, NE * sizeof(float));
+        if (hp->tc_score == ETM_SCORE_SOFTMAX) {
+            be->download(be, v->drop_key, etm_router_scores(etm_moe_router(layer)), NE * sizeof(float));
+            for (size_t i = 0; i < NE; i++) v->drop_key[i] = rank_key(v->drop_key[i]);
+        } else {
+            memcpy(v->drop_key, v->select, NE * sizeof(float));
+        }
     }
     v->columns = etm_calloc((size_t)s->sz.n_pools * s->E, sizeof(float *));
     v->column_len = etm_calloc((size_t)s->sz.n_pools * s->E, sizeof(int));

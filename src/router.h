@@ -40,9 +40,22 @@
  *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
  *    the same number; the two differ only in P_i, and coincide for softmax scores.
  *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
- *  - Selection compares logits (plus the loss-free bias for tc): the scores are monotone in r
- *    within a row (softmax) or per element (sigmoid), and logits do not saturate into ties.
- *    Ties are broken towards the lower token / expert index.
+ *  - Selection compares logits (plus the loss-free bias for tc): a row's top-k, an expert's
+ *    top k_target of a pool, the threshold, the clamp. Sigmoid gates are monotone in r per
+ *    element, so these orders are the gates' orders, without sigmoid's fp32 saturation ties.
+ *    One exception: tc capacity with softmax scores ranks each expert's candidates by their
+ *    softmax gate, lowest dropped (as Switch / GShard do). A softmax is monotone within a row
+ *    only: logits of different tokens do not order their gates (shifting a row's logits
+ *    changes none of its gates). With sigmoid scores the capacity ranks by selection logit.
+ *  - Ties (equal compared values, which are common: with zero-initialised output projections
+ *    the logits depend on the token id only):
+ *      top-k per token:            the lower expert index wins;
+ *      ec, tc capacity, et clamp:  within an expert's column, the lower token index (the earlier
+ *                                  token of the pool) wins; the count is exact (k_target, the
+ *                                  capacity, the clamp bound), so tied tokens past it go without;
+ *      et threshold:               r >= c_i (the authors' code; the paper writes >): every token
+ *                                  tied at the threshold is routed, so a load may exceed
+ *                                  k_target by the number of ties.
  */
 #ifndef ETM_ROUTER_H
 #define ETM_ROUTER_H

@@ -93,7 +93,11 @@ static int tc_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
     if (s->capacity_factor > 0 && mode == ETM_MOE_TRAIN) {
         int cap = etm_router_sizes(&rt->hp, N).capacity;
         be->topk_rows(be, rt->mask_before, sel, N, E, rt->k);
-        be->select_columns(be, rt->mask, sel, rt->mask_before, NULL, N, E, N, cap, cap);
+        /* the overflow goes by gate score: softmax gates are not ordered by logit across tokens
+         * (a row's softmax ignores a shift of all its logits); sigmoid gates are, and keep the
+         * selection order (logit plus loss-free bias) */
+        const float *rank = rt->score_kind == ETM_SCORE_SOFTMAX ? rt->score : sel;
+        be->select_columns(be, rt->mask, rank, rt->mask_before, NULL, N, E, N, cap, cap);
         return 1;
     }
     be->topk_rows(be, rt->mask, sel, N, E, rt->k);

@@ -384,6 +384,112 @@ START_TEST(tc_capacity_drops_lowest_tokens) {
 }
 END_TEST
 
+/* Item: tc capacity with softmax scores drops by gate, not by logit. Expert 0 is the top choice
+ * of tokens 0..2 and keeps 2 of them. By logit it would keep 0 (1.323) and 2 (1.2) and drop 1
+ * (1.142); by softmax gate token 1 (0.959) and 2 (0.768) beat token 0 (0.506), whose second
+ * logit is nearly as large. With sigmoid scores the logit order stands. */
+START_TEST(tc_capacity_drops_by_gate_score) {
+    const int softmax = _i;
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 2, 1, 4, 0);
+    hp.capacity_factor = 1.0f; /* ceil(1 * 4 * 1 / 2) = 2 */
+    hp.tc_score = softmax ? ETM_SCORE_SOFTMAX : ETM_SCORE_SIGMOID;
+    fixture f;
+    fx_init(&f, &hp, 4);
+    const float r[8] = {1.323f, 1.30f, 1.142f, -2.0f, 1.2f, 0.0f, 0.0f, 0.5f};
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t by_gate[8] = {0, 0, 1, 0, 1, 0, 0, 1}, by_logit[8] = {1, 0, 0, 0, 1, 0, 0, 1};
+    expect_mask(&f, softmax ? by_gate : by_logit, softmax ? "softmax capacity" : "sigmoid capacity");
+    ck_assert_int_eq(f.st.dropped, 1);
+    fx_free(&f);
+}
+END_TEST
+
+/* The same rule against a slow loop on random logits: top-k per row by logit (ties: lower
+ * expert), then each expert keeps its `capacity` candidates with the largest gates (ties: lower
+ * token), for both score kinds and with the loss-free bias in the selection. */
+START_TEST(tc_capacity_matches_a_loop_reference) {
+    const int softmax = _i & 1, lossfree = _i >> 1;
+    const int N = 24, E = 4, k = 2;
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, E, k, 4, 0);
+    hp.capacity_factor = 0.75f; /* ceil(0.75 * 24 * 2 / 4) = 9 of 12 on average */
+    hp.tc_score = softmax ? ETM_SCORE_SOFTMAX : ETM_SCORE_SIGMOID;
+    hp.tc_balance = lossfree ? ETM_BALANCE_LOSSFREE : ETM_BALANCE_NONE;
+    fixture f;
+    fx_init(&f, &hp, N);
+    const float bias[4] = {0.3f, -0.2f, 0.0f, 0.1f};
+    etm_router_set_state(f.rt, NULL, NULL, lossfree ? bias : NULL, NULL);
+    etm_rng rng;
+    etm_rng_seed(&rng, 44 + _i);
+    float r[96], score[96], sel[96];
+    for (int i = 0; i < N * E; i++) r[i] = roundf(etm_rng_normal(&rng) * 8) / 8; /* with ties */
+    route(&f, r, ETM_MOE_TRAIN);
+    f.be->download(f.be, score, etm_router_scores(f.rt), sizeof score);
+    for (int i = 0; i < N * E; i++) sel[i] = r[i] + (lossfree ? bias[i % E] : 0.0f);
+    int cap = etm_router_sizes(&hp, N).capacity;
+    ck_assert_int_eq(cap, 9);
+    uint8_t top[96] = {0}, want[96] = {0};
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) {
+            int rank = 0;
+            for (int j = 0; j < E; j++)
+                rank += sel[t * E + j] > sel[t * E + e] || (sel[t * E + j] == sel[t * E + e] && j < e);
+            top[t * E + e] = rank < k;
+        }
+    const float *key = softmax ? score : sel;
+    for (int e = 0; e < E; e++)
+        for (int t = 0; t < N; t++) {
+            if (!top[t * E + e]) continue;
+            int rank = 0;
+            for (int u = 0; u < N; u++)
+                rank += top[u * E + e] && (key[u * E + e] > key[t * E + e] ||
+                                           (key[u * E + e] == key[t * E + e] && u < t));
+            want[t * E + e] = rank < cap;
+        }
+    expect_mask(&f, want, "tc capacity reference");
+    fx_free(&f);
+}
+END_TEST
+
+/* Item: ties. EC: an expert's column tied across the pool goes to the earliest tokens, exactly
+ * k_target of them. TC top-k: a tied row goes to the lower experts. ET: every token tied at the
+ * threshold is routed (>=), so the load exceeds k_target by the ties. */
+START_TEST(ties_follow_the_stated_rule) {
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 2, 1, 8, 0); /* k_target = 8 * 1 / 2 = 4 */
+    fixture f;
+    fx_init(&f, &hp, 8);
+    float r[16];
+    const float col1[8] = {1.0f, 0.2f, 0.2f, 0.2f, 0.2f, 0.2f, -1.0f, 2.0f};
+    for (int t = 0; t < 8; t++) r[t * 2] = 0.5f, r[t * 2 + 1] = col1[t];
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t ec[16] = {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    expect_mask(&f, ec, "ec ties");
+    etm_router_step_end(f.rt);
+    fx_free(&f);
+
+    hp = router_hp(ETM_ROUTER_TC, 4, 2, 2, 0);
+    fx_init(&f, &hp, 2);
+    const float t2[8] = {0.5f, 0.5f, 0.5f, 0.5f, -1.0f, 0.3f, 0.3f, 0.3f};
+    route(&f, t2, ETM_MOE_TRAIN);
+    const uint8_t tc[8] = {1, 1, 0, 0, 0, 1, 1, 0};
+    expect_mask(&f, tc, "tc top-k ties");
+    fx_free(&f);
+
+    hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 0); /* k_target 16 * 1 / 2 = 8 */
+    fx_init(&f, &hp, 16);
+    const float c[2] = {0.25f, 0.0f};
+    set_thresholds(&f, c, 1, 1);
+    float r32[32];
+    for (int t = 0; t < 16; t++) {
+        r32[t * 2] = t < 11 ? 0.25f : 0.0f; /* 11 tied exactly at the threshold */
+        r32[t * 2 + 1] = -5.0f;
+    }
+    route(&f, r32, ETM_MOE_TRAIN);
+    ck_assert_int_eq(f.st.expert_load[0], 11);
+    ck_assert_int_eq(f.st.expert_load[1], 0);
+    fx_free(&f);
+}
+END_TEST
+
 /* One logit of 1 per token on the chosen expert, 0 elsewhere. */
 static void one_hot(float *r, const int *choice, int N, int E) {
     for (int t = 0; t < N; t++)
@@ -651,6 +757,9 @@ static Suite *router_suite(void) {
     tc = tcase_create("ec-tc");
     tcase_add_loop_test(tc, ec_balances_each_pool_exactly, 0, 3);
     tcase_add_test(tc, tc_capacity_drops_lowest_tokens);
+    tcase_add_loop_test(tc, tc_capacity_drops_by_gate_score, 0, 2);
+    tcase_add_loop_test(tc, tc_capacity_matches_a_loop_reference, 0, 4);
+    tcase_add_test(tc, ties_follow_the_stated_rule);
     tcase_add_test(tc, lossfree_bias_moves_towards_the_mean_over_micro_batches);
     tcase_add_loop_test(tc, lossfree_bias_affects_selection_only, 0, 2);
     suite_add_tcase(s, tc);
