@@ -79,6 +79,7 @@ static const key_info keys[] = {
     INT(pool_seqs, "moe", 0, "ec/et routing pool in sequences (0 = whole micro-batch)"),
     FLT(et_beta, "moe", "et: EMA decay of the thresholds, in [0, 1)"),
     INT(et_warmup_steps, "moe", 0, "et: route with expert choice for the first steps"),
+    INT(ema_start_steps, "moe", 0, "ec, et: the cut-off EMA starts after this many optimizer steps"),
     FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
 
     {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
@@ -144,6 +145,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->pool_seqs = 0;
     hp->et_beta = 0.8f;
     hp->et_warmup_steps = 40;
+    hp->ema_start_steps = 0;
     hp->et_capacity = 0.0f;
 
     hp->seed = 1337;

@@ -56,6 +56,8 @@ typedef struct {
     int pool_seqs;          /* ec/et: routing pool in sequences (0 = the whole micro-batch) */
     float et_beta;          /* et: EMA decay of the cut-off (0.999 in the paper) */
     int et_warmup_steps;    /* et: route with EC for the first W optimizer steps */
+    int ema_start_steps;    /* ec, et: cut-offs of the first N optimizer steps are not folded into
+                               the EMA (the authors' ema_start_steps; 0 = from the first step) */
     float et_capacity;      /* et: capacity clamp C, counts kept in [(1-C), (1+C)] k_target (0 = off) */
 
     /* ---- optimisation ---- */

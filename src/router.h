@@ -21,6 +21,8 @@
  *    ec or et layer records the mean over the pools, and once per optimizer step (step_end) the
  *    mean over that step's micro-batches updates m = beta m + (1-beta) cut, s += 1,
  *    c = m / (1 - beta^s) (Adam-style bias correction).
+ *  - ema_start_steps = N: the step_ends of the first N optimizer steps drop their cut-offs
+ *    instead of updating the EMA (s stays 0); the authors' ema_start_steps.
  *  - Before the first EMA update (s == 0) ec and et layers route by EC in every mode: there is
  *    no threshold estimate yet (m = 0 would send about half the tokens to every expert). So
  *    with et_warmup_steps = 0 an ET layer uses EC for exactly its first optimizer step.

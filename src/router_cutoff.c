@@ -19,6 +19,7 @@ int etm_cutoff_check(const etm_hparams *hp, int tokens_per_batch, etm_error *err
         return etm_fail(err, "routing pool of %ld tokens gives k_target = %ld * %d / %d < 1", pool,
                         pool, hp->top_k, hp->n_routed);
     if (!(hp->et_beta >= 0 && hp->et_beta < 1)) return etm_fail(err, "et_beta=%g must be in [0, 1)", hp->et_beta);
+    if (hp->ema_start_steps < 0) return etm_fail(err, "ema_start_steps=%d must be >= 0", hp->ema_start_steps);
     return 0;
 }
 
@@ -81,6 +82,13 @@ static void update_thresholds(etm_cutoff_state *cs, etm_router *rt) {
 
 void etm_cutoff_step_end(etm_cutoff_state *cs, etm_router *rt) {
     if (cs->cut_batches == 0) return;
+    if (rt->counters[1] < rt->hp.ema_start_steps) {
+        /* ema_start_steps: this step (0-based index counters[1]) is before the EMA starts; its
+         * cut-offs are dropped, s stays 0, so the layer keeps routing by expert choice */
+        for (int e = 0; e < rt->E; e++) cs->cut_sum[e] = 0;
+        cs->cut_batches = 0;
+        return;
+    }
     double beta = cs->beta;
     for (int e = 0; e < rt->E; e++) {
         double cut = cs->cut_sum[e] / cs->cut_batches;

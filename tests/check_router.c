@@ -620,11 +620,55 @@ START_TEST(bad_settings_are_named) {
     hp = router_hp(ETM_ROUTER_TC, 4, 5, 8, 0);
     ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "top_k"));
+    hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 0);
+    hp.ema_start_steps = -1;
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ema_start_steps"));
     hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 2);
     ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), 0);
 }
 END_TEST
 
+
+/* ema_start_steps = 2: the first two steps' cut-offs are dropped (s stays 0, routing stays EC),
+ * the third step's cut-off starts the EMA: with beta 0.5, m = 0.5 cut and c = m / (1 - 0.5) =
+ * cut exactly. */
+START_TEST(ema_starts_after_ema_start_steps) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 0); /* k_target 4 */
+    hp.ema_start_steps = 2;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    etm_rng rng;
+    etm_rng_seed(&rng, 61);
+    float r[16];
+    etm_router_state st;
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 16; i++) r[i] = etm_rng_normal(&rng);
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_EC);
+        route(&f, r, ETM_MOE_TRAIN);
+        etm_router_step_end(f.rt);
+        etm_router_get_state(f.rt, &st);
+        ck_assert_int_eq(st.counters[0], step < 2 ? 0 : 1);
+        ck_assert_int_eq(st.counters[1], step + 1);
+        if (step < 2)
+            for (int e = 0; e < 2; e++) ck_assert_float_eq(st.ema[e], 0.0f);
+    }
+    for (int e = 0; e < 2; e++) {
+        float col[8];
+        for (int t = 0; t < 8; t++) col[t] = r[t * 2 + e];
+        int above_or_eq;
+        float cut = -INFINITY;
+        for (int t = 0; t < 8; t++) { /* the 4th largest */
+            int gt = 0;
+            above_or_eq = 0;
+            for (int u = 0; u < 8; u++) gt += col[u] > col[t], above_or_eq += col[u] >= col[t];
+            if (gt < 4 && above_or_eq >= 4) cut = col[t];
+        }
+        ck_assert_float_eq(st.threshold[e], cut);
+    }
+    fx_free(&f);
+}
+END_TEST
 
 /* ---- the kind table, batch evaluation, sizes ------------------------------------------------ */
 
@@ -753,6 +797,7 @@ static Suite *router_suite(void) {
     tcase_add_test(tc, et_capacity_clamp_pads_and_drops_the_right_tokens);
     tcase_add_test(tc, eval_leaves_thresholds_frozen);
     tcase_add_test(tc, ec_tracks_thresholds_for_eval);
+    tcase_add_test(tc, ema_starts_after_ema_start_steps);
     suite_add_tcase(s, tc);
     tc = tcase_create("ec-tc");
     tcase_add_loop_test(tc, ec_balances_each_pool_exactly, 0, 3);
