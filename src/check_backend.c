@@ -329,7 +329,7 @@ static double decision_distance(route_view *v, const route_shape *s, int n, int 
     } else {
         d = fabs((double)v->logits[i] - (double)v->threshold[e]);
         if (!isfinite(d)) d = INFINITY;
-        if (hp->router == ETM_ROUTER_ET && hp->et_capacity > 0) {
+        if (etm_router_et_clamps(hp)) {
             col = column(v, s, p, e, &len);
             d = fmin(d, boundary_distance(col, len, s->sz.clamp_lo, v->logits[i]));
             d = fmin(d, boundary_distance(col, len, s->sz.clamp_hi, v->logits[i]));

@@ -20,6 +20,11 @@ typedef enum {
 const char *etm_router_kind_name(etm_router_kind kind);
 typedef enum { ETM_SCORE_SIGMOID = 0, ETM_SCORE_SOFTMAX } etm_score_kind;
 typedef enum {
+    ETM_CLAMP_POSITIVE = 0, /* et's clamp is on when et_capacity > 0 (0 = off) */
+    ETM_CLAMP_ALWAYS        /* on at every et_capacity: 0 = exactly k_target per pool (the authors'
+                               expert_capacity_factor = 0) */
+} etm_clamp_mode;
+typedef enum {
     ETM_BALANCE_NONE = 0,
     ETM_BALANCE_AUX,      /* alpha * sum_i f_i P_i, f_i = count_i * E / (N k) (the paper's form) */
     ETM_BALANCE_SWITCH,   /* alpha * E * sum_i f_i P_i, f_i = count_i / (N k) (Switch Transformer) */
@@ -59,6 +64,7 @@ typedef struct {
     int ema_start_steps;    /* ec, et: cut-offs of the first N optimizer steps are not folded into
                                the EMA (the authors' ema_start_steps; 0 = from the first step) */
     float et_capacity;      /* et: capacity clamp C, counts kept in [(1-C), (1+C)] k_target (0 = off) */
+    etm_clamp_mode et_capacity_mode; /* et: positive (clamp when C > 0) | always (C = 0: exactly k_target) */
 
     /* ---- optimisation ---- */
     uint64_t seed;

@@ -45,11 +45,15 @@ etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N) {
         s.capacity = (int)ETM_MIN(ETM_MAX(c, 1), N);
     }
     s.clamp_hi = s.pool;
-    if (hp->router == ETM_ROUTER_ET && hp->et_capacity > 0) {
+    if (etm_router_et_clamps(hp)) {
         s.clamp_lo = ETM_MAX((int)floor((1.0 - hp->et_capacity) * s.k_target), 0);
         s.clamp_hi = ETM_MIN((int)floor((1.0 + hp->et_capacity) * s.k_target), s.pool);
     }
     return s;
+}
+
+int etm_router_et_clamps(const etm_hparams *hp) {
+    return hp->router == ETM_ROUTER_ET && (hp->et_capacity > 0 || hp->et_capacity_mode == ETM_CLAMP_ALWAYS);
 }
 
 /* ---- settings ----------------------------------------------------------------------------- */

@@ -27,7 +27,8 @@
  *    no threshold estimate yet (m = 0 would send about half the tokens to every expert). So
  *    with et_warmup_steps = 0 an ET layer uses EC for exactly its first optimizer step.
  *  - et in TRAIN: EC while fewer than et_warmup_steps optimizer steps have ended, thresholds
- *    from then on (with the capacity clamp when et_capacity > 0, applied per pool with
+ *    from then on (with the capacity clamp when etm_router_et_clamps: et_capacity > 0, or
+ *    et_capacity_mode = always, where C = 0 means exactly k_target; applied per pool with
  *    lo = floor((1-C) k_target), hi = floor((1+C) k_target)).
  *  - EVAL: ec and et route by the frozen thresholds (purely per token, causal: this is how the
  *    paper evaluates EC models too), tc by top-k (with the loss-free bias, without capacity).
@@ -109,6 +110,9 @@ typedef struct {
     int clamp_hi;   /* floor((1+C) k_target), at most the pool (the pool when off) */
 } etm_routing_sizes;
 etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N);
+/* Whether an et layer clamps its loads in training: et_capacity > 0, or any et_capacity with
+ * et_capacity_mode = always (0: exactly k_target per pool). */
+int etm_router_et_clamps(const etm_hparams *hp);
 
 typedef struct etm_router etm_router;
 

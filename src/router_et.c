@@ -8,7 +8,7 @@
 typedef struct {
     etm_cutoff_state cut; /* cut-off EMA and thresholds */
     int warmup_steps;     /* route by EC while fewer optimizer steps have ended */
-    float capacity;       /* clamp C (0 = off) */
+    int clamps;           /* the capacity clamp is on (etm_router_et_clamps) */
 } et_state;
 
 static int et_check(const etm_hparams *hp, int tokens_per_batch, etm_error *err) {
@@ -16,6 +16,8 @@ static int et_check(const etm_hparams *hp, int tokens_per_batch, etm_error *err)
     if (hp->et_warmup_steps < 0)
         return etm_fail(err, "et_warmup_steps=%d must be >= 0", hp->et_warmup_steps);
     if (!(hp->et_capacity >= 0)) return etm_fail(err, "et_capacity=%g must be >= 0", hp->et_capacity);
+    if (hp->et_capacity_mode != ETM_CLAMP_POSITIVE && hp->et_capacity_mode != ETM_CLAMP_ALWAYS)
+        return etm_fail(err, "et_capacity_mode: unknown mode %d", (int)hp->et_capacity_mode);
     return 0;
 }
 
@@ -23,7 +25,7 @@ static void et_create(etm_router *rt) {
     et_state *s = etm_calloc(1, sizeof(*s));
     etm_cutoff_init(&s->cut, rt);
     s->warmup_steps = rt->hp.et_warmup_steps;
-    s->capacity = rt->hp.et_capacity;
+    s->clamps = etm_router_et_clamps(&rt->hp);
     rt->state = s;
 }
 
@@ -48,7 +50,7 @@ static int et_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
     const float *thr = s->cut.threshold_dev;
     if (et_rule(rt, mode) == ETM_RULE_EC) {
         be->select_columns(be, rt->mask, logits, NULL, NULL, N, E, sz.pool, sz.k_target, sz.k_target);
-    } else if (s->capacity > 0 && mode == ETM_MOE_TRAIN) {
+    } else if (s->clamps && mode == ETM_MOE_TRAIN) {
         be->select_columns(be, rt->mask_before, logits, NULL, thr, N, E, N, 0, N);
         be->select_columns(be, rt->mask, logits, NULL, thr, N, E, sz.pool, sz.clamp_lo, sz.clamp_hi);
         before = 1;

@@ -670,6 +670,39 @@ START_TEST(ema_starts_after_ema_start_steps) {
 }
 END_TEST
 
+/* et_capacity_mode = always with et_capacity = 0 (the authors' expert_capacity_factor = 0):
+ * every expert takes exactly k_target tokens of each pool in TRAIN, its best by logit, whatever
+ * the thresholds; `positive` with 0 leaves the threshold rule alone. */
+START_TEST(et_capacity_zero_always_is_exactly_k_target) {
+    const int always = _i;
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 1); /* pools of 8 tokens, k_target 4 */
+    hp.et_capacity = 0;
+    hp.et_capacity_mode = always ? ETM_CLAMP_ALWAYS : ETM_CLAMP_POSITIVE;
+    etm_routing_sizes sz = etm_router_sizes(&hp, 16);
+    ck_assert_int_eq(sz.clamp_lo, always ? 4 : 0);
+    ck_assert_int_eq(sz.clamp_hi, always ? 4 : 8);
+    fixture f;
+    fx_init(&f, &hp, 16);
+    const float c[2] = {-10.0f, 10.0f}; /* every token above expert 0's, none above expert 1's */
+    set_thresholds(&f, c, 1, 5);
+    etm_rng rng;
+    etm_rng_seed(&rng, 71);
+    float r[32];
+    for (int i = 0; i < 32; i++) r[i] = etm_rng_normal(&rng);
+    route(&f, r, ETM_MOE_TRAIN);
+    uint8_t want[32];
+    if (always) host_ec(r, 16, 2, 8, 4, want);
+    else host_threshold(r, 16, 2, c, want);
+    expect_mask(&f, want, always ? "always, C = 0" : "positive, C = 0");
+    ck_assert_int_eq(f.st.dropped, always ? 8 : 0);
+    ck_assert_int_eq(f.st.padded, always ? 8 : 0);
+    route(&f, r, ETM_MOE_EVAL); /* never at evaluation */
+    ck_assert_int_eq(f.st.expert_load[0], 16);
+    ck_assert_int_eq(f.st.expert_load[1], 0);
+    fx_free(&f);
+}
+END_TEST
+
 /* ---- the kind table, batch evaluation, sizes ------------------------------------------------ */
 
 /* Every kind but dense has a table row under its config name; no other value names a kind. */
@@ -798,6 +831,7 @@ static Suite *router_suite(void) {
     tcase_add_test(tc, eval_leaves_thresholds_frozen);
     tcase_add_test(tc, ec_tracks_thresholds_for_eval);
     tcase_add_test(tc, ema_starts_after_ema_start_steps);
+    tcase_add_loop_test(tc, et_capacity_zero_always_is_exactly_k_target, 0, 2);
     suite_add_tcase(s, tc);
     tc = tcase_create("ec-tc");
     tcase_add_loop_test(tc, ec_balances_each_pool_exactly, 0, 3);
