@@ -53,11 +53,6 @@ static int parse_int(const char *text, long lo, long hi, int *out) {
     return 0;
 }
 
-static const char *router_name(etm_router_kind r) {
-    static const char *const names[] = {"dense", "tc", "ec", "et"};
-    return (unsigned)r < ETM_ARRAY_LEN(names) ? names[r] : "?";
-}
-
 int cmd_bench(int argc, char **argv) {
     const char *config = NULL, *backend = NULL, *steps_text = NULL, *warmup_text = NULL;
     etm_bench_options opt;
@@ -126,7 +121,7 @@ int cmd_bench(int argc, char **argv) {
     printf("etmoe bench %s", config);
     for (int i = 0; i < n_overrides; i++) printf(" %s", overrides[i]);
     printf(": %s, d_model %d, %d layers, %d heads (%d kv), seq_len %d, vocabulary %d\n",
-           router_name(hp.router), hp.d_model, hp.n_layer, hp.n_head, hp.n_kv_head, hp.seq_len,
+           etm_router_kind_name(hp.router), hp.d_model, hp.n_layer, hp.n_head, hp.n_kv_head, hp.seq_len,
            hp.vocab_size);
     /* the settings that most change timings: OpenMP's on a shared machine (doc/performance.md),
      * the CUDA backend's GEMM precision (doc/cuda.md) */

@@ -110,10 +110,6 @@ static int on_token(void *p, const etm_gen_event *ev) {
     return 0;
 }
 
-static const char *router_name(etm_router_kind r) {
-    return r == ETM_ROUTER_ET ? "et" : r == ETM_ROUTER_EC ? "ec" : r == ETM_ROUTER_TC ? "tc" : "dense";
-}
-
 int cmd_generate(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = NULL, *html = NULL, *backend = NULL, *tokenizer = NULL;
     const char *tokens_text = NULL, *temp_text = NULL, *topk_text = NULL, *seed_text = NULL, *color = "auto";
@@ -278,7 +274,7 @@ int cmd_generate(int argc, char **argv) {
     if (n_moe > 0)
         fprintf(stderr, "etmoe generate: routed experts per token and MoE layer (%d layers, %s, top_k %d): "
                         "prompt %.3f, generated %.3f\n",
-                n_moe, router_name(hp.router), hp.top_k,
+                n_moe, etm_router_kind_name(hp.router), hp.top_k,
                 g.n_prompt ? g.experts_prompt / g.n_prompt / n_moe : 0.0,
                 g.n_gen ? g.experts_gen / g.n_gen / n_moe : 0.0);
 
@@ -287,7 +283,7 @@ int cmd_generate(int argc, char **argv) {
         snprintf(heading, sizeof heading,
                  "%s: router %s, %d layers (%d MoE), %d routed experts, top_k %d; temperature %g, top-k %ld, "
                  "seed %llu; %d prompt tokens, %d generated.",
-                 ckpt, router_name(hp.router), hp.n_layer, n_moe, hp.n_routed, hp.top_k, (double)temperature,
+                 ckpt, etm_router_kind_name(hp.router), hp.n_layer, n_moe, hp.n_routed, hp.top_k, (double)temperature,
                  top_k, (unsigned long long)seed, g.n_prompt, g.n_gen);
         size_t len = 0;
         page = etm_trace_html(trace, tok, "etmoe generate: routed experts per token", heading, &len);

@@ -164,7 +164,7 @@ int cmd_inspect(int argc, char **argv) {
     m = c.m;
     etm_error err = {{0}};
     printf("%s: router %s, %d layers, %d routed experts (top_k %d), %d shared\n", ckpt,
-           hp.router == ETM_ROUTER_ET ? "et" : hp.router == ETM_ROUTER_EC ? "ec" : hp.router == ETM_ROUTER_TC ? "tc" : "dense",
+           etm_router_kind_name(hp.router),
            hp.n_layer, hp.n_routed, hp.top_k, hp.n_shared);
     s = etm_inspect_create(m);
     if (s->n_layers == 0) {

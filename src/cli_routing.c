@@ -49,51 +49,10 @@ static void usage(void) {
            "  --help           this text\n");
 }
 
-static const char *router_name(etm_router_kind k) {
-    return k == ETM_ROUTER_ET ? "et" : k == ETM_ROUTER_EC ? "ec" : k == ETM_ROUTER_TC ? "tc" : "dense";
-}
-
 typedef struct {
     const char *mode;      /* "threshold" | "batch" */
     long batches, B, pool_seqs, passage, width, min_count;
 } profile_options;
-
-/* Router state of every MoE layer, to put back after a batch-mode pass. */
-typedef struct {
-    int n_layer, E;
-    float *floats;     /* (L, 3, E) threshold, ema, bias */
-    int64_t *counters; /* (L, 2) */
-} router_backup;
-
-static void backup_take(router_backup *b, const etm_model *m) {
-    b->n_layer = m->hp.n_layer;
-    b->E = m->hp.n_routed;
-    b->floats = etm_calloc((size_t)b->n_layer * 3 * (size_t)b->E, sizeof(float));
-    b->counters = etm_calloc((size_t)b->n_layer * 2, sizeof(int64_t));
-    for (int l = 0; l < b->n_layer; l++) {
-        if (!m->moe[l]) continue;
-        etm_router_state st;
-        etm_moe_get_state(m->moe[l], &st);
-        float *f = b->floats + (size_t)l * 3 * b->E;
-        memcpy(f, st.threshold, (size_t)b->E * sizeof(float));
-        memcpy(f + b->E, st.ema, (size_t)b->E * sizeof(float));
-        memcpy(f + 2 * b->E, st.bias, (size_t)b->E * sizeof(float));
-        memcpy(b->counters + 2 * l, st.counters, 2 * sizeof(int64_t));
-    }
-}
-
-static void backup_restore(const router_backup *b, etm_model *m) {
-    for (int l = 0; l < b->n_layer; l++) {
-        if (!m->moe[l]) continue;
-        const float *f = b->floats + (size_t)l * 3 * b->E;
-        etm_moe_set_state(m->moe[l], f, f + b->E, f + 2 * b->E, b->counters + 2 * l);
-    }
-}
-
-static void backup_free(router_backup *b) {
-    free(b->floats);
-    free(b->counters);
-}
 
 /* Routes the batches and fills the report; *loss_sum and *n_valid get the token cross-entropy. */
 static int profile(etm_model *m, etm_loader *ld, etm_routing_report *rep, const profile_options *o,
@@ -118,14 +77,15 @@ static int profile(etm_model *m, etm_loader *ld, etm_routing_report *rep, const 
     /* thresholds mean something for ec and et models only */
     int with_thresholds = hp->router == ETM_ROUTER_EC || hp->router == ETM_ROUTER_ET;
     int batch_mode = !strcmp(o->mode, "batch") && with_thresholds;
-    router_backup backup = {0, 0, NULL, NULL};
-    if (batch_mode) {
-        /* router.h: before the first EMA update (counters zero) ec and et layers route by expert
-         * choice over the pools in every mode, and EVAL records nothing */
-        backup_take(&backup, m);
-        int64_t zero[2] = {0, 0};
-        for (int i = 0; i < Lm; i++) etm_moe_set_state(m->moe[layer_of[i]], NULL, NULL, NULL, zero);
-    }
+    /* router.h: EVAL_BATCH routes ec and et layers by expert choice over the batch's pools,
+     * without touching the router state */
+    etm_moe_mode mode = batch_mode ? ETM_MOE_EVAL_BATCH : ETM_MOE_EVAL;
+    /* the EC cut-off sizes of the report's pools (o->pool_seqs, which may differ from the
+     * model's) */
+    etm_hparams pool_hp = *hp;
+    pool_hp.router = ETM_ROUTER_EC;
+    pool_hp.pool_seqs = (int)o->pool_seqs;
+    etm_routing_sizes sizes = etm_router_sizes(&pool_hp, N);
     /* one pass over the data at most: a window is never counted twice */
     long windows = (long)etm_loader_n_windows(ld), n_batches = ETM_MIN(o->batches, windows / B);
     int rc = 0;
@@ -136,7 +96,7 @@ static int profile(etm_model *m, etm_loader *ld, etm_routing_report *rep, const 
         double loss;
         etm_error lerr = {{0}};
         if (etm_loader_next(ld, inputs, targets, &lerr) != 0 ||
-            etm_model_forward(m, inputs, targets, B, T, ETM_MOE_EVAL, &loss, &lerr) != 0) {
+            etm_model_forward(m, inputs, targets, B, T, mode, &loss, &lerr) != 0) {
             rc = etm_fail(err, "batch %ld: %s", b, lerr.msg);
             break;
         }
@@ -151,13 +111,9 @@ static int profile(etm_model *m, etm_loader *ld, etm_routing_report *rep, const 
         }
         etm_routing_batch rb = {inputs, B, T, (const uint8_t *const *)masks, (const float *const *)logits,
                                 with_thresholds ? (const float *const *)thr : NULL,
-                                o->pool_seqs > 0 && o->pool_seqs < B && B % o->pool_seqs == 0 ? (int)(o->pool_seqs * T) : 0};
+                                sizes.pool, sizes.k_target};
         if (etm_routing_report_add(rep, &rb, err) != 0) rc = -1;
         *batches_done = b + 1;
-    }
-    if (batch_mode) {
-        backup_restore(&backup, m);
-        backup_free(&backup);
     }
     for (int i = 0; i < Lm; i++) {
         free(masks[i]);
@@ -199,7 +155,7 @@ static int write_summary(const char *dir, const char *ckpt, const etm_hparams *h
     }
     fprintf(f, "# key\tvalue\n");
     fprintf(f, "checkpoint\t%s\n", ckpt);
-    fprintf(f, "router\t%s\n", router_name(hp->router));
+    fprintf(f, "router\t%s\n", etm_router_kind_name(hp->router));
     fprintf(f, "mode\t%s\n", hp->router == ETM_ROUTER_TC ? "threshold" : o->mode);
     fprintf(f, "pool_seqs\t%ld\n", o->pool_seqs);
     fprintf(f, "batches\t%ld\n", batches);
@@ -310,7 +266,7 @@ int cmd_routing_profile(int argc, char **argv) {
         goto done;
     printf("%s: %s router, %s routing, %ld batches of %ld x %d tokens: loss %.4f, %.4f experts per token, "
            "%.2f%% of (token, layer) pairs with none; tables in %s\n",
-           ckpt, router_name(hp.router), hp.router == ETM_ROUTER_TC ? "top-k" : o.mode, batches, o.B, hp.seq_len,
+           ckpt, etm_router_kind_name(hp.router), hp.router == ETM_ROUTER_TC ? "top-k" : o.mode, batches, o.B, hp.seq_len,
            n_valid ? loss_sum / (double)n_valid : NAN, etm_routing_report_mean_experts(rep),
            100 * etm_routing_report_zero_fraction(rep), out);
     rc = ETM_EXIT_OK;

@@ -221,10 +221,6 @@ static int32_t *token_byte_lengths(const etm_tokenizer *tok, int vocab_size, etm
     return len;
 }
 
-static const char *router_name(etm_router_kind k) {
-    return k == ETM_ROUTER_DENSE ? "dense" : k == ETM_ROUTER_TC ? "tc" : k == ETM_ROUTER_EC ? "ec" : "et";
-}
-
 int cmd_eval(int argc, char **argv) {
     const char *verb = "eval";
     const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL, *backend = NULL;
@@ -285,7 +281,7 @@ int cmd_eval(int argc, char **argv) {
     /* at most `batches` micro-batches of sequences (0: all); more than INT_MAX means all too */
     int max_seqs = (int)ETM_MIN(batches * hp.batch_size, (long)INT_MAX);
     if (etm_evaluate_bytes(m, data, max_seqs, routing, token_bytes, &ev, &err) == 0) {
-        printf("eval %s: %s router, %s routing\n", path, router_name(hp.router),
+        printf("eval %s: %s router, %s routing\n", path, etm_router_kind_name(hp.router),
                routing == ETM_EVAL_BATCH && (hp.router == ETM_ROUTER_EC || hp.router == ETM_ROUTER_ET)
                    ? "batch (expert choice per pool)"
                    : "threshold (causal, per token)");

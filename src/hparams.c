@@ -19,6 +19,7 @@
 typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_score_kind) == sizeof(int) &&
                                 sizeof(etm_balance_kind) == sizeof(int) &&
+                                sizeof(etm_clamp_mode) == sizeof(int) &&
                                 sizeof(etm_matrix_optimizer) == sizeof(int) &&
                                 sizeof(etm_muon_layout) == sizeof(int)) ? 1 : -1];
 
@@ -36,8 +37,14 @@ typedef struct {
 } key_info;
 
 static const char *const router_names[] = {"dense", "tc", "ec", "et", NULL};
+typedef char router_names_cover_kinds[ETM_ARRAY_LEN(router_names) == ETM_ROUTER_N_KINDS + 1 ? 1 : -1];
+
+const char *etm_router_kind_name(etm_router_kind kind) {
+    return (int)kind >= 0 && kind < ETM_ROUTER_N_KINDS ? router_names[kind] : NULL;
+}
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
 static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
+static const char *const clamp_names[] = {"positive", "always", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
 
@@ -76,7 +83,9 @@ static const key_info keys[] = {
     INT(pool_seqs, "moe", 0, "ec/et routing pool in sequences (0 = whole micro-batch)"),
     FLT(et_beta, "moe", "et: EMA decay of the thresholds, in [0, 1)"),
     INT(et_warmup_steps, "moe", 0, "et: route with expert choice for the first steps"),
+    INT(ema_start_steps, "moe", 0, "ec, et: the cut-off EMA starts after this many optimizer steps"),
     FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
+    ENM(et_capacity_mode, "moe", clamp_names, "et: positive (clamp when et_capacity > 0) or always (0 = exactly k_target)"),
 
     {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
     INT(batch_size, "optim", 1, "sequences per micro-batch"),
@@ -142,7 +151,9 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->pool_seqs = 0;
     hp->et_beta = 0.8f;
     hp->et_warmup_steps = 40;
+    hp->ema_start_steps = 0;
     hp->et_capacity = 0.0f;
+    hp->et_capacity_mode = ETM_CLAMP_POSITIVE;
 
     hp->seed = 1337;
     hp->batch_size = 16;

@@ -8,8 +8,22 @@
 
 #include "common.h"
 
-typedef enum { ETM_ROUTER_DENSE = 0, ETM_ROUTER_TC, ETM_ROUTER_EC, ETM_ROUTER_ET } etm_router_kind;
+typedef enum {
+    ETM_ROUTER_DENSE = 0,
+    ETM_ROUTER_TC,
+    ETM_ROUTER_EC,
+    ETM_ROUTER_ET,
+    ETM_ROUTER_N_KINDS /* the number of kinds, not a kind */
+} etm_router_kind;
+/* The config value of a kind ("dense", "tc", "ec", "et"); NULL for a value that is no kind. The
+ * one place that spells the names: printers and the config parser use it. */
+const char *etm_router_kind_name(etm_router_kind kind);
 typedef enum { ETM_SCORE_SIGMOID = 0, ETM_SCORE_SOFTMAX } etm_score_kind;
+typedef enum {
+    ETM_CLAMP_POSITIVE = 0, /* et's clamp is on when et_capacity > 0 (0 = off) */
+    ETM_CLAMP_ALWAYS        /* on at every et_capacity: 0 = exactly k_target per pool (the authors'
+                               expert_capacity_factor = 0) */
+} etm_clamp_mode;
 typedef enum {
     ETM_BALANCE_NONE = 0,
     ETM_BALANCE_AUX,      /* alpha * sum_i f_i P_i, f_i = count_i * E / (N k) (the paper's form) */
@@ -51,7 +65,10 @@ typedef struct {
     int pool_seqs;          /* ec/et: routing pool in sequences (0 = the whole micro-batch) */
     float et_beta;          /* et: EMA decay of the cut-off (0.999 in the paper) */
     int et_warmup_steps;    /* et: route with EC for the first W optimizer steps */
+    int ema_start_steps;    /* ec, et: cut-offs of the first N optimizer steps are not folded into
+                               the EMA (the authors' ema_start_steps; 0 = from the first step) */
     float et_capacity;      /* et: capacity clamp C, counts kept in [(1-C), (1+C)] k_target (0 = off) */
+    etm_clamp_mode et_capacity_mode; /* et: positive (clamp when C > 0) | always (C = 0: exactly k_target) */
 
     /* ---- optimisation ---- */
     uint64_t seed;

@@ -32,7 +32,7 @@ static int check_hparams(const etm_hparams *hp, int max_batch, etm_error *err) {
     if (!(hp->rope_base > 1.0f)) return etm_fail(err, "model: rope_base must be > 1 (got %g)", hp->rope_base);
     if (!(hp->logit_cap > 0.0f)) return etm_fail(err, "model: logit_cap must be > 0 (got %g)", hp->logit_cap);
     if (!(hp->norm_eps >= 0.0f)) return etm_fail(err, "model: norm_eps must be >= 0 (got %g)", hp->norm_eps);
-    if (hp->router < ETM_ROUTER_DENSE || hp->router > ETM_ROUTER_ET)
+    if (!etm_router_kind_name(hp->router))
         return etm_fail(err, "model: unknown router kind %d", (int)hp->router);
     if (hp->dense_layers < 0) return etm_fail(err, "model: dense_layers must be >= 0 (got %d)", hp->dense_layers);
     int any_dense = 0, any_moe = 0;

@@ -7,8 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "router.h"
-
 struct etm_moe_layer {
     etm_backend *be;
     etm_router *router;
@@ -281,3 +279,5 @@ void etm_moe_set_state(etm_moe_layer *L, const float *threshold, const float *em
                        const float *bias, const int64_t *counters) {
     etm_router_set_state(L->router, threshold, ema, bias, counters);
 }
+
+void etm_moe_end_warmup(etm_moe_layer *L) { etm_router_end_warmup(L->router); }

@@ -13,14 +13,7 @@
 
 #include "backend.h"
 #include "hparams.h"
-
-typedef enum {
-    ETM_MOE_TRAIN = 0, /* routing from the batch (EC pools, ET thresholds or EC warm-up), cut-offs
-                          recorded for the once-per-step update */
-    ETM_MOE_EVAL,      /* frozen state: ET and EC route by thresholds (causal), TC by top-k; no
-                          statistics feed back into the router */
-    ETM_MOE_REPLAY     /* reuse the mask of the previous forward (for finite-difference checks) */
-} etm_moe_mode;
+#include "router.h"
 
 typedef struct {
     float *router;      /* (E, D) */
@@ -29,20 +22,6 @@ typedef struct {
     float *shared_up;   /* (S, Hx, D) shared experts; NULL when S == 0 */
     float *shared_down; /* (S, D, Hx) */
 } etm_moe_weights;
-
-/* Routing statistics of the last forward (host memory). */
-typedef struct {
-    int n_tokens;          /* N */
-    int n_pairs;           /* routed (token, expert) pairs */
-    int *expert_load;      /* (E) tokens per routed expert */
-    int *experts_hist;     /* (E+1) tokens by number of routed experts (0..E) */
-    int tokens_no_expert;  /* tokens with zero routed experts */
-    int dropped;           /* TC capacity / ET clamp: pairs removed below the threshold rule */
-    int padded;            /* ET clamp: pairs added beyond the threshold rule */
-    float mean_experts;    /* n_pairs / N */
-    float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
-    float z_loss;          /* router z-loss (scaled), 0 when off */
-} etm_moe_stats;
 
 typedef struct etm_moe_layer etm_moe_layer;
 
@@ -76,17 +55,13 @@ const uint8_t *etm_moe_mask(const etm_moe_layer *layer);
 /* The router logits r = x W_r^T (N,E) of the last forward, backend memory (read-only). */
 const float *etm_moe_logits(const etm_moe_layer *layer);
 /* The layer's router (router.h: the gate scores, the rule in use), for diagnostics. */
-const struct etm_router *etm_moe_router(const etm_moe_layer *layer);
+const etm_router *etm_moe_router(const etm_moe_layer *layer);
 
-/* Router state that checkpoints save and restore (host memory, E floats each). */
-typedef struct {
-    float *threshold;     /* (E) c_i, the bias-corrected EMA used for routing */
-    float *ema;           /* (E) m_i, the raw EMA */
-    float *bias;          /* (E) loss-free selection bias b_i */
-    int64_t *counters;    /* (2) EMA updates so far (s), optimizer steps seen */
-} etm_router_state;
+/* The router state that checkpoints save and restore (router.h). */
 void etm_moe_get_state(const etm_moe_layer *layer, etm_router_state *out); /* out arrays are layer-owned views */
 void etm_moe_set_state(etm_moe_layer *layer, const float *threshold, const float *ema,
                        const float *bias, const int64_t *counters);
+/* etm_router_end_warmup on the layer's router. */
+void etm_moe_end_warmup(etm_moe_layer *layer);
 
 #endif

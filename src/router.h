@@ -1,7 +1,10 @@
 /* router.h: the routing rules of one MoE layer behind one interface: token choice (tc: top-k,
- * optional aux / switch / loss-free balancing, capacity dropping), expert choice (ec: top
- * k_target tokens per expert within pools) and expert threshold (et: r >= c_i with an EMA of
- * the batch cut-offs, EC warm-up, optional capacity clamp), plus the router z-loss.
+ * optional aux / switch / loss-free balancing, capacity dropping; router_tc.c), expert choice
+ * (ec: top k_target tokens per expert within pools; router_ec.c) and expert threshold (et:
+ * r >= c_i with an EMA of the batch cut-offs, EC warm-up, optional capacity clamp;
+ * router_et.c), plus the router z-loss. Each kind is one row of the table in router.c
+ * (router_kind.h defines a row); this header also holds the types the MoE layer and the
+ * checkpoint share with the router (modes, statistics, saved state).
  *
  * The router takes the logits r = x W_r^T (N,E) in backend memory and produces the routing
  * mask z (N,E), the score of every (token, expert) (the gate value: sigmoid(r), or softmax(r)
@@ -18,15 +21,20 @@
  *    ec or et layer records the mean over the pools, and once per optimizer step (step_end) the
  *    mean over that step's micro-batches updates m = beta m + (1-beta) cut, s += 1,
  *    c = m / (1 - beta^s) (Adam-style bias correction).
+ *  - ema_start_steps = N: the step_ends of the first N optimizer steps drop their cut-offs
+ *    instead of updating the EMA (s stays 0); the authors' ema_start_steps.
  *  - Before the first EMA update (s == 0) ec and et layers route by EC in every mode: there is
  *    no threshold estimate yet (m = 0 would send about half the tokens to every expert). So
  *    with et_warmup_steps = 0 an ET layer uses EC for exactly its first optimizer step.
  *  - et in TRAIN: EC while fewer than et_warmup_steps optimizer steps have ended, thresholds
- *    from then on (with the capacity clamp when et_capacity > 0, applied per pool with
+ *    from then on (with the capacity clamp when etm_router_et_clamps: et_capacity > 0, or
+ *    et_capacity_mode = always, where C = 0 means exactly k_target; applied per pool with
  *    lo = floor((1-C) k_target), hi = floor((1+C) k_target)).
  *  - EVAL: ec and et route by the frozen thresholds (purely per token, causal: this is how the
  *    paper evaluates EC models too), tc by top-k (with the loss-free bias, without capacity).
  *    Nothing is recorded.
+ *  - EVAL_BATCH: ec and et route by expert choice over the batch's pools (not causal), tc as
+ *    in EVAL. Nothing is recorded and the state is untouched.
  *  - REPLAY: the previous mask is kept; scores and losses are recomputed from the new logits
  *    (the balance loss keeps the previous counts f_i). Nothing is recorded.
  *  - Balance losses (tc), counts taken from the top-k choice before capacity dropping:
@@ -35,16 +43,76 @@
  *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
  *    the same number; the two differ only in P_i, and coincide for softmax scores.
  *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
- *  - Selection compares logits (plus the loss-free bias for tc): the scores are monotone in r
- *    within a row (softmax) or per element (sigmoid), and logits do not saturate into ties.
- *    Ties are broken towards the lower token / expert index.
+ *  - Selection compares logits (plus the loss-free bias for tc): a row's top-k, an expert's
+ *    top k_target of a pool, the threshold, the clamp. Sigmoid gates are monotone in r per
+ *    element, so these orders are the gates' orders, without sigmoid's fp32 saturation ties.
+ *    One exception: tc capacity with softmax scores ranks each expert's candidates by their
+ *    softmax gate, lowest dropped (as Switch / GShard do). A softmax is monotone within a row
+ *    only: logits of different tokens do not order their gates (shifting a row's logits
+ *    changes none of its gates). With sigmoid scores the capacity ranks by selection logit.
+ *  - Ties (equal compared values, which are common: with zero-initialised output projections
+ *    the logits depend on the token id only):
+ *      top-k per token:            the lower expert index wins;
+ *      ec, tc capacity, et clamp:  within an expert's column, the lower token index (the earlier
+ *                                  token of the pool) wins; the count is exact (k_target, the
+ *                                  capacity, the clamp bound), so tied tokens past it go without;
+ *      et threshold:               r >= c_i (the authors' code; the paper writes >): every token
+ *                                  tied at the threshold is routed, so a load may exceed
+ *                                  k_target by the number of ties.
  */
 #ifndef ETM_ROUTER_H
 #define ETM_ROUTER_H
 
 #include "backend.h"
 #include "hparams.h"
-#include "moe.h"
+
+typedef enum {
+    ETM_MOE_TRAIN = 0, /* routing from the batch (EC pools, ET thresholds or EC warm-up), cut-offs
+                          recorded for the once-per-step update */
+    ETM_MOE_EVAL,      /* frozen state: ET and EC route by thresholds (causal), TC by top-k; no
+                          statistics feed back into the router */
+    ETM_MOE_REPLAY,    /* reuse the mask of the previous forward (for finite-difference checks) */
+    ETM_MOE_EVAL_BATCH /* frozen state, batch routing: ET and EC by expert choice over the
+                          batch's pools (not causal), TC by top-k; nothing recorded */
+} etm_moe_mode;
+
+/* Routing statistics of the last forward (host memory). */
+typedef struct {
+    int n_tokens;          /* N */
+    int n_pairs;           /* routed (token, expert) pairs */
+    int *expert_load;      /* (E) tokens per routed expert */
+    int *experts_hist;     /* (E+1) tokens by number of routed experts (0..E) */
+    int tokens_no_expert;  /* tokens with zero routed experts */
+    int dropped;           /* TC capacity / ET clamp: pairs removed below the threshold rule */
+    int padded;            /* ET clamp: pairs added beyond the threshold rule */
+    float mean_experts;    /* n_pairs / N */
+    float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
+    float z_loss;          /* router z-loss (scaled), 0 when off */
+} etm_moe_stats;
+
+/* Router state that checkpoints save and restore (host memory, E floats each). A kind without
+ * one of the parts (tc has no thresholds, ec and et no bias) shows zeros there. */
+typedef struct {
+    float *threshold;     /* (E) c_i, the bias-corrected EMA used for routing */
+    float *ema;           /* (E) m_i, the raw EMA */
+    float *bias;          /* (E) loss-free selection bias b_i */
+    int64_t *counters;    /* (2) EMA updates so far (s), optimizer steps seen */
+} etm_router_state;
+
+/* The sizes a layer routes N tokens with (the definitions above); every caller that needs them
+ * (the router itself, check-backend, routing-profile) takes them from etm_router_sizes. */
+typedef struct {
+    int pool;       /* rows per routing pool (N for tc) */
+    int n_pools;    /* N / pool */
+    int k_target;   /* floor(pool k / E), clamped to [1, pool] */
+    int capacity;   /* tc capacity ceil(cf N k / E) (less a 1e-6 relative slack, in [1, N]); 0 = off */
+    int clamp_lo;   /* et capacity clamp per pool: floor((1-C) k_target), at least 0 (0 when off) */
+    int clamp_hi;   /* floor((1+C) k_target), at most the pool (the pool when off) */
+} etm_routing_sizes;
+etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N);
+/* Whether an et layer clamps its loads in training: et_capacity > 0, or any et_capacity with
+ * et_capacity_mode = always (0: exactly k_target per pool). */
+int etm_router_et_clamps(const etm_hparams *hp);
 
 typedef struct etm_router etm_router;
 
@@ -82,10 +150,15 @@ void etm_router_step_end(etm_router *rt);
 
 etm_route_rule etm_router_rule(const etm_router *rt, etm_moe_mode mode);
 
-/* State views (layer-owned host arrays) and restore; set also uploads and clears the
+/* State views (router-owned host arrays) and restore; set also uploads and clears the
  * accumulators of the current step. NULL arguments leave that part unchanged. */
 void etm_router_get_state(const etm_router *rt, etm_router_state *out);
 void etm_router_set_state(etm_router *rt, const float *threshold, const float *ema,
                           const float *bias, const int64_t *counters);
+
+/* Ends an et router's EC warm-up now (its optimizer-step count becomes at least
+ * et_warmup_steps), so that TRAIN forwards route by thresholds once an EMA exists; no effect on
+ * other kinds. For comparisons that must exercise the threshold rule (check-backend). */
+void etm_router_end_warmup(etm_router *rt);
 
 #endif

@@ -184,6 +184,8 @@ int etm_routing_report_add(etm_routing_report *r, const etm_routing_batch *b, et
     int P = b->pool_tokens > 0 ? b->pool_tokens : N;
     if (P > N || N % P != 0)
         return etm_fail(err, "routing report: a pool of %d tokens does not divide the batch of %d", P, N);
+    if (b->logits && (b->k_target < 1 || b->k_target > P))
+        return etm_fail(err, "routing report: k_target %d outside 1..%d (the pool)", b->k_target, P);
     for (int n = 0; n < N; n++)
         if (b->tokens[n] < 0 || b->tokens[n] >= c->vocab_size)
             return etm_fail(err, "routing report: token %d of the batch is %d, outside the vocabulary of %d",
@@ -230,8 +232,7 @@ int etm_routing_report_add(etm_routing_report *r, const etm_routing_batch *b, et
                     r->layer_gate_pairs[l]++;
                 }
 
-    long kt = (long)P * c->top_k / E;
-    if (kt < 1) kt = 1;
+    int kt = b->k_target;
     float *scratch = b->logits ? etm_malloc((size_t)P * sizeof(float)) : NULL;
     for (int l = 0; l < L; l++)
         for (int e = 0; e < E; e++) {
@@ -247,7 +248,7 @@ int etm_routing_report_add(etm_routing_report *r, const etm_routing_batch *b, et
             row->pool_tokens = P;
             row->load = 0;
             for (int n = 0; n < N; n++) row->load += b->masks[l][(size_t)n * E + e];
-            row->cutoff = b->logits ? mean_cutoff(b->logits[l], N, E, e, P, (int)kt, scratch) : NAN;
+            row->cutoff = b->logits ? mean_cutoff(b->logits[l], N, E, e, P, kt, scratch) : NAN;
             row->threshold = b->thresholds ? b->thresholds[l][e] : NAN;
         }
     free(scratch);

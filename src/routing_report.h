@@ -40,7 +40,7 @@ typedef struct {
     int n_experts;      /* E, routed experts per layer */
     int seq_len;        /* T */
     int vocab_size;     /* V */
-    int top_k;          /* k: the EC cut-off of a pool of P tokens is the floor(P k / E)-th largest */
+    int top_k;          /* k, the routed experts per token the model aims at */
     int passage_tokens; /* tokens of the first sequences kept, in order, for the passage */
 } etm_routing_report_config;
 
@@ -52,6 +52,8 @@ typedef struct {
     const float *const *logits;     /* (Lm) pointers to (N, E) router logits, or NULL: no cut-offs */
     const float *const *thresholds; /* (Lm) pointers to (E) thresholds, or NULL: none recorded */
     int pool_tokens;                /* EC pool for the cut-offs (a divisor of N; 0 = N) */
+    int k_target;                   /* the cut-off is the k_target-th largest logit in a pool
+                                       (etm_router_sizes); used with logits only */
 } etm_routing_batch;
 
 /* One expert in one layer in one batch. */
@@ -60,7 +62,7 @@ typedef struct {
     int batch_tokens;         /* N, tokens in the batch */
     int pool_tokens;          /* P, the EC pool the cut-off was taken over */
     int64_t load;             /* tokens routed to the expert in the batch */
-    double cutoff;            /* mean over the batch's pools of the floor(P k / E)-th largest logit
+    double cutoff;            /* mean over the batch's pools of the k_target-th largest logit
                                  (NAN without logits) */
     float threshold;          /* the expert's threshold (NAN when none was given) */
 } etm_routing_batch_row;

@@ -55,41 +55,6 @@ static double token_loss_sum(const etm_model *m, int n_tokens) {
 
 /* ---- evaluation ---------------------------------------------------------------------------- */
 
-/* Router state of every MoE layer, copied out so a batch-routing pass can put it back. */
-typedef struct {
-    int n_layers;
-    float *floats;     /* (L, 3, E) threshold, ema, bias per layer */
-    int64_t *counters; /* (L, 2) */
-} router_backup;
-
-static void router_backup_take(router_backup *b, etm_model *m) {
-    int L = m->hp.n_layer, E = m->hp.n_routed;
-    b->n_layers = L;
-    b->floats = etm_calloc((size_t)L * 3 * E, sizeof(float));
-    b->counters = etm_calloc((size_t)L * 2, sizeof(int64_t));
-    for (int l = 0; l < L; l++) {
-        if (!m->moe[l]) continue;
-        etm_router_state st;
-        etm_moe_get_state(m->moe[l], &st);
-        float *f = b->floats + (size_t)l * 3 * E;
-        memcpy(f, st.threshold, E * sizeof(float));
-        memcpy(f + E, st.ema, E * sizeof(float));
-        memcpy(f + 2 * E, st.bias, E * sizeof(float));
-        memcpy(b->counters + 2 * l, st.counters, 2 * sizeof(int64_t));
-    }
-}
-
-static void router_backup_restore(router_backup *b, etm_model *m) {
-    int E = m->hp.n_routed;
-    for (int l = 0; l < b->n_layers; l++) {
-        if (!m->moe[l]) continue;
-        float *f = b->floats + (size_t)l * 3 * E;
-        etm_moe_set_state(m->moe[l], f, f + E, f + 2 * E, b->counters + 2 * l);
-    }
-    free(b->floats);
-    free(b->counters);
-}
-
 int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                  etm_eval_result *res, etm_error *err) {
     return etm_evaluate_bytes(m, glob, max_seqs, routing, NULL, res, err);
@@ -105,19 +70,9 @@ int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_ro
     uint64_t n_windows = etm_loader_n_windows(ld);
     int64_t n_seqs = max_seqs > 0 && (uint64_t)max_seqs < n_windows ? max_seqs : (int64_t)n_windows;
 
-    router_backup backup = {0, NULL, NULL};
-    if (routing == ETM_EVAL_BATCH && hp->router != ETM_ROUTER_DENSE && hp->router != ETM_ROUTER_TC) {
-        /* router.h: with no EMA update yet (s == 0) ec and et layers route by expert choice over
-         * the batch's pools in every mode, and EVAL records nothing. */
-        router_backup_take(&backup, m);
-        int64_t zero[2] = {0, 0};
-        int E = hp->n_routed;
-        for (int l = 0; l < hp->n_layer; l++) {
-            if (!m->moe[l]) continue;
-            float *f = backup.floats + (size_t)l * 3 * E;
-            etm_moe_set_state(m->moe[l], f, f + E, f + 2 * E, zero);
-        }
-    }
+    /* router.h: EVAL_BATCH routes ec and et layers by expert choice over the batch's pools and
+     * tc layers as EVAL does, without touching the router state */
+    etm_moe_mode mode = routing == ETM_EVAL_BATCH ? ETM_MOE_EVAL_BATCH : ETM_MOE_EVAL;
 
     int32_t *inputs = etm_malloc((size_t)B * T * sizeof(int32_t));
     int32_t *targets = etm_malloc((size_t)B * T * sizeof(int32_t));
@@ -129,7 +84,7 @@ int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_ro
         int b = (int)ETM_MIN((int64_t)B, n_seqs - done);
         double loss;
         if (etm_loader_next(ld, inputs, targets, &lerr) != 0 ||
-            etm_model_forward(m, inputs, targets, b, T, ETM_MOE_EVAL, &loss, &lerr) != 0) {
+            etm_model_forward(m, inputs, targets, b, T, mode, &loss, &lerr) != 0) {
             rc = etm_fail(err, "validation: %s", lerr.msg);
             break;
         }
@@ -154,7 +109,6 @@ int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_ro
     free(inputs);
     free(targets);
     etm_loader_free(ld);
-    if (backup.floats) router_backup_restore(&backup, m);
     if (rc != 0) return rc;
     res->tokens = tokens;
     res->sequences = (int)done;
@@ -543,8 +497,7 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     if (log) {
         fprintf(log, "train: %s: %s router, %.2fM parameters (%.2fM active in matmuls per token), "
                 "%lld tokens/step\n", hp->out_dir,
-                hp->router == ETM_ROUTER_DENSE ? "dense" : hp->router == ETM_ROUTER_TC ? "tc"
-                : hp->router == ETM_ROUTER_EC ? "ec" : "et",
+                etm_router_kind_name(hp->router),
                 etm_model_num_params(r.m) / 1e6,
                 etm_model_active_matmul_params(r.m, hp->router == ETM_ROUTER_DENSE ? 0 : hp->top_k) / 1e6,
                 (long long)tokens_per_step);

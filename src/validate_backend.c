@@ -181,9 +181,10 @@ static void copy_state(side *ref, side *test) {
         memcpy(ema, st.ema, (size_t)E * sizeof(float));
         memcpy(bias, st.bias, (size_t)E * sizeof(float));
         int64_t counters[2] = {st.counters[0], st.counters[1]};
-        if (hp->router == ETM_ROUTER_ET && counters[1] < hp->et_warmup_steps) counters[1] = hp->et_warmup_steps;
         etm_moe_set_state(ref->m->moe[l], c, ema, bias, counters);
         etm_moe_set_state(test->m->moe[l], c, ema, bias, counters);
+        etm_moe_end_warmup(ref->m->moe[l]);
+        etm_moe_end_warmup(test->m->moe[l]);
     }
     free(c);
     free(ema);
@@ -197,6 +198,8 @@ typedef struct {
     uint8_t *mask;     /* (N, E) routing decisions */
     float *select;     /* (N, E) the scores top-k selects on: logits + loss-free bias (tc) */
     uint8_t *eligible; /* (N, E) tc capacity: the top-k choice before dropping; NULL otherwise */
+    float *drop_key;   /* (N, E) what a tc capacity ranks a column's candidates by: the softmax
+                          gates with softmax scores (router.h), else select; NULL without eligible */
     float *threshold;  /* (E) the thresholds the forward used */
     etm_route_rule rule;
     float **columns;   /* (n_pools * E) descending candidate scores of each column, made on demand */
@@ -205,7 +208,8 @@ typedef struct {
 
 typedef struct {
     const etm_hparams *hp;
-    int N, E, pool, n_pools, k_target, capacity; /* pool rows and sizes of the rule's selections */
+    int N, E;
+    etm_routing_sizes sz; /* pool rows and sizes of the rule's selections (etm_router_sizes) */
 } route_shape;
 
 static int cmp_desc(const void *a, const void *b) {
@@ -250,25 +254,33 @@ static void route_view_init(route_view *v, const route_shape *s, etm_model *m, i
     int lossfree = hp->router == ETM_ROUTER_TC && hp->tc_balance == ETM_BALANCE_LOSSFREE;
     for (size_t i = 0; i < NE; i++)
         v->select[i] = rank_key(v->logits[i] + (lossfree ? st.bias[i % (size_t)s->E] : 0.0f));
-    if (v->rule == ETM_RULE_TOPK && s->capacity > 0) {
+    if (v->rule == ETM_RULE_TOPK && s->sz.capacity > 0) {
         v->eligible = etm_malloc(NE);
         for (int n = 0; n < s->N; n++)
             for (int e = 0; e < s->E; e++)
                 v->eligible[(size_t)n * s->E + e] =
                     (uint8_t)top_k_of_row(v->select + (size_t)n * s->E, s->E, hp->top_k, e);
+        v->drop_key = etm_malloc(NE * sizeof(float));
+        if (hp->tc_score == ETM_SCORE_SOFTMAX) {
+            be->download(be, v->drop_key, etm_router_scores(etm_moe_router(layer)), NE * sizeof(float));
+            for (size_t i = 0; i < NE; i++) v->drop_key[i] = rank_key(v->drop_key[i]);
+        } else {
+            memcpy(v->drop_key, v->select, NE * sizeof(float));
+        }
     }
-    v->columns = etm_calloc((size_t)s->n_pools * s->E, sizeof(float *));
-    v->column_len = etm_calloc((size_t)s->n_pools * s->E, sizeof(int));
+    v->columns = etm_calloc((size_t)s->sz.n_pools * s->E, sizeof(float *));
+    v->column_len = etm_calloc((size_t)s->sz.n_pools * s->E, sizeof(int));
 }
 
 static void route_view_free(route_view *v, const route_shape *s) {
-    for (size_t i = 0; v->columns && i < (size_t)s->n_pools * s->E; i++) free(v->columns[i]);
+    for (size_t i = 0; v->columns && i < (size_t)s->sz.n_pools * s->E; i++) free(v->columns[i]);
     free(v->columns);
     free(v->column_len);
     free(v->logits);
     free(v->mask);
     free(v->select);
     free(v->eligible);
+    free(v->drop_key);
     free(v->threshold);
 }
 
@@ -276,11 +288,12 @@ static void route_view_free(route_view *v, const route_shape *s) {
 static const float *column(route_view *v, const route_shape *s, int p, int e, int *len) {
     size_t c = (size_t)p * s->E + e;
     if (!v->columns[c]) {
-        float *col = etm_malloc((size_t)s->pool * sizeof(float));
+        float *col = etm_malloc((size_t)s->sz.pool * sizeof(float));
         int n = 0;
-        for (int r = p * s->pool; r < (p + 1) * s->pool; r++) {
+        for (int r = p * s->sz.pool; r < (p + 1) * s->sz.pool; r++) {
             size_t i = (size_t)r * s->E + e;
-            if (!v->eligible || v->eligible[i]) col[n++] = v->select[i];
+            if (!v->eligible) col[n++] = v->select[i];
+            else if (v->eligible[i]) col[n++] = v->drop_key[i];
         }
         qsort(col, (size_t)n, sizeof(float), cmp_desc);
         v->columns[c] = col;
@@ -296,7 +309,7 @@ static const float *column(route_view *v, const route_shape *s, int p, int e, in
 static double decision_distance(route_view *v, const route_shape *s, int n, int e) {
     const etm_hparams *hp = s->hp;
     size_t i = (size_t)n * s->E + e;
-    int p = n / s->pool, len;
+    int p = n / s->sz.pool, len;
     const float *col;
     double d = INFINITY;
     if (!isfinite(v->logits[i])) return INFINITY;
@@ -308,20 +321,18 @@ static double decision_distance(route_view *v, const route_shape *s, int n, int 
         free(row);
         if (v->eligible && v->eligible[i]) {
             col = column(v, s, p, e, &len);
-            d = fmin(d, boundary_distance(col, len, s->capacity, v->select[i]));
+            d = fmin(d, boundary_distance(col, len, s->sz.capacity, v->drop_key[i]));
         }
     } else if (v->rule == ETM_RULE_EC) {
         col = column(v, s, p, e, &len);
-        d = boundary_distance(col, len, s->k_target, v->logits[i]);
+        d = boundary_distance(col, len, s->sz.k_target, v->logits[i]);
     } else {
         d = fabs((double)v->logits[i] - (double)v->threshold[e]);
         if (!isfinite(d)) d = INFINITY;
-        if (hp->router == ETM_ROUTER_ET && hp->et_capacity > 0) {
-            int lo = ETM_MAX((int)floor((1.0 - hp->et_capacity) * s->k_target), 0);
-            int hi = ETM_MIN((int)floor((1.0 + hp->et_capacity) * s->k_target), s->pool);
+        if (etm_router_et_clamps(hp)) {
             col = column(v, s, p, e, &len);
-            d = fmin(d, boundary_distance(col, len, lo, v->logits[i]));
-            d = fmin(d, boundary_distance(col, len, hi, v->logits[i]));
+            d = fmin(d, boundary_distance(col, len, s->sz.clamp_lo, v->logits[i]));
+            d = fmin(d, boundary_distance(col, len, s->sz.clamp_hi, v->logits[i]));
         }
     }
     return d;
@@ -337,20 +348,7 @@ static route_shape shape_of(const etm_hparams *hp, int N) {
     s.hp = hp;
     s.N = N;
     s.E = hp->n_routed;
-    s.pool = N;
-    if (hp->router != ETM_ROUTER_TC && hp->pool_seqs > 0) {
-        long p = (long)hp->pool_seqs * hp->seq_len;
-        if (p < N && N % p == 0) s.pool = (int)p;
-    }
-    s.n_pools = N / s.pool;
-    long kt = (long)s.pool * hp->top_k / s.E;
-    s.k_target = (int)ETM_MIN(ETM_MAX(kt, 1), s.pool);
-    s.capacity = 0;
-    if (hp->router == ETM_ROUTER_TC && hp->capacity_factor > 0) {
-        double x = (double)hp->capacity_factor * N * hp->top_k / s.E;
-        long c = (long)ceil(x - 1e-6 * x);
-        s.capacity = (int)ETM_MIN(ETM_MAX(c, 1), N);
-    }
+    s.sz = etm_router_sizes(hp, N);
     return s;
 }
 
@@ -488,10 +486,6 @@ static int make_dir(const etm_cbk_options *o, char *dir, size_t len, etm_error *
     return 0;
 }
 
-static const char *router_name(etm_router_kind k) {
-    return k == ETM_ROUTER_TC ? "tc" : k == ETM_ROUTER_EC ? "ec" : k == ETM_ROUTER_ET ? "et" : "dense";
-}
-
 int etm_cbk_compare_step(etm_backend *ref_be, etm_backend *test_be, const etm_hparams *hp,
                          const etm_cbk_options *o, FILE *report, etm_cbk_step_result *r,
                          etm_error *err) {
@@ -511,7 +505,7 @@ int etm_cbk_compare_step(etm_backend *ref_be, etm_backend *test_be, const etm_hp
         side_free(&test);
         return -1;
     }
-    const char *rn = router_name(hp->router);
+    const char *rn = etm_router_kind_name(hp->router);
     snprintf(path[0], sizeof path[0], "%s/%s-step-ref.safetensors", dir, rn);
     snprintf(path[1], sizeof path[1], "%s/%s-step-test.safetensors", dir, rn);
     snprintf(path[2], sizeof path[2], "%s/%s-after-ref.safetensors", dir, rn);
@@ -654,7 +648,7 @@ int etm_cbk_run(etm_backend *ref, etm_backend *test, const etm_hparams *base, co
         hp[k].max_steps = ETM_MAX(hp[k].max_steps, ETM_MAX(o->steps, o->prime_steps + 1));
         etm_error e2 = {{0}};
         if (etm_hparams_validate(&hp[k], &e2) != 0)
-            return etm_fail(err, "check-backend: the %s model: %s", router_name(kinds[k]), e2.msg);
+            return etm_fail(err, "check-backend: the %s model: %s", etm_router_kind_name(kinds[k]), e2.msg);
     }
     FILE *out = report;
     if (out) fprintf(out, "== etmoe check-backend: %s against %s (the reference) ==\n\n", test->name, ref->name);
@@ -668,12 +662,12 @@ int etm_cbk_run(etm_backend *ref, etm_backend *test, const etm_hparams *base, co
     int rc = 0;
     for (int k = 0; rc == 0 && k < NK; k++) {
         if (out)
-            fprintf(out, "\n== (2) one training step, %s model (seed %llu) ==\n", router_name(kinds[k]),
+            fprintf(out, "\n== (2) one training step, %s model (seed %llu) ==\n", etm_router_kind_name(kinds[k]),
                     (unsigned long long)o->seed);
         rc = etm_cbk_compare_step(ref, test, &hp[k], o, out, &step[k], err);
     }
     for (int k = 0; rc == 0 && k < NK; k++) {
-        if (out) fprintf(out, "\n== (3) %d training steps, %s model ==\n", o->steps, router_name(kinds[k]));
+        if (out) fprintf(out, "\n== (3) %d training steps, %s model ==\n", o->steps, etm_router_kind_name(kinds[k]));
         rc = etm_cbk_compare_curves(ref, test, &hp[k], o, out, &curve[k], err);
     }
     int passed = rc == 0 && ops_failed == 0;
@@ -687,14 +681,14 @@ int etm_cbk_run(etm_backend *ref, etm_backend *test, const etm_hparams *base, co
                 const etm_cbk_step_result *s = &step[k];
                 fprintf(out, "(2) one step, %s: %s (%d of %d tensors beyond tolerance; %ld routing "
                         "disagreement%s in %ld decisions, %ld beyond %g of the boundary; loss %.9g / %.9g)\n",
-                        router_name(kinds[k]), s->passed ? "pass" : "FAIL", s->tensors_failed, s->tensors,
+                        etm_router_kind_name(kinds[k]), s->passed ? "pass" : "FAIL", s->tensors_failed, s->tensors,
                         s->flips, s->flips == 1 ? "" : "s", s->decisions, s->flips_bad, o->route_eps,
                         s->loss_ref, s->loss_test);
             }
             for (int k = 0; k < NK; k++) {
                 const etm_cbk_curve *c = &curve[k];
                 fprintf(out, "(3) %d steps, %s: %s (%d steps run, largest loss difference %.3g, tolerance "
-                        "%g relative)\n", o->steps, router_name(kinds[k]), c->passed ? "pass" : "FAIL",
+                        "%g relative)\n", o->steps, etm_router_kind_name(kinds[k]), c->passed ? "pass" : "FAIL",
                         c->steps, c->max_diff, o->loss_rtol);
             }
             fprintf(out, "%s\n", passed ? "PASS" : "FAIL");

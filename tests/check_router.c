@@ -2,9 +2,11 @@
  * ET ties at the threshold, the cut-off EMA and its bias correction over several steps and
  * micro-batches, the warm-up switch at exactly step W, the capacity clamp's pads and drops, TC
  * capacity drops, frozen thresholds in EVAL, the loss-free bias update and its selection-only
- * effect, EC's exact balance per pool, state round trips and settings checks. */
+ * effect, EC's exact balance per pool, state round trips and settings checks; the kind table,
+ * the batch-routing evaluation mode and the routing sizes. */
 #include "backend.h"
 #include "router.h"
+#include "router_kind.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -382,6 +384,112 @@ START_TEST(tc_capacity_drops_lowest_tokens) {
 }
 END_TEST
 
+/* Item: tc capacity with softmax scores drops by gate, not by logit. Expert 0 is the top choice
+ * of tokens 0..2 and keeps 2 of them. By logit it would keep 0 (1.323) and 2 (1.2) and drop 1
+ * (1.142); by softmax gate token 1 (0.959) and 2 (0.768) beat token 0 (0.506), whose second
+ * logit is nearly as large. With sigmoid scores the logit order stands. */
+START_TEST(tc_capacity_drops_by_gate_score) {
+    const int softmax = _i;
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 2, 1, 4, 0);
+    hp.capacity_factor = 1.0f; /* ceil(1 * 4 * 1 / 2) = 2 */
+    hp.tc_score = softmax ? ETM_SCORE_SOFTMAX : ETM_SCORE_SIGMOID;
+    fixture f;
+    fx_init(&f, &hp, 4);
+    const float r[8] = {1.323f, 1.30f, 1.142f, -2.0f, 1.2f, 0.0f, 0.0f, 0.5f};
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t by_gate[8] = {0, 0, 1, 0, 1, 0, 0, 1}, by_logit[8] = {1, 0, 0, 0, 1, 0, 0, 1};
+    expect_mask(&f, softmax ? by_gate : by_logit, softmax ? "softmax capacity" : "sigmoid capacity");
+    ck_assert_int_eq(f.st.dropped, 1);
+    fx_free(&f);
+}
+END_TEST
+
+/* The same rule against a slow loop on random logits: top-k per row by logit (ties: lower
+ * expert), then each expert keeps its `capacity` candidates with the largest gates (ties: lower
+ * token), for both score kinds and with the loss-free bias in the selection. */
+START_TEST(tc_capacity_matches_a_loop_reference) {
+    const int softmax = _i & 1, lossfree = _i >> 1;
+    const int N = 24, E = 4, k = 2;
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, E, k, 4, 0);
+    hp.capacity_factor = 0.75f; /* ceil(0.75 * 24 * 2 / 4) = 9 of 12 on average */
+    hp.tc_score = softmax ? ETM_SCORE_SOFTMAX : ETM_SCORE_SIGMOID;
+    hp.tc_balance = lossfree ? ETM_BALANCE_LOSSFREE : ETM_BALANCE_NONE;
+    fixture f;
+    fx_init(&f, &hp, N);
+    const float bias[4] = {0.3f, -0.2f, 0.0f, 0.1f};
+    etm_router_set_state(f.rt, NULL, NULL, lossfree ? bias : NULL, NULL);
+    etm_rng rng;
+    etm_rng_seed(&rng, 44 + _i);
+    float r[96], score[96], sel[96];
+    for (int i = 0; i < N * E; i++) r[i] = roundf(etm_rng_normal(&rng) * 8) / 8; /* with ties */
+    route(&f, r, ETM_MOE_TRAIN);
+    f.be->download(f.be, score, etm_router_scores(f.rt), sizeof score);
+    for (int i = 0; i < N * E; i++) sel[i] = r[i] + (lossfree ? bias[i % E] : 0.0f);
+    int cap = etm_router_sizes(&hp, N).capacity;
+    ck_assert_int_eq(cap, 9);
+    uint8_t top[96] = {0}, want[96] = {0};
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) {
+            int rank = 0;
+            for (int j = 0; j < E; j++)
+                rank += sel[t * E + j] > sel[t * E + e] || (sel[t * E + j] == sel[t * E + e] && j < e);
+            top[t * E + e] = rank < k;
+        }
+    const float *key = softmax ? score : sel;
+    for (int e = 0; e < E; e++)
+        for (int t = 0; t < N; t++) {
+            if (!top[t * E + e]) continue;
+            int rank = 0;
+            for (int u = 0; u < N; u++)
+                rank += top[u * E + e] && (key[u * E + e] > key[t * E + e] ||
+                                           (key[u * E + e] == key[t * E + e] && u < t));
+            want[t * E + e] = rank < cap;
+        }
+    expect_mask(&f, want, "tc capacity reference");
+    fx_free(&f);
+}
+END_TEST
+
+/* Item: ties. EC: an expert's column tied across the pool goes to the earliest tokens, exactly
+ * k_target of them. TC top-k: a tied row goes to the lower experts. ET: every token tied at the
+ * threshold is routed (>=), so the load exceeds k_target by the ties. */
+START_TEST(ties_follow_the_stated_rule) {
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 2, 1, 8, 0); /* k_target = 8 * 1 / 2 = 4 */
+    fixture f;
+    fx_init(&f, &hp, 8);
+    float r[16];
+    const float col1[8] = {1.0f, 0.2f, 0.2f, 0.2f, 0.2f, 0.2f, -1.0f, 2.0f};
+    for (int t = 0; t < 8; t++) r[t * 2] = 0.5f, r[t * 2 + 1] = col1[t];
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t ec[16] = {1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1};
+    expect_mask(&f, ec, "ec ties");
+    etm_router_step_end(f.rt);
+    fx_free(&f);
+
+    hp = router_hp(ETM_ROUTER_TC, 4, 2, 2, 0);
+    fx_init(&f, &hp, 2);
+    const float t2[8] = {0.5f, 0.5f, 0.5f, 0.5f, -1.0f, 0.3f, 0.3f, 0.3f};
+    route(&f, t2, ETM_MOE_TRAIN);
+    const uint8_t tc[8] = {1, 1, 0, 0, 0, 1, 1, 0};
+    expect_mask(&f, tc, "tc top-k ties");
+    fx_free(&f);
+
+    hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 0); /* k_target 16 * 1 / 2 = 8 */
+    fx_init(&f, &hp, 16);
+    const float c[2] = {0.25f, 0.0f};
+    set_thresholds(&f, c, 1, 1);
+    float r32[32];
+    for (int t = 0; t < 16; t++) {
+        r32[t * 2] = t < 11 ? 0.25f : 0.0f; /* 11 tied exactly at the threshold */
+        r32[t * 2 + 1] = -5.0f;
+    }
+    route(&f, r32, ETM_MOE_TRAIN);
+    ck_assert_int_eq(f.st.expert_load[0], 11);
+    ck_assert_int_eq(f.st.expert_load[1], 0);
+    fx_free(&f);
+}
+END_TEST
+
 /* One logit of 1 per token on the chosen expert, 0 elsewhere. */
 static void one_hot(float *r, const int *choice, int N, int E) {
     for (int t = 0; t < N; t++)
@@ -512,8 +620,204 @@ START_TEST(bad_settings_are_named) {
     hp = router_hp(ETM_ROUTER_TC, 4, 5, 8, 0);
     ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "top_k"));
+    hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 0);
+    hp.ema_start_steps = -1;
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "ema_start_steps"));
     hp = router_hp(ETM_ROUTER_ET, 4, 1, 8, 2);
     ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), 0);
+}
+END_TEST
+
+
+/* ema_start_steps = 2: the first two steps' cut-offs are dropped (s stays 0, routing stays EC),
+ * the third step's cut-off starts the EMA: with beta 0.5, m = 0.5 cut and c = m / (1 - 0.5) =
+ * cut exactly. */
+START_TEST(ema_starts_after_ema_start_steps) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 0); /* k_target 4 */
+    hp.ema_start_steps = 2;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    etm_rng rng;
+    etm_rng_seed(&rng, 61);
+    float r[16];
+    etm_router_state st;
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < 16; i++) r[i] = etm_rng_normal(&rng);
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_EC);
+        route(&f, r, ETM_MOE_TRAIN);
+        etm_router_step_end(f.rt);
+        etm_router_get_state(f.rt, &st);
+        ck_assert_int_eq(st.counters[0], step < 2 ? 0 : 1);
+        ck_assert_int_eq(st.counters[1], step + 1);
+        if (step < 2)
+            for (int e = 0; e < 2; e++) ck_assert_float_eq(st.ema[e], 0.0f);
+    }
+    for (int e = 0; e < 2; e++) {
+        float col[8];
+        for (int t = 0; t < 8; t++) col[t] = r[t * 2 + e];
+        int above_or_eq;
+        float cut = -INFINITY;
+        for (int t = 0; t < 8; t++) { /* the 4th largest */
+            int gt = 0;
+            above_or_eq = 0;
+            for (int u = 0; u < 8; u++) gt += col[u] > col[t], above_or_eq += col[u] >= col[t];
+            if (gt < 4 && above_or_eq >= 4) cut = col[t];
+        }
+        ck_assert_float_eq(st.threshold[e], cut);
+    }
+    fx_free(&f);
+}
+END_TEST
+
+/* et_capacity_mode = always with et_capacity = 0 (the authors' expert_capacity_factor = 0):
+ * every expert takes exactly k_target tokens of each pool in TRAIN, its best by logit, whatever
+ * the thresholds; `positive` with 0 leaves the threshold rule alone. */
+START_TEST(et_capacity_zero_always_is_exactly_k_target) {
+    const int always = _i;
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 8, 1); /* pools of 8 tokens, k_target 4 */
+    hp.et_capacity = 0;
+    hp.et_capacity_mode = always ? ETM_CLAMP_ALWAYS : ETM_CLAMP_POSITIVE;
+    etm_routing_sizes sz = etm_router_sizes(&hp, 16);
+    ck_assert_int_eq(sz.clamp_lo, always ? 4 : 0);
+    ck_assert_int_eq(sz.clamp_hi, always ? 4 : 8);
+    fixture f;
+    fx_init(&f, &hp, 16);
+    const float c[2] = {-10.0f, 10.0f}; /* every token above expert 0's, none above expert 1's */
+    set_thresholds(&f, c, 1, 5);
+    etm_rng rng;
+    etm_rng_seed(&rng, 71);
+    float r[32];
+    for (int i = 0; i < 32; i++) r[i] = etm_rng_normal(&rng);
+    route(&f, r, ETM_MOE_TRAIN);
+    uint8_t want[32];
+    if (always) host_ec(r, 16, 2, 8, 4, want);
+    else host_threshold(r, 16, 2, c, want);
+    expect_mask(&f, want, always ? "always, C = 0" : "positive, C = 0");
+    ck_assert_int_eq(f.st.dropped, always ? 8 : 0);
+    ck_assert_int_eq(f.st.padded, always ? 8 : 0);
+    route(&f, r, ETM_MOE_EVAL); /* never at evaluation */
+    ck_assert_int_eq(f.st.expert_load[0], 16);
+    ck_assert_int_eq(f.st.expert_load[1], 0);
+    fx_free(&f);
+}
+END_TEST
+
+/* ---- the kind table, batch evaluation, sizes ------------------------------------------------ */
+
+/* Every kind but dense has a table row under its config name; no other value names a kind. */
+START_TEST(kind_table_covers_every_kind) {
+    ck_assert_ptr_null(etm_router_ops_of(ETM_ROUTER_DENSE));
+    ck_assert_str_eq(etm_router_kind_name(ETM_ROUTER_DENSE), "dense");
+    for (int k = ETM_ROUTER_DENSE + 1; k < ETM_ROUTER_N_KINDS; k++) {
+        const etm_router_ops *o = etm_router_ops_of((etm_router_kind)k);
+        ck_assert_msg(o != NULL, "kind %d has no table row", k);
+        ck_assert_int_eq(o->kind, k);
+        ck_assert_str_eq(o->name, etm_router_kind_name((etm_router_kind)k));
+        ck_assert(o->check && o->create && o->destroy && o->rule && o->route && o->get_state && o->set_state);
+    }
+    ck_assert_ptr_null(etm_router_kind_name(ETM_ROUTER_N_KINDS));
+    ck_assert_ptr_null(etm_router_kind_name((etm_router_kind)-1));
+    ck_assert_ptr_null(etm_router_ops_of(ETM_ROUTER_N_KINDS));
+    etm_hparams hp = router_hp(ETM_ROUTER_N_KINDS, 4, 1, 8, 0);
+    etm_error err;
+    ck_assert_int_eq(etm_router_check_hparams(&hp, 32, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "unknown kind"));
+}
+END_TEST
+
+/* EVAL_BATCH routes ec and et by expert choice over the pools whatever the thresholds and the
+ * warm-up, tc as EVAL does, and leaves the state exactly as it was. */
+START_TEST(eval_batch_routes_by_pools_and_keeps_the_state) {
+    const etm_router_kind kinds[] = {ETM_ROUTER_EC, ETM_ROUTER_ET, ETM_ROUTER_TC};
+    etm_hparams hp = router_hp(kinds[_i], 4, 1, 4, 1); /* pools of 4 tokens, k_target 1 */
+    hp.capacity_factor = 1.0f;
+    fixture f;
+    fx_init(&f, &hp, 16);
+    etm_rng rng;
+    etm_rng_seed(&rng, 30 + _i);
+    float r[64], c[4] = {-0.5f, 0.0f, 0.25f, 9.0f}, m[4] = {1, 2, 3, 4}, b[4] = {0.1f, -0.1f, 0, 0.2f};
+    for (int i = 0; i < 64; i++) r[i] = etm_rng_normal(&rng);
+    int64_t counters[2] = {3, 7};
+    etm_router_set_state(f.rt, c, m, b, counters);
+    etm_router_state before;
+    etm_router_get_state(f.rt, &before);
+    float keep[12];
+    memcpy(keep, before.threshold, sizeof c);
+    memcpy(keep + 4, before.ema, sizeof m);
+    memcpy(keep + 8, before.bias, sizeof b);
+    route(&f, r, ETM_MOE_EVAL_BATCH);
+    uint8_t want[64];
+    if (hp.router == ETM_ROUTER_TC) {
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL_BATCH), ETM_RULE_TOPK);
+        uint8_t got[64];
+        memcpy(got, f.mask, sizeof got);
+        route(&f, r, ETM_MOE_EVAL);
+        memcpy(want, f.mask, sizeof want);
+        memcpy(f.mask, got, sizeof got);
+    } else {
+        ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_EVAL_BATCH), ETM_RULE_EC);
+        host_ec(r, 16, 4, 4, 1, want);
+    }
+    expect_mask(&f, want, "eval batch");
+    etm_router_step_end(f.rt); /* nothing was recorded: only the step count moves */
+    etm_router_state after;
+    etm_router_get_state(f.rt, &after);
+    for (int e = 0; e < 4; e++) {
+        ck_assert_float_eq(after.threshold[e], keep[e]);
+        ck_assert_float_eq(after.ema[e], keep[4 + e]);
+        ck_assert_float_eq(after.bias[e], hp.router == ETM_ROUTER_TC ? b[e] : 0.0f);
+    }
+    ck_assert_int_eq(after.counters[0], 3);
+    ck_assert_int_eq(after.counters[1], 8);
+    fx_free(&f);
+}
+END_TEST
+
+/* end_warmup moves an et router to thresholds in TRAIN and changes nothing else. */
+START_TEST(end_warmup_starts_thresholds) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 4, 0);
+    hp.et_warmup_steps = 10;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    float c[2] = {0, 0};
+    set_thresholds(&f, c, 2, 3);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_EC);
+    etm_router_end_warmup(f.rt);
+    ck_assert_int_eq(etm_router_rule(f.rt, ETM_MOE_TRAIN), ETM_RULE_THRESHOLD);
+    etm_router_state st;
+    etm_router_get_state(f.rt, &st);
+    ck_assert_int_eq(st.counters[0], 2);
+    ck_assert_int_eq(st.counters[1], 10);
+    fx_free(&f);
+}
+END_TEST
+
+START_TEST(routing_sizes_follow_the_definitions) {
+    etm_hparams hp = router_hp(ETM_ROUTER_EC, 8, 2, 16, 2); /* pools of 32 tokens */
+    etm_routing_sizes s = etm_router_sizes(&hp, 128);
+    ck_assert_int_eq(s.pool, 32);
+    ck_assert_int_eq(s.n_pools, 4);
+    ck_assert_int_eq(s.k_target, 8);
+    ck_assert_int_eq(s.capacity, 0);
+    ck_assert_int_eq(s.clamp_lo, 0);
+    ck_assert_int_eq(s.clamp_hi, 32);
+    s = etm_router_sizes(&hp, 48); /* not a whole number of pools: the whole batch */
+    ck_assert_int_eq(s.pool, 48);
+    ck_assert_int_eq(s.k_target, 12);
+    hp.router = ETM_ROUTER_ET;
+    hp.et_capacity = 0.25f;
+    s = etm_router_sizes(&hp, 128);
+    ck_assert_int_eq(s.clamp_lo, 6);
+    ck_assert_int_eq(s.clamp_hi, 10);
+    hp = router_hp(ETM_ROUTER_TC, 8, 2, 16, 2); /* tc: one pool, the batch */
+    hp.capacity_factor = 1.1f; /* 1.1f * 80 * 2 / 8 = 22.0000004: 22, not 23 */
+    s = etm_router_sizes(&hp, 80);
+    ck_assert_int_eq(s.pool, 80);
+    ck_assert_int_eq(s.capacity, 22);
+    hp = router_hp(ETM_ROUTER_EC, 16, 1, 4, 0);
+    s = etm_router_sizes(&hp, 4); /* 4 * 1 / 16 rounds to 0: at least 1 */
+    ck_assert_int_eq(s.k_target, 1);
 }
 END_TEST
 
@@ -526,16 +830,25 @@ static Suite *router_suite(void) {
     tcase_add_test(tc, et_capacity_clamp_pads_and_drops_the_right_tokens);
     tcase_add_test(tc, eval_leaves_thresholds_frozen);
     tcase_add_test(tc, ec_tracks_thresholds_for_eval);
+    tcase_add_test(tc, ema_starts_after_ema_start_steps);
+    tcase_add_loop_test(tc, et_capacity_zero_always_is_exactly_k_target, 0, 2);
     suite_add_tcase(s, tc);
     tc = tcase_create("ec-tc");
     tcase_add_loop_test(tc, ec_balances_each_pool_exactly, 0, 3);
     tcase_add_test(tc, tc_capacity_drops_lowest_tokens);
+    tcase_add_loop_test(tc, tc_capacity_drops_by_gate_score, 0, 2);
+    tcase_add_loop_test(tc, tc_capacity_matches_a_loop_reference, 0, 4);
+    tcase_add_test(tc, ties_follow_the_stated_rule);
     tcase_add_test(tc, lossfree_bias_moves_towards_the_mean_over_micro_batches);
     tcase_add_loop_test(tc, lossfree_bias_affects_selection_only, 0, 2);
     suite_add_tcase(s, tc);
     tc = tcase_create("state");
     tcase_add_test(tc, state_round_trip_reproduces_routing);
     tcase_add_test(tc, bad_settings_are_named);
+    tcase_add_test(tc, kind_table_covers_every_kind);
+    tcase_add_loop_test(tc, eval_batch_routes_by_pools_and_keeps_the_state, 0, 3);
+    tcase_add_test(tc, end_warmup_starts_thresholds);
+    tcase_add_test(tc, routing_sizes_follow_the_definitions);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -121,9 +121,12 @@ static void fake_free(fake_batch *f) {
     free(f->tokens);
 }
 
+/* A view of f with cut-offs over pools of pool tokens at top_k = 1 (k_target = pool / E). */
 static etm_routing_batch fake_view(const fake_batch *f, int pool) {
+    int P = pool > 0 ? pool : f->N;
     etm_routing_batch b = {f->tokens, f->B, f->T, (const uint8_t *const *)f->masks,
-                           (const float *const *)f->logits, (const float *const *)f->thresholds, pool};
+                           (const float *const *)f->logits, (const float *const *)f->thresholds, pool,
+                           ETM_MAX(1, P / f->E)};
     return b;
 }
 
@@ -297,7 +300,7 @@ START_TEST(tables_read_back) {
         m1[n * E + (n % E)] = 1;
     }
     const uint8_t *masks[2] = {m0, m1};
-    etm_routing_batch b = {tokens, 2, T, masks, NULL, NULL, 0};
+    etm_routing_batch b = {tokens, 2, T, masks, NULL, NULL, 0, 0};
     ck_assert_msg(etm_routing_report_add(r, &b, &err) == 0, "%s", err.msg);
     char dir[256];
     test_tmpdir(dir, sizeof dir);
@@ -374,7 +377,7 @@ static int passage_lines(const char *text, int width, char rebuilt[8][128]) {
     etm_routing_report *r = etm_routing_report_create(&cfg, tok, &err);
     uint8_t *mask = etm_calloc((size_t)T * 2, 1);
     const uint8_t *masks[1] = {mask};
-    etm_routing_batch b = {ids, 1, T, masks, NULL, NULL, 0};
+    etm_routing_batch b = {ids, 1, T, masks, NULL, NULL, 0, 0};
     ck_assert_msg(etm_routing_report_add(r, &b, &err) == 0, "%s", err.msg);
     char dir[256];
     test_tmpdir(dir, sizeof dir);
@@ -426,7 +429,7 @@ START_TEST(bad_batches_are_refused) {
     int32_t tokens[16] = {0};
     uint8_t m[16 * 4] = {0};
     const uint8_t *masks[1] = {m};
-    etm_routing_batch b = {tokens, 2, T, masks, NULL, NULL, 0};
+    etm_routing_batch b = {tokens, 2, T, masks, NULL, NULL, 0, 0};
     b.pool_tokens = 5;
     ck_assert_int_eq(etm_routing_report_add(r, &b, &err), -1);
     ck_assert_ptr_nonnull(strstr(err.msg, "does not divide"));
