@@ -234,8 +234,9 @@ done:
 }
 
 int etm_st_write(etm_st_writer *w, const char *path, etm_error *err) {
-    qsort(w->tensors, (size_t)w->n_tensors, sizeof *w->tensors, cmp_writer_tensor);
-    qsort(w->meta, (size_t)w->n_meta, sizeof *w->meta, cmp_meta);
+    /* qsort's array may not be NULL even when empty (C99 7.20.5), and an empty writer's are. */
+    if (w->n_tensors > 0) qsort(w->tensors, (size_t)w->n_tensors, sizeof *w->tensors, cmp_writer_tensor);
+    if (w->n_meta > 0) qsort(w->meta, (size_t)w->n_meta, sizeof *w->meta, cmp_meta);
     char *json = build_header(w, path, err);
     if (!json) return -1;
     size_t n = strlen(json);
@@ -457,7 +458,7 @@ static int parse_header(etm_st_file *f, const char *text, size_t len, etm_error 
     }
     json_decref(root);
     if (rc) return rc;
-    qsort(f->tensors, (size_t)f->n, sizeof *f->tensors, cmp_tensor_name);
+    if (f->n > 0) qsort(f->tensors, (size_t)f->n, sizeof *f->tensors, cmp_tensor_name);
     return check_coverage(f, err);
 }
 

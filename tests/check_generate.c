@@ -694,7 +694,7 @@ START_TEST(test_verb) {
 
     /* usage errors: exit 2 with a message naming the problem */
     ck_assert_int_eq(run("%s generate %s/none.safetensors --prompt x 2>%s/e", bin, dir, dir), 2);
-    assert_has(dir, "e", "no checkpoint file");
+    assert_has(dir, "e", "no such file");
     ck_assert_int_eq(run("%s generate %s --prompt x --bogus 2>%s/e", bin, ck, dir), 2);
     assert_has(dir, "e", "unknown option '--bogus'");
     ck_assert_int_eq(run("%s generate %s 2>%s/e", bin, ck, dir), 2);
