@@ -69,6 +69,9 @@ CASES = {
     # thresholds of the first MoE layer set exactly to one token's fp32 logit per expert: those
     # pairs sit on the boundary, where fp32 and fp64 may decide differently; the check must
     # accept exactly such disagreements (at least one happens with this seed)
+    # et_capacity_mode = always with et_capacity 0: exactly k_target tokens per expert and pool
+    "et-capacity-always": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "et_capacity=0",
+                            "et_capacity_mode=always", "pool_seqs=2"], 3),
     "et-on-the-boundary": (["router=et", "et_warmup_steps=1", "n_routed=8"], 3, "threshold_at_logit"),
 }
 
@@ -111,6 +114,12 @@ STEP_CASES = {
     "step-et-muon": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "matrix_optimizer=muon",
                       "max_steps=3", "decay_fraction=0.5", "weight_decay=0.01", "muon_warmup_steps=4",
                       "grad_clip=0.2"], 2),
+    # a step before the cut-off EMA starts (ema_start_steps): its cut-offs are dropped, s stays 0;
+    # Muon over each expert tensor as one stacked matrix
+    "step-et-ema-start-stacked": (["router=et", "et_warmup_steps=1", "ema_start_steps=2",
+                                   "muon_expert_layout=stacked", "max_steps=10"], 1),
+    # the first step after it: the EMA's first update
+    "step-ec-ema-started": (["router=ec", "ema_start_steps=1", "et_beta=0.5", "max_steps=10"], 1),
     # the step in the learning-rate warm-up, AdamW for the matrices too
     "step-tc-lossfree-adamw": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.01",
                                 "matrix_optimizer=adamw", "lr_matrix=0.003", "max_steps=10", "warmup_steps=5"], 2),

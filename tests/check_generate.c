@@ -712,10 +712,11 @@ START_TEST(test_verb) {
     assert_has(dir, "e", "context");
     ck_assert_int_eq(run("%s generate --help >%s/h", bin, dir), 0);
     assert_has(dir, "h", "--show-experts");
-    /* a file that is not a checkpoint fails while running (exit 1), naming it */
+    /* a file that is not a checkpoint is the user's mistake (exit 2), named and said so */
     ck_assert_int_eq(run("echo junk >%s/bad.safetensors; %s generate %s/bad.safetensors --prompt x 2>%s/e", dir, bin,
-                         dir, dir), 1);
+                         dir, dir), 2);
     assert_has(dir, "e", "bad.safetensors");
+    assert_has(dir, "e", "not a safetensors file");
 
     /* an ET model saved before its first threshold update: evaluation cannot route by thresholds */
     etm_model *fresh = etm_model_create(be, &hp, 1, &err);

@@ -10,7 +10,7 @@ INT_KEYS = {
     "dense_layers", "n_routed", "n_shared", "expert_hidden", "top_k", "pool_seqs",
     "et_warmup_steps", "seed", "batch_size", "grad_accum", "max_steps", "muon_warmup_steps",
     "ns_steps", "warmup_steps", "eval_every", "eval_batches", "ckpt_every", "log_every",
-    "thresholds_every",
+    "thresholds_every", "ema_start_steps",
 }
 
 

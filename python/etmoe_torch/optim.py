@@ -63,7 +63,10 @@ def step(params, grads, groups, opt_state, hp, step_index):
             m = opt_state[f"opt.{n}.momentum"]
             m.mul_(mu).add_((1 - mu) * g)
             u = (1 - mu) * g + mu * m
-            mats = u.reshape(-1, *u.shape[-2:])
+            if u.dim() == 3 and hp.get("muon_expert_layout", "per_expert") == "stacked":
+                mats = u.reshape(1, -1, u.shape[-1])  # the experts as one (E rows, cols) matrix
+            else:
+                mats = u.reshape(-1, *u.shape[-2:])  # one matrix per expert
             rows, cols = mats.shape[-2:]
             upd = torch.stack([newton_schulz(M, hp["ns_steps"]) for M in mats]).reshape(u.shape)
             p.mul_(1 - lr * wd).sub_(lr * max(1.0, rows / cols) ** 0.5 * upd)

@@ -144,7 +144,11 @@ def _rule_topk(c):
     c["counts"] = mask.sum(0)  # the router's own choice feeds the balance losses
     if hp["capacity_factor"] > 0 and c["train"]:
         cap = tc_capacity(hp, c["N"])
-        mask, m2 = select_columns(sel, c["N"], cap, cap, eligible=mask)
+        # the overflow goes by gate score: a row's softmax ignores a shift of all its logits, so
+        # only the gates order softmax candidates across tokens; sigmoid gates are ordered like
+        # the selection logits (plus the loss-free bias)
+        rank = SCORES["softmax"](c["r"]) if hp["tc_score"] == "softmax" else sel
+        mask, m2 = select_columns(rank, c["N"], cap, cap, eligible=mask)
         margin = torch.minimum(margin, m2)
     return mask, margin
 
@@ -157,7 +161,9 @@ def _rule_ec(c):
 def _rule_threshold(c):
     hp, N = c["hp"], c["N"]
     C = hp["et_capacity"] if hp["router"] == "et" else 0.0
-    if C > 0 and c["train"]:
+    # et_capacity_mode = always clamps at every C (0: exactly k_target), positive only at C > 0
+    clamps = hp["router"] == "et" and (C > 0 or hp.get("et_capacity_mode", "positive") == "always")
+    if clamps and c["train"]:
         kt = k_target(hp, c["pool"])
         lo = max(math.floor((1.0 - C) * kt), 0)
         hi = min(math.floor((1.0 + C) * kt), c["pool"])
@@ -188,6 +194,8 @@ def _update_ema(state, rec, hp):
     c = m / (1 - beta^s)."""
     if rec.get("cut") is None:
         return state
+    if int(state["counters"][1]) < hp.get("ema_start_steps", 0):
+        return state  # the EMA starts after ema_start_steps optimizer steps: this step's cut-off is dropped
     beta = hp["et_beta"]
     ema = (beta * state["ema"].double() + (1 - beta) * rec["cut"].double().cpu()).float()
     s = int(state["counters"][0]) + 1
