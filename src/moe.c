@@ -108,10 +108,14 @@ void etm_moe_free(etm_moe_layer *L) {
     free(L);
 }
 
-/* Capacity for P pairs: grows by half again (at most N*E pairs can exist), never shrinks. */
+/* Capacity for P pairs: P and half again, at least half again the old capacity (at most N*E
+ * pairs can exist), never shrinks. The headroom is there from the first allocation because the
+ * routed count moves from step to step (ET's thresholds trail the router; expert choice's exact
+ * N k pairs become ET's N k +- a few % when its warm-up ends), and every re-allocation is fresh
+ * memory that the host must map again, hundreds of MB for a few layers. */
 static int grown_capacity(const etm_moe_layer *L, int cap, int P) {
     long limit = (long)L->max_tokens * L->E;
-    long want = ETM_MAX((long)P, (long)cap + cap / 2);
+    long want = ETM_MAX((long)P + P / 2, (long)cap + cap / 2);
     if (want < 64) want = 64;
     return (int)ETM_MIN(want, ETM_MAX(limit, (long)P));
 }

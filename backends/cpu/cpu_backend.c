@@ -29,8 +29,10 @@
 #include "cpu.h"
 #include "cpu_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* The backend's private state: the scratch buffers of cpu_scratch. */
 typedef struct {
@@ -62,20 +64,34 @@ void *cpu_scratch(etm_backend *be, int slot, size_t bytes) {
     return p;
 }
 
+/* Backend memory is calloc'd and aligned by hand: calloc hands out fresh pages from the kernel
+ * already zero and maps them only when first written, where posix_memalign + memset wrote every
+ * page up front on the host. The MoE layer's pair buffers are re-allocated whenever the routed
+ * count outgrows them (src/moe.c), hundreds of MB at once: with the memset, that zeroing was
+ * most of the ET step's host time outside the operations (doc/performance.md). The pointer
+ * calloc returned sits just below the aligned block, for cpu_free. */
+#define CPU_ALIGN 64
+
 static void *cpu_alloc(etm_backend *be, size_t bytes) {
     (void)be;
-    void *p = NULL;
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0 || !p) {
+    size_t total = bytes + CPU_ALIGN + sizeof(void *);
+    char *raw = total > bytes ? calloc(1, total) : NULL;
+    if (!raw) {
         fprintf(stderr, "etmoe: cpu backend: out of memory allocating %zu bytes\n", bytes);
         abort();
     }
-    memset(p, 0, bytes);
+    uintptr_t at = ((uintptr_t)raw + sizeof(void *) + CPU_ALIGN - 1) / CPU_ALIGN * CPU_ALIGN;
+    void *p = (void *)at;
+    memcpy((char *)p - sizeof(void *), &raw, sizeof raw);
     return p;
 }
 
 static void cpu_free(etm_backend *be, void *p) {
     (void)be;
-    free(p);
+    if (!p) return;
+    void *raw;
+    memcpy(&raw, (char *)p - sizeof(void *), sizeof raw);
+    free(raw);
 }
 
 static void cpu_upload(etm_backend *be, void *dst, const void *host_src, size_t bytes) {
