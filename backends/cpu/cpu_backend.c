@@ -26,7 +26,9 @@
  * Operations must be called from serial code (not from inside an OpenMP parallel region). */
 /* madvise and MADV_HUGEPAGE are not POSIX (the build asks for POSIX 2008 only); glibc shows them
  * with _DEFAULT_SOURCE, and without them cpu_alloc simply gives no hint. */
+#ifndef _DEFAULT_SOURCE
 #define _DEFAULT_SOURCE 1
+#endif
 #include <config.h>
 
 #include "cpu.h"
