@@ -140,10 +140,19 @@ float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mod
 const uint8_t *etm_router_mask(const etm_router *rt);  /* (N,E) backend: 1 = routed */
 const float *etm_router_scores(const etm_router *rt);  /* (N,E) backend: gate of every pair */
 
+/* The shared experts' gate: per token (N) backend, the anchor's share, for softmax_e with
+ * shared experts; NULL otherwise, when every shared expert is scaled by etm_router_shared_const
+ * (1, or 1 / G for softmax_e_shared_out). */
+const float *etm_router_shared_gate(const etm_router *rt);
+float etm_router_shared_const(const etm_router *rt);
+
 /* dlogits(N,E) (writes) = gradient of the logits, given dscore(N,E), the gradient of the scores
- * from the gates. dscore is used as scratch (the balance-loss term is added to it).
- * loss_scale multiplies the gradient of the aux and z losses. */
-void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, float loss_scale);
+ * from the gates, and dshared(N), that of the shared gate (used only when
+ * etm_router_shared_gate is not NULL; may be NULL otherwise). dscore is used as scratch (the
+ * balance-loss term is added to it). loss_scale multiplies the gradient of the aux and z
+ * losses. */
+void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, const float *dshared,
+                         float loss_scale);
 
 /* Once per optimizer step: cut-off EMA update (ec, et), loss-free bias update (tc), step count. */
 void etm_router_step_end(etm_router *rt);
