@@ -27,6 +27,15 @@
 
 typedef struct etm_backend etm_backend;
 
+/* The router gate functions beside sigmoid_forward and the row softmax (src/router.h defines
+ * where each is used). */
+typedef enum {
+    ETM_GATE_OP_RELU = 0,        /* out = max(x, 0), elementwise */
+    ETM_GATE_OP_SOFTMAX_ANCHOR,  /* per row: softmax over [0, x_1..x_E] (a zero-logit anchor
+                                    first); out the E routed shares, anchor(N) the anchor's */
+    ETM_GATE_OP_SOFTMAX_COLUMNS  /* per column: softmax over the N rows */
+} etm_gate_op;
+
 /* One GEMM of a grouped call: C[c_off..] = alpha * op(A[a_off..]) * op(B[b_off..]) + beta * C.
  * Offsets are in elements from the base pointers given to gemm_grouped; lda/ldb/ldc are shared. */
 typedef struct {
@@ -135,6 +144,16 @@ struct etm_backend {
     void (*softmax_backward)(etm_backend *be, float *dx, const float *dout, const float *out, int N,
                              int E);
     void (*logsumexp_rows)(etm_backend *be, float *out, const float *x, int N, int E); /* out(N) */
+    /* out(N,E) = gate op of x(N,E); anchor(N) (writes) the anchor's share for
+     * ETM_GATE_OP_SOFTMAX_ANCHOR (may be NULL; unused by the other ops). */
+    void (*gate_forward)(etm_backend *be, etm_gate_op op, float *out, float *anchor, const float *x,
+                         int N, int E);
+    /* dx(N,E) += the gradient through gate_forward, from dout(N,E) and, for the anchor op,
+     * danchor(N) (NULL: zero); out and anchor as gate_forward wrote them. */
+    void (*gate_backward)(etm_backend *be, etm_gate_op op, float *dx, const float *dout,
+                          const float *danchor, const float *out, const float *anchor, int N, int E);
+    /* out(N) (writes) = sum_d a[n,d] b[n,d], each row summed in a fixed order. */
+    void (*rows_dot)(etm_backend *be, float *out, const float *a, const float *b, int N, int D);
 
     /* ---- routing decisions (mask z (N,E): 1 = token n goes to expert e) ----------------------- */
     /* z (writes) = the k largest of score(N,E) in each row. */
@@ -236,6 +255,9 @@ struct etm_backend {
     X(softmax_forward, ETM_OP_TIMED)                                                               \
     X(softmax_backward, ETM_OP_TIMED)                                                              \
     X(logsumexp_rows, ETM_OP_TIMED)                                                                \
+    X(gate_forward, ETM_OP_TIMED)                                                                  \
+    X(gate_backward, ETM_OP_TIMED)                                                                 \
+    X(rows_dot, ETM_OP_TIMED)                                                                      \
     X(topk_rows, ETM_OP_TIMED)                                                                     \
     X(select_columns, ETM_OP_TIMED)                                                                \
     X(kth_largest_columns, ETM_OP_TIMED)                                                           \

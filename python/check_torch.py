@@ -72,6 +72,13 @@ CASES = {
     # et_capacity_mode = always with et_capacity 0: exactly k_target tokens per expert and pool
     "et-capacity-always": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "et_capacity=0",
                             "et_capacity_mode=always", "pool_seqs=2"], 3),
+    # gate functions (router_activation, the authors' router_utils.py)
+    "ec-relu": (["router=ec", "router_activation=relu"], 2),
+    "tc-relu-aux": (["router=tc", "tc_balance=aux", "aux_alpha=0.01", "router_activation=relu"], 2),
+    "et-softmax-e": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "router_activation=softmax_e"], 3),
+    "ec-softmax-e-shared-out": (["router=ec", "router_activation=softmax_e_shared_out", "z_loss=0.01"], 2),
+    "et-softmax-k-pools": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "router_activation=softmax_k",
+                            "pool_seqs=2"], 3),
     "et-on-the-boundary": (["router=et", "et_warmup_steps=1", "n_routed=8"], 3, "threshold_at_logit"),
 }
 

@@ -110,7 +110,7 @@ void etm_cmp_embedding(chk *c);    /* embedding_forward, embedding_backward */
 void etm_cmp_rmsnorm(chk *c);      /* rmsnorm_forward, rmsnorm_backward */
 void etm_cmp_rope(chk *c);         /* rope_forward, rope_backward */
 void etm_cmp_attention(chk *c);    /* attention_forward, attention_backward */
-void etm_cmp_act(chk *c);          /* relu2, sigmoid, softmax (forward, backward), logsumexp_rows, softcap */
+void etm_cmp_act(chk *c);          /* relu2, sigmoid, softmax, gate ops (forward, backward), logsumexp_rows, rows_dot, softcap */
 void etm_cmp_xent(chk *c);         /* xent_forward, xent_backward */
 /* compare_ops_routing.c */
 void etm_cmp_routing(chk *c, int N, int E, int pool, int k_target, const char *tag); /* topk_rows,

@@ -217,8 +217,10 @@ typedef struct {
     const float *x, *dout, *dx;
     int N, E;
     float cap;
+    etm_gate_op gate; /* A_GATE: which gate op */
+    const float *danchor; /* A_GATE with the anchor: (N) gradient of the anchor's share, or NULL */
 } act_args;
-enum { A_RELU2, A_SOFTCAP, A_SIGMOID, A_SOFTMAX, A_LSE };
+enum { A_RELU2, A_SOFTCAP, A_SIGMOID, A_SOFTMAX, A_LSE, A_GATE, A_ROWS_DOT };
 static void run_act(etm_backend *be, const void *va, float *out) {
     const act_args *a = va;
     size_t n = (size_t)a->N * a->E;
@@ -240,10 +242,23 @@ static void run_act(etm_backend *be, const void *va, float *out) {
         be->softmax_forward(be, o, x, a->N, a->E);
         be->softmax_backward(be, dx, dout, o, a->N, a->E);
         break;
+    case A_GATE: {
+        /* out, dx (+=), then the anchor's share (anchor op only) */
+        int anch = a->gate == ETM_GATE_OP_SOFTMAX_ANCHOR;
+        float *an = anch ? dput(be, NULL, (size_t)a->N * sizeof(float)) : NULL;
+        float *dan = anch && a->danchor ? dput(be, a->danchor, (size_t)a->N * sizeof(float)) : NULL;
+        be->gate_forward(be, a->gate, o, an, x, a->N, a->E);
+        be->gate_backward(be, a->gate, dx, dout, dan, o, an, a->N, a->E);
+        if (an) dget(be, out + 2 * n, an, (size_t)a->N);
+        if (an) be->free(be, an);
+        if (dan) be->free(be, dan);
+        break;
+    }
+    case A_ROWS_DOT: be->rows_dot(be, o, x, dout, a->N, a->E); break;
     default: be->logsumexp_rows(be, o, x, a->N, a->E); break;
     }
-    dget(be, out, o, a->op == A_LSE ? (size_t)a->N : n);
-    if (a->op != A_LSE && a->op != A_SOFTCAP) dget(be, out + n, dx, n);
+    dget(be, out, o, a->op == A_LSE || a->op == A_ROWS_DOT ? (size_t)a->N : n);
+    if (a->op != A_LSE && a->op != A_SOFTCAP && a->op != A_ROWS_DOT) dget(be, out + n, dx, n);
     be->free(be, x);
     be->free(be, dout);
     be->free(be, dx);
@@ -252,7 +267,8 @@ static void run_act(etm_backend *be, const void *va, float *out) {
 void etm_cmp_act(chk *c) {
     int N = 37, E = 19;
     size_t n = (size_t)N * E;
-    act_args a = {0, h_normal(c, n, 3.0f), h_normal(c, n, 1.0f), h_normal(c, n, 1.0f), N, E, 15.0f};
+    act_args a = {0, h_normal(c, n, 3.0f), h_normal(c, n, 1.0f), h_normal(c, n, 1.0f), N, E, 15.0f,
+                  ETM_GATE_OP_RELU, NULL};
     part two[] = {{"out", n, TOL_ROUND}, {"dx (+=)", n, TOL_ROUND}};
     a.op = A_RELU2;
     etm_cmp_case(c, "relu2 forward, backward", run_act, &a, 2, two);
@@ -261,9 +277,26 @@ void etm_cmp_act(chk *c) {
     etm_cmp_case(c, "sigmoid forward, backward", run_act, &a, 2, two);
     a.op = A_SOFTMAX;
     etm_cmp_case(c, "softmax forward, backward", run_act, &a, 2, two);
+    /* the gate functions of router_activation (router.h) */
+    a.op = A_GATE;
+    a.gate = ETM_GATE_OP_RELU;
+    etm_cmp_case(c, "gate relu forward, backward", run_act, &a, 2, two);
+    a.gate = ETM_GATE_OP_SOFTMAX_COLUMNS;
+    etm_cmp_case(c, "gate softmax over columns forward, backward", run_act, &a, 2, two);
+    a.gate = ETM_GATE_OP_SOFTMAX_ANCHOR;
+    part three[] = {{"out", n, TOL_LIBM}, {"dx (+=)", n, TOL_LIBM}, {"anchor", (size_t)N, TOL_LIBM}};
+    etm_cmp_case(c, "gate softmax with anchor forward, backward", run_act, &a, 3, three);
+    float *danchor = h_normal(c, (size_t)N, 1.0f);
+    a.danchor = danchor;
+    etm_cmp_case(c, "gate softmax with anchor, anchor gradient", run_act, &a, 3, three);
+    a.danchor = NULL;
+    free(danchor);
     part one = {"out", (size_t)N, TOL_LIBM};
     a.op = A_LSE;
     etm_cmp_case(c, "logsumexp_rows", run_act, &a, 1, &one);
+    one.tol = TOL_ROUND;
+    a.op = A_ROWS_DOT;
+    etm_cmp_case(c, "rows_dot", run_act, &a, 1, &one);
     const float *x = a.x;
     float *big = h_normal(c, n, 20.0f); /* reaches the cap's flat ends */
     a.x = big;

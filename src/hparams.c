@@ -18,6 +18,7 @@
 /* Enum fields are read and written through int pointers; make sure that is their size. */
 typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_score_kind) == sizeof(int) &&
+                                sizeof(etm_gate_fn) == sizeof(int) &&
                                 sizeof(etm_balance_kind) == sizeof(int) &&
                                 sizeof(etm_clamp_mode) == sizeof(int) &&
                                 sizeof(etm_matrix_optimizer) == sizeof(int) &&
@@ -43,6 +44,8 @@ const char *etm_router_kind_name(etm_router_kind kind) {
     return (int)kind >= 0 && kind < ETM_ROUTER_N_KINDS ? router_names[kind] : NULL;
 }
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
+static const char *const gate_names[] = {"sigmoid", "relu", "softmax_e", "softmax_e_shared_out",
+                                         "softmax_k", NULL};
 static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
 static const char *const clamp_names[] = {"positive", "always", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
@@ -75,6 +78,8 @@ static const key_info keys[] = {
     INT(expert_hidden, "moe", 1, "hidden width of each expert"),
     INT(top_k, "moe", 1, "routed experts per token k (tc: exactly; ec/et: on average)"),
     ENM(tc_score, "moe", score_names, "tc scores: sigmoid or softmax over experts"),
+    ENM(router_activation, "moe", gate_names,
+        "gate function: sigmoid, relu, softmax_e, softmax_e_shared_out, softmax_k (ec, et)"),
     ENM(tc_balance, "moe", balance_names, "tc balancing: none, aux, switch, lossfree"),
     FLT(aux_alpha, "moe", "tc aux/switch balance loss coefficient"),
     FLT(lossfree_rate, "moe", "tc loss-free bias step u"),
@@ -144,6 +149,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->top_k = 1;
     hp->tc_score = ETM_SCORE_SIGMOID;
     hp->tc_balance = ETM_BALANCE_AUX;
+    hp->router_activation = ETM_GATE_SIGMOID;
     hp->aux_alpha = 0.001f;
     hp->lossfree_rate = 0.001f;
     hp->z_loss = 0.0f;
@@ -501,6 +507,17 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
         if (hp->top_k > hp->n_routed)
             return invalid(err, o, "top_k n_routed", "top_k = %d exceeds n_routed = %d", hp->top_k,
                            hp->n_routed);
+        /* tc: tc_score picks sigmoid or softmax gates; router_activation may add relu (on
+         * sigmoid-scored tc). The authors' tc has no softmax_k (model_base.py:105), and their
+         * softmax_e variants on tc are a plain softmax over the routed experts with an unscaled
+         * shared expert (token_choice.py:75-79): that is tc_score = softmax here. */
+        if (hp->router == ETM_ROUTER_TC && hp->router_activation != ETM_GATE_SIGMOID &&
+            !(hp->router_activation == ETM_GATE_RELU && hp->tc_score == ETM_SCORE_SIGMOID))
+            return invalid(err, o, "router_activation router tc_score",
+                           "router_activation = %s with router = tc: tc takes sigmoid (tc_score "
+                           "decides: sigmoid or softmax) or relu with tc_score = sigmoid; the "
+                           "authors' softmax_e on tc is tc_score = softmax, softmax_k is ec/et only",
+                           gate_names[hp->router_activation]);
         if (hp->router == ETM_ROUTER_EC || hp->router == ETM_ROUTER_ET) {
             if (hp->pool_seqs > hp->batch_size || (hp->pool_seqs && hp->batch_size % hp->pool_seqs))
                 return invalid(err, o, "pool_seqs batch_size",

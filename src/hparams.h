@@ -19,6 +19,15 @@ typedef enum {
  * one place that spells the names: printers and the config parser use it. */
 const char *etm_router_kind_name(etm_router_kind kind);
 typedef enum { ETM_SCORE_SIGMOID = 0, ETM_SCORE_SOFTMAX } etm_score_kind;
+/* The gate function of ec and et (and tc's relu): the authors' router_activation
+ * (src/models/router_utils.py); router.h defines each. */
+typedef enum {
+    ETM_GATE_SIGMOID = 0,         /* sigmoid(r) (the paper; tc: tc_score decides) */
+    ETM_GATE_RELU,                /* max(r, 0) */
+    ETM_GATE_SOFTMAX_E,           /* softmax over [0, r_1..r_E]; shared experts scaled by the anchor's share */
+    ETM_GATE_SOFTMAX_E_SHARED_OUT,/* routed as softmax_e; shared experts scaled by 1 / G */
+    ETM_GATE_SOFTMAX_K            /* softmax over the micro-batch's tokens per expert (ec, et) */
+} etm_gate_fn;
 typedef enum {
     ETM_CLAMP_POSITIVE = 0, /* et's clamp is on when et_capacity > 0 (0 = off) */
     ETM_CLAMP_ALWAYS        /* on at every et_capacity: 0 = exactly k_target per pool (the authors'
@@ -58,6 +67,7 @@ typedef struct {
     int top_k;              /* k, average routed experts per token; k_target = N k / E */
     etm_score_kind tc_score;    /* tc: sigmoid (paper) or softmax scores */
     etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree */
+    etm_gate_fn router_activation; /* gate function (router.h); sigmoid by default */
     float aux_alpha;        /* tc aux/switch loss coefficient (0.001) */
     float lossfree_rate;    /* tc lossfree bias step u (0.001) */
     float z_loss;           /* router z-loss coefficient (0 = off) */

@@ -20,6 +20,8 @@ struct etm_moe_layer {
     float *logits;  /* (max_tokens, E) r = x W_r^T */
     float *sh_h;    /* (S, max_tokens, Hx) shared experts' pre-activations */
     float *sh_a;    /* (S, max_tokens, Hx) relu^2 of sh_h */
+    float *sh_y;    /* (max_tokens, D) sum of the shared experts' outputs, when their gate is per
+                       token (softmax_e; NULL otherwise) */
     int pair_cap;   /* pairs the pair buffers hold */
     float *xg;      /* (pair_cap, D) x of each pair, grouped by expert */
     float *h;       /* (pair_cap, Hx) W_up x */
@@ -37,6 +39,8 @@ struct etm_moe_layer {
     float *dlogits; /* (max_tokens, E) */
     float *sh_da;   /* (max_tokens, Hx) one shared expert at a time */
     float *sh_dh;   /* (max_tokens, Hx) */
+    float *sh_dy;   /* (max_tokens, D) dy scaled by the per-token shared gate (with sh_y) */
+    float *dshared; /* (max_tokens) gradient of the per-token shared gate (with sh_y) */
 
     etm_gemm_group *groups; /* (E) host */
     etm_moe_stats stats;    /* arrays: expert_load (E), experts_hist (E+1) */
@@ -65,6 +69,11 @@ etm_moe_layer *etm_moe_create(etm_backend *be, const etm_hparams *hp, int max_to
         L->sh_a = be->alloc(be, (size_t)L->S * N * Hx * sizeof(float));
         L->sh_da = be->alloc(be, N * Hx * sizeof(float));
         L->sh_dh = be->alloc(be, N * Hx * sizeof(float));
+        if (etm_router_shared_gate(L->router)) {
+            L->sh_y = be->alloc(be, N * D * sizeof(float));
+            L->sh_dy = be->alloc(be, N * D * sizeof(float));
+            L->dshared = be->alloc(be, N * sizeof(float));
+        }
     }
     L->dscore = be->alloc(be, N * E * sizeof(float));
     L->dlogits = be->alloc(be, N * E * sizeof(float));
@@ -97,7 +106,8 @@ void etm_moe_free(etm_moe_layer *L) {
     etm_backend *be = L->be;
     free_pair_buffers(L);
     free_backward_buffers(L);
-    float *bufs[] = {L->x, L->logits, L->sh_h, L->sh_a, L->sh_da, L->sh_dh, L->dscore, L->dlogits};
+    float *bufs[] = {L->x,     L->logits, L->sh_h,   L->sh_a,   L->sh_da, L->sh_dh,
+                     L->sh_y, L->sh_dy,  L->dshared, L->dscore, L->dlogits};
     for (size_t i = 0; i < ETM_ARRAY_LEN(bufs); i++)
         if (bufs[i]) be->free(be, bufs[i]);
     be->dispatch_free(be, &L->disp);
@@ -204,15 +214,22 @@ float etm_moe_forward(etm_moe_layer *L, const etm_moe_weights *w, const float *x
     be->gemm_grouped(be, ETM_NO_TRANS, ETM_TRANS, E, L->groups, 1.0f, L->a, Hx, w->down, Hx, 0.0f, L->ye, D);
     be->gather_pairs(be, L->gate, etm_router_scores(L->router), &L->disp);
 
+    /* shared experts, scaled by their gate (router.h): a constant c (1 unless
+     * softmax_e_shared_out) folded into the GEMM, or per token (softmax_e) through sh_y */
+    const float *sg = etm_router_shared_gate(L->router);
+    float c = etm_router_shared_const(L->router);
+    float *sy = sg ? L->sh_y : y;
     be->zero(be, y, ND * sizeof(float));
+    if (sg) be->zero(be, sy, ND * sizeof(float));
     for (int s = 0; s < L->S; s++) {
         float *h = L->sh_h + (size_t)s * NH, *a = L->sh_a + (size_t)s * NH;
         be->gemm(be, ETM_NO_TRANS, ETM_TRANS, N, Hx, D, 1.0f, L->x, D, w->shared_up + (size_t)s * DH, D,
                  0.0f, h, Hx);
         be->relu2_forward(be, a, h, NH);
-        be->gemm(be, ETM_NO_TRANS, ETM_TRANS, N, D, Hx, 1.0f, a, Hx, w->shared_down + (size_t)s * DH, Hx,
-                 1.0f, y, D);
+        be->gemm(be, ETM_NO_TRANS, ETM_TRANS, N, D, Hx, c, a, Hx, w->shared_down + (size_t)s * DH, Hx,
+                 1.0f, sy, D);
     }
+    if (sg && L->S > 0) be->add_scaled_rows(be, y, sg, sy, N, D);
     be->combine_forward(be, y, L->ye, L->gate, &L->disp, D);
     return loss;
 }
@@ -226,11 +243,22 @@ void etm_moe_backward(etm_moe_layer *L, const etm_moe_weights *w, etm_moe_weight
     int P = L->disp.host_expert_offsets[E];
     ensure_backward_pairs(L, P);
 
+    /* the shared experts see dy times their gate: c in the GEMMs, or the per-token gate in sdy;
+     * the per-token gate's own gradient is <dy_t, sum_s shared_s(x_t)> */
+    const float *sg = etm_router_shared_gate(L->router);
+    float c = etm_router_shared_const(L->router);
+    const float *sdy = dy;
+    if (sg && L->S > 0) {
+        be->rows_dot(be, L->dshared, dy, L->sh_y, N, D);
+        be->zero(be, L->sh_dy, (size_t)N * D * sizeof(float));
+        be->add_scaled_rows(be, L->sh_dy, sg, dy, N, D);
+        sdy = L->sh_dy;
+    }
     for (int s = 0; s < L->S; s++) {
         const float *h = L->sh_h + (size_t)s * NH, *a = L->sh_a + (size_t)s * NH;
         const float *wu = w->shared_up + (size_t)s * DH, *wd = w->shared_down + (size_t)s * DH;
-        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, Hx, D, 1.0f, dy, D, wd, Hx, 0.0f, L->sh_da, Hx);
-        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, D, Hx, N, 1.0f, dy, D, a, Hx, 1.0f,
+        be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, Hx, D, c, sdy, D, wd, Hx, 0.0f, L->sh_da, Hx);
+        be->gemm(be, ETM_TRANS, ETM_NO_TRANS, D, Hx, N, c, sdy, D, a, Hx, 1.0f,
                  dw->shared_down + (size_t)s * DH, Hx);
         be->zero(be, L->sh_dh, NH * sizeof(float));
         be->relu2_backward(be, L->sh_dh, L->sh_da, h, NH);
@@ -260,7 +288,7 @@ void etm_moe_backward(etm_moe_layer *L, const etm_moe_weights *w, etm_moe_weight
     /* gates -> scores -> logits (with the aux and z terms) -> router weight and x */
     be->zero(be, L->dscore, (size_t)N * E * sizeof(float));
     be->scatter_add_pairs(be, L->dscore, L->dgate, &L->disp);
-    etm_router_backward(L->router, L->dlogits, L->dscore, loss_scale);
+    etm_router_backward(L->router, L->dlogits, L->dscore, sg && L->S > 0 ? L->dshared : NULL, loss_scale);
     be->gemm(be, ETM_TRANS, ETM_NO_TRANS, E, D, N, 1.0f, L->dlogits, E, L->x, D, 1.0f, dw->router, D);
     be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, D, E, 1.0f, L->dlogits, E, w->router, D, 1.0f, dx, D);
 }

@@ -1,10 +1,12 @@
 /* moe.h: one Mixture-of-Experts MLP layer (router, routed experts, shared experts) and its
  * routing state. The layer computes, for N tokens x_t (already RMS-normalised):
  *
- *     y_t = sum_s shared_s(x_t) + sum_e z[t,e] * gate(r[t,e]) * expert_e(x_t),   r = x W_r^T
+ *     y_t = g_t sum_s shared_s(x_t) + sum_e z[t,e] * gate[t,e] * expert_e(x_t),   r = x W_r^T
  *
- * with expert(x) = W_down relu(W_up x)^2, z from the router (tc, ec or et; see router.h) and the
- * gate sigmoid(r) (softmax over experts for the softmax TC variant). Dispatch is dropless: pairs
+ * with expert(x) = W_down relu(W_up x)^2, z from the router (tc, ec or et; see router.h), the
+ * gate from r by the gate function (router_activation: sigmoid(r) by default, softmax over
+ * experts for the softmax TC variant; router.h) and g_t the shared experts' gate: 1, the
+ * softmax_e anchor's share, or 1 / G for softmax_e_shared_out. Dispatch is dropless: pairs
  * grouped by expert, one GEMM per expert, combined per token in a fixed order.
  * All tensors are backend memory; the weights and their gradients belong to the model's
  * parameter block and are only pointed to here. */

@@ -150,6 +150,15 @@ WRAP(softmax_backward,
      (pr->orig, dx, d, o, N, E))
 WRAP(logsumexp_rows, (etm_backend *be, float *o, const float *x, int N, int E),
      (pr->orig, o, x, N, E))
+WRAP(gate_forward,
+     (etm_backend *be, etm_gate_op op, float *o, float *an, const float *x, int N, int E),
+     (pr->orig, op, o, an, x, N, E))
+WRAP(gate_backward,
+     (etm_backend *be, etm_gate_op op, float *dx, const float *d, const float *da, const float *o,
+      const float *an, int N, int E),
+     (pr->orig, op, dx, d, da, o, an, N, E))
+WRAP(rows_dot, (etm_backend *be, float *o, const float *a, const float *b, int N, int D),
+     (pr->orig, o, a, b, N, D))
 WRAP(topk_rows, (etm_backend *be, uint8_t *z, const float *s, int N, int E, int k),
      (pr->orig, z, s, N, E, k))
 WRAP(select_columns,

@@ -71,6 +71,16 @@ int etm_router_check_hparams(const etm_hparams *hp, int tokens_per_batch, etm_er
     if (hp->seq_len < 1) return etm_fail(err, "seq_len=%d must be positive", hp->seq_len);
     if (tokens_per_batch < 1) return etm_fail(err, "router: batch of %d tokens", tokens_per_batch);
     if (!(hp->z_loss >= 0)) return etm_fail(err, "z_loss=%g must be >= 0", hp->z_loss);
+    if (hp->router_activation < ETM_GATE_SIGMOID || hp->router_activation > ETM_GATE_SOFTMAX_K)
+        return etm_fail(err, "router_activation: unknown gate function %d", (int)hp->router_activation);
+    if (hp->router == ETM_ROUTER_TC && hp->router_activation != ETM_GATE_SIGMOID &&
+        !(hp->router_activation == ETM_GATE_RELU && hp->tc_score == ETM_SCORE_SIGMOID))
+        return etm_fail(err, "router_activation: tc takes sigmoid (tc_score decides) or relu with "
+                             "tc_score = sigmoid");
+    if (hp->router_activation == ETM_GATE_SOFTMAX_E_SHARED_OUT && hp->n_shared > 0 &&
+        !(hp->ffn_hidden > 0 && hp->expert_hidden > 0))
+        return etm_fail(err, "router_activation = softmax_e_shared_out: the shared gate 1 / G needs "
+                             "ffn_hidden and expert_hidden > 0");
     return o->check(hp, tokens_per_batch, err);
 }
 
@@ -88,12 +98,20 @@ etm_router *etm_router_create(etm_backend *be, const etm_hparams *hp, int max_to
     rt->max_tokens = max_tokens;
     rt->score_kind = ETM_SCORE_SIGMOID;
     rt->z_coef = hp->z_loss;
+    rt->gate = hp->router_activation;
+    /* the authors' softmax_e_shared_out: shared gate 1 / G, G = dff / d_expert their granularity
+     * (router_utils.py:55, model_base.py:36-39) */
+    rt->shared_const = rt->gate == ETM_GATE_SOFTMAX_E_SHARED_OUT && hp->n_shared > 0
+                           ? (float)((double)hp->expert_hidden / hp->ffn_hidden)
+                           : 1.0f;
     o->create(rt);
 
     size_t NE = (size_t)max_tokens * rt->E, E = (size_t)rt->E;
     rt->score = be->alloc(be, NE * sizeof(float));
     if ((rt->z_coef > 0 || rt->want_prob) && rt->score_kind != ETM_SCORE_SOFTMAX)
         rt->prob = be->alloc(be, NE * sizeof(float));
+    if (rt->gate == ETM_GATE_SOFTMAX_E && hp->n_shared > 0)
+        rt->shared_gate = be->alloc(be, (size_t)max_tokens * sizeof(float));
     if (rt->z_coef > 0) {
         rt->lse = be->alloc(be, (size_t)max_tokens * sizeof(float));
         rt->row_scale = be->alloc(be, (size_t)max_tokens * sizeof(float));
@@ -112,7 +130,7 @@ void etm_router_free(etm_router *rt) {
     if (!rt) return;
     etm_backend *be = rt->be;
     rt->ops->destroy(rt);
-    float *fbufs[] = {rt->score, rt->prob, rt->lse, rt->row_scale};
+    float *fbufs[] = {rt->score, rt->prob, rt->shared_gate, rt->lse, rt->row_scale};
     for (size_t i = 0; i < ETM_ARRAY_LEN(fbufs); i++)
         if (fbufs[i]) be->free(be, fbufs[i]);
     be->free(be, rt->mask);
@@ -184,6 +202,18 @@ static void route(etm_router *rt, const float *logits, int N, etm_moe_mode mode,
     if (rt->ops->routed) rt->ops->routed(rt, N, mode, before);
 }
 
+/* The backend gate op of a gate function other than sigmoid (tc's scores: tc_score); 0 for
+ * sigmoid, which keeps sigmoid_forward (and tc_score's softmax_forward) unchanged. */
+static int gate_op(const etm_router *rt, etm_gate_op *op) {
+    switch (rt->gate) {
+    case ETM_GATE_RELU: *op = ETM_GATE_OP_RELU; return 1;
+    case ETM_GATE_SOFTMAX_E:
+    case ETM_GATE_SOFTMAX_E_SHARED_OUT: *op = ETM_GATE_OP_SOFTMAX_ANCHOR; return 1;
+    case ETM_GATE_SOFTMAX_K: *op = ETM_GATE_OP_SOFTMAX_COLUMNS; return 1;
+    default: return 0;
+    }
+}
+
 float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mode mode,
                          etm_moe_stats *st) {
     etm_backend *be = rt->be;
@@ -192,7 +222,9 @@ float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mod
     assert(mode != ETM_MOE_REPLAY || (rt->routed && rt->N == N));
     size_t NE = (size_t)N * E;
 
-    if (rt->score_kind == ETM_SCORE_SOFTMAX) be->softmax_forward(be, rt->score, logits, N, E);
+    etm_gate_op op;
+    if (gate_op(rt, &op)) be->gate_forward(be, op, rt->score, rt->shared_gate, logits, N, E);
+    else if (rt->score_kind == ETM_SCORE_SOFTMAX) be->softmax_forward(be, rt->score, logits, N, E);
     else be->sigmoid_forward(be, rt->score, logits, NE);
     if (rt->prob) be->softmax_forward(be, rt->prob, logits, N, E);
 
@@ -216,15 +248,22 @@ float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mod
 
 const uint8_t *etm_router_mask(const etm_router *rt) { return rt->mask; }
 const float *etm_router_scores(const etm_router *rt) { return rt->score; }
+const float *etm_router_shared_gate(const etm_router *rt) { return rt->shared_gate; }
+float etm_router_shared_const(const etm_router *rt) { return rt->shared_const; }
 
-void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, float loss_scale) {
+void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, const float *dshared,
+                         float loss_scale) {
     etm_backend *be = rt->be;
     int N = rt->N, E = rt->E;
     size_t NE = (size_t)N * E;
 
     if (rt->ops->loss_backward_scores) rt->ops->loss_backward_scores(rt, dscore, loss_scale);
     be->zero(be, dlogits, NE * sizeof(float));
-    if (rt->score_kind == ETM_SCORE_SOFTMAX) be->softmax_backward(be, dlogits, dscore, rt->score, N, E);
+    etm_gate_op op;
+    if (gate_op(rt, &op))
+        be->gate_backward(be, op, dlogits, dscore, rt->shared_gate ? dshared : NULL, rt->score,
+                          rt->shared_gate, N, E);
+    else if (rt->score_kind == ETM_SCORE_SOFTMAX) be->softmax_backward(be, dlogits, dscore, rt->score, N, E);
     else be->sigmoid_backward(be, dlogits, dscore, rt->score, NE);
     if (rt->ops->loss_backward_logits) rt->ops->loss_backward_logits(rt, dlogits);
     if (rt->z_coef > 0) {

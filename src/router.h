@@ -7,8 +7,8 @@
  * checkpoint share with the router (modes, statistics, saved state).
  *
  * The router takes the logits r = x W_r^T (N,E) in backend memory and produces the routing
- * mask z (N,E), the score of every (token, expert) (the gate value: sigmoid(r), or softmax(r)
- * for softmax tc) and the balance / z losses; backward turns the gradient of the scores into the
+ * mask z (N,E), the score of every (token, expert) (the gate value: the gate function below) and
+ * the balance / z losses; backward turns the gradient of the scores into the
  * gradient of the logits, adding the losses' terms. Its per-expert state (thresholds, EMAs,
  * loss-free biases, counters) lives on the host and is uploaded when it changes.
  *
@@ -43,6 +43,22 @@
  *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
  *    the same number; the two differ only in P_i, and coincide for softmax scores.
  *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
+ *  - Gate functions (router_activation, the authors' src/models/router_utils.py; r a row of
+ *    logits). The gate multiplies a routed expert's output; selection never depends on it.
+ *      sigmoid:  sigmoid(r) (tc: tc_score, sigmoid or the row softmax);
+ *      relu:     max(r, 0) (ec, et, and tc with tc_score = sigmoid);
+ *      softmax_e: per token, softmax over [0, r_1..r_E], a zero-logit anchor standing for the
+ *                shared experts (router_utils.py:31-42); with shared experts each shared
+ *                expert's output is scaled by the anchor's share 1 / (1 + sum_j exp r_j), with
+ *                its gradient (expert_threshold_choice.py:78-88 scales the shared output by it);
+ *      softmax_e_shared_out: routed gates as softmax_e, shared experts scaled by 1 / G with
+ *                G = ffn_hidden / expert_hidden, the authors' granularity (router_utils.py:44-56);
+ *      softmax_k: per expert, softmax over the N tokens of the forward (engine.py:56-62 applies
+ *                it to all B*T tokens before any chunking into pools; EVAL and EVAL_BATCH too,
+ *                as the authors evaluate with the same forward: the gates then depend on the
+ *                other tokens of the evaluated batch, the routing stays causal); ec and et only.
+ *    Without shared experts softmax_e and softmax_e_shared_out are the same anchored softmax
+ *    (the authors' ec/et always include the anchor; engine.py:58).
  *  - Selection compares logits (plus the loss-free bias for tc): a row's top-k, an expert's
  *    top k_target of a pool, the threshold, the clamp. Sigmoid gates are monotone in r per
  *    element, so these orders are the gates' orders, without sigmoid's fp32 saturation ties.
@@ -140,10 +156,19 @@ float etm_router_forward(etm_router *rt, const float *logits, int N, etm_moe_mod
 const uint8_t *etm_router_mask(const etm_router *rt);  /* (N,E) backend: 1 = routed */
 const float *etm_router_scores(const etm_router *rt);  /* (N,E) backend: gate of every pair */
 
+/* The shared experts' gate: per token (N) backend, the anchor's share, for softmax_e with
+ * shared experts; NULL otherwise, when every shared expert is scaled by etm_router_shared_const
+ * (1, or 1 / G for softmax_e_shared_out). */
+const float *etm_router_shared_gate(const etm_router *rt);
+float etm_router_shared_const(const etm_router *rt);
+
 /* dlogits(N,E) (writes) = gradient of the logits, given dscore(N,E), the gradient of the scores
- * from the gates. dscore is used as scratch (the balance-loss term is added to it).
- * loss_scale multiplies the gradient of the aux and z losses. */
-void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, float loss_scale);
+ * from the gates, and dshared(N), that of the shared gate (used only when
+ * etm_router_shared_gate is not NULL; may be NULL otherwise). dscore is used as scratch (the
+ * balance-loss term is added to it). loss_scale multiplies the gradient of the aux and z
+ * losses. */
+void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, const float *dshared,
+                         float loss_scale);
 
 /* Once per optimizer step: cut-off EMA update (ec, et), loss-free bias update (tc), step count. */
 void etm_router_step_end(etm_router *rt);

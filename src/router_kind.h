@@ -49,11 +49,14 @@ struct etm_router {
     int E, k, max_tokens;
     etm_score_kind score_kind; /* gate of every pair: sigmoid (ec, et, tc default) or softmax */
     int want_prob;             /* the kind needs softmax(r) beside sigmoid scores */
+    etm_gate_fn gate;          /* hp.router_activation (router.h: the gate functions) */
+    float shared_const;        /* constant gate of the shared experts (1, or 1 / G) */
     float z_coef;
 
     /* backend tensors */
     float *score;         /* (max_tokens, E) gate value of every pair */
     float *prob;          /* (max_tokens, E) softmax(r) when it differs from score and is needed */
+    float *shared_gate;   /* (max_tokens) softmax_e with shared experts: the anchor's share */
     float *lse;           /* (max_tokens) logsumexp of each row, when the z-loss is on */
     float *row_scale;     /* (max_tokens) z-loss gradient scale per row */
     uint8_t *mask;        /* (max_tokens, E) the routing */

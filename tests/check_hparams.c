@@ -122,25 +122,65 @@ static void assert_round_trip(const etm_hparams *hp) {
 }
 
 /* A checkpoint written before a key existed has no line for it; it must read back as the value it
- * was trained with. muon_expert_layout came after the first checkpoints, which were per expert. */
+ * was trained with. muon_expert_layout came after the first checkpoints, which were per expert;
+ * router_activation after those with sigmoid gates. */
+static const struct {
+    const char *line; /* the key's line with a non-default value, as the printer writes it */
+    size_t offset;    /* the enum field */
+    int set, old;     /* the value written, the value a config without the key gets */
+} older_keys[] = {
+    {"muon_expert_layout = stacked", offsetof(etm_hparams, muon_expert_layout), ETM_MUON_STACKED,
+     ETM_MUON_PER_EXPERT},
+    {"router_activation = softmax_e", offsetof(etm_hparams, router_activation), ETM_GATE_SOFTMAX_E,
+     ETM_GATE_SIGMOID},
+};
+
 START_TEST(configs_older_than_a_key_keep_its_old_behaviour) {
     etm_hparams hp, back;
     etm_hparams_defaults(&hp);
-    hp.muon_expert_layout = ETM_MUON_STACKED;
+    *(int *)((char *)&hp + older_keys[_i].offset) = older_keys[_i].set;
     char *text = etm_hparams_to_string(&hp);
-    char *line = strstr(text, "\nmuon_expert_layout = stacked\n");
-    ck_assert_ptr_nonnull(line);
-    memmove(line, line + strlen("\nmuon_expert_layout = stacked"), strlen(line + strlen("\nmuon_expert_layout = stacked")) + 1);
-    ck_assert_ptr_null(strstr(text, "muon_expert_layout"));
+    char want[96];
+    snprintf(want, sizeof want, "\n%s\n", older_keys[_i].line);
+    char *line = strstr(text, want);
+    ck_assert_msg(line != NULL, "no line '%s'", older_keys[_i].line);
+    size_t cut = strlen(want) - 1;
+    memmove(line, line + cut, strlen(line + cut) + 1);
+    ck_assert_ptr_null(strstr(text, older_keys[_i].line));
     etm_error err = {{0}};
     memset(&back, 0xab, sizeof back);
     ck_assert_msg(etm_hparams_from_string(&back, text, "old.safetensors", &err) == 0, "%s", err.msg);
-    ck_assert_int_eq(back.muon_expert_layout, ETM_MUON_PER_EXPERT);
+    ck_assert_int_eq(*(int *)((char *)&back + older_keys[_i].offset), older_keys[_i].old);
     /* Every other key as written. */
-    back.muon_expert_layout = ETM_MUON_STACKED;
+    *(int *)((char *)&back + older_keys[_i].offset) = older_keys[_i].set;
     const char *diff = etm_hparams_first_difference(&hp, &back);
     ck_assert_msg(diff == NULL, "%s changed", diff ? diff : "");
     free(text);
+}
+END_TEST
+
+/* Gate functions tc has no meaning for are refused, naming where the keys were set. */
+START_TEST(router_activation_rejects_what_tc_cannot_use) {
+    static const char *const bad[] = {
+        "router = tc\nrouter_activation = softmax_k\n",
+        "router = tc\nrouter_activation = softmax_e\n",
+        "router = tc\ntc_score = softmax\nrouter_activation = relu\n",
+    };
+    etm_hparams hp;
+    etm_error err = {{0}};
+    for (size_t i = 0; i < ETM_ARRAY_LEN(bad); i++) {
+        etm_hparams_defaults(&hp);
+        ck_assert_int_ne(etm_hparams_from_string(&hp, bad[i], "run.conf", &err), 0);
+        ck_assert_msg(strstr(err.msg, "router_activation") && strstr(err.msg, "run.conf:2"),
+                      "case %zu: %s", i, err.msg);
+    }
+    etm_hparams_defaults(&hp);
+    ck_assert_msg(etm_hparams_from_string(&hp, "router = tc\nrouter_activation = relu\n", "run.conf",
+                                          &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(hp.router_activation, ETM_GATE_RELU);
+    etm_hparams_defaults(&hp);
+    ck_assert_msg(etm_hparams_from_string(&hp, "router = ec\nrouter_activation = softmax_k\n", "run.conf",
+                                          &err) == 0, "%s", err.msg);
 }
 END_TEST
 
@@ -510,7 +550,8 @@ static Suite *hparams_suite(void) {
     tcase_add_test(tc, defaults_are_valid_and_equal_the_demo_preset);
     tcase_add_test(tc, presets_load_with_their_sizes);
     tcase_add_test(tc, print_and_parse_round_trip);
-    tcase_add_test(tc, configs_older_than_a_key_keep_its_old_behaviour);
+    tcase_add_loop_test(tc, configs_older_than_a_key_keep_its_old_behaviour, 0, (int)ETM_ARRAY_LEN(older_keys));
+    tcase_add_test(tc, router_activation_rejects_what_tc_cannot_use);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);
     tcase_add_test(tc, floats_read_back_bit_identical);

@@ -28,6 +28,7 @@ typedef struct {
     etm_moe_mode mode;    /* TRAIN or EVAL for the checked forward */
     int with_state;       /* set thresholds / biases through the state (s > 0: threshold routing) */
     int force;            /* a feature that sends every token to expert 0 and none to expert E-1 */
+    etm_gate_fn gate;     /* router_activation (0: sigmoid, the rows that do not name one) */
 } moe_case;
 
 typedef struct {
@@ -69,6 +70,8 @@ static void hp_from_case(etm_hparams *hp, const moe_case *c) {
     hp->et_warmup_steps = 0;
     hp->et_capacity = c->et_capacity;
     hp->batch_size = c->n_seq;
+    hp->router_activation = c->gate;
+    hp->ffn_hidden = 3 * c->Hx; /* granularity G = 3: softmax_e_shared_out's shared gate 1/3 */
 }
 
 static void problem_init(problem *p, const moe_case *c, uint64_t seed) {
@@ -305,6 +308,27 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
                 (c->router == ETM_ROUTER_TC && c->score == ETM_SCORE_SOFTMAX) ? pr : sigm(r[(size_t)t * E + e]);
         }
     }
+    /* the other gate functions (router.h), straight from their definitions */
+    double *sgate = etm_calloc((size_t)N, sizeof(double)), *dsgate = etm_calloc((size_t)N, sizeof(double));
+    for (int t = 0; t < N; t++) {
+        const double *rt = r + (size_t)t * E;
+        double *st = score + (size_t)t * E;
+        sgate[t] = 1.0;
+        if (c->gate == ETM_GATE_RELU)
+            for (int e = 0; e < E; e++) st[e] = rt[e] > 0 ? rt[e] : 0;
+        if (c->gate == ETM_GATE_SOFTMAX_E || c->gate == ETM_GATE_SOFTMAX_E_SHARED_OUT) {
+            double den = 1.0; /* the anchor: exp(0) */
+            for (int e = 0; e < E; e++) den += exp(rt[e]);
+            for (int e = 0; e < E; e++) st[e] = exp(rt[e]) / den;
+            sgate[t] = c->gate == ETM_GATE_SOFTMAX_E ? 1.0 / den : 1.0 / 3.0;
+        }
+    }
+    if (c->gate == ETM_GATE_SOFTMAX_K)
+        for (int e = 0; e < E; e++) {
+            double den = 0;
+            for (int t = 0; t < N; t++) den += exp(r[(size_t)t * E + e]);
+            for (int t = 0; t < N; t++) score[(size_t)t * E + e] = exp(r[(size_t)t * E + e]) / den;
+        }
     ref_route(c, p, r, thr, bias, o->z, counts, &o->min_margin);
 
     /* added losses and their gradients w.r.t. scores / probabilities / logits */
@@ -342,7 +366,7 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
             const float *wd = shared ? p->sd + (size_t)e * D * Hx : p->down + (size_t)e * D * Hx;
             double *dwu = shared ? o->dsu + (size_t)e * Hx * D : o->dup + (size_t)e * Hx * D;
             double *dwd = shared ? o->dsd + (size_t)e * D * Hx : o->ddown + (size_t)e * D * Hx;
-            double g = shared ? 1.0 : score[(size_t)t * E + e];
+            double g = shared ? (S ? sgate[t] : 1.0) : score[(size_t)t * E + e];
             for (int j = 0; j < Hx; j++) {
                 double acc = 0;
                 for (int d = 0; d < D; d++) acc += (double)wu[(size_t)j * D + d] * xt[d];
@@ -369,7 +393,16 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
                     dxt[d] += dh[j] * wu[(size_t)j * D + d];
                 }
             if (!shared) dscore[(size_t)t * E + e] += dg;
+            else dsgate[t] += dg;
         }
+    }
+    /* scores -> logits, once every token's score gradient is known (softmax_k couples tokens) */
+    double *dsk = etm_calloc((size_t)E, sizeof(double)); /* softmax_k: sum_t p ds per expert */
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) dsk[e] += score[(size_t)t * E + e] * dscore[(size_t)t * E + e];
+    for (int t = 0; t < N; t++) {
+        const float *xt = p->x + (size_t)t * D;
+        double *dxt = o->dx + (size_t)t * D;
         /* scores -> logits */
         double dr[64], sd = 0, pd = 0;
         for (int e = 0; e < E; e++) {
@@ -380,6 +413,11 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
             double s = score[(size_t)t * E + e], pr = prob[(size_t)t * E + e];
             double ds = dscore[(size_t)t * E + e];
             if (c->router == ETM_ROUTER_TC && c->score == ETM_SCORE_SOFTMAX) dr[e] = s * (ds - sd);
+            else if (c->gate == ETM_GATE_RELU) dr[e] = r[(size_t)t * E + e] > 0 ? ds : 0;
+            else if (c->gate == ETM_GATE_SOFTMAX_E)
+                dr[e] = s * (ds - sd - (S ? sgate[t] * dsgate[t] : 0)); /* the anchor's share too */
+            else if (c->gate == ETM_GATE_SOFTMAX_E_SHARED_OUT) dr[e] = s * (ds - sd);
+            else if (c->gate == ETM_GATE_SOFTMAX_K) dr[e] = s * (ds - dsk[e]);
             else dr[e] = ds * s * (1 - s);
             dr[e] += pr * (dprob[(size_t)t * E + e] - pd);
             if (hp->z_loss > 0) dr[e] += hp->z_loss * 2 * lse[t] * pr / N;
@@ -390,6 +428,9 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
                 dxt[d] += dr[e] * p->wr[(size_t)e * D + d];
             }
     }
+    free(dsk);
+    free(sgate);
+    free(dsgate);
     free(r);
     free(score);
     free(prob);
@@ -435,22 +476,35 @@ static void expect_close(const char *what, const char *name, etm_backend *be, co
 
 /*                name                 router           score              balance              E  k  S  T  seq D   Hx pool cf    etC   z      alpha  mode            state force */
 static const moe_case cases[] = {
-    {"tc-sigmoid-aux-z",   ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_AUX,      5, 2, 2, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0.1f,  ETM_MOE_TRAIN, 0, 1},
-    {"tc-softmax-switch",  ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_SWITCH,   6, 1, 0, 5, 3, 9,  7,  0, 0,    0,    0,     0.2f,  ETM_MOE_TRAIN, 0, 1},
-    {"tc-sigmoid-switch",  ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_SWITCH,   4, 1, 1, 5, 3, 9,  7,  0, 0,    0,    0.02f, 0.2f,  ETM_MOE_TRAIN, 0, 0},
-    {"tc-sigmoid-cap",     ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 0, 1.0f, 0,    0,     0,     ETM_MOE_TRAIN, 0, 1},
-    {"tc-softmax-cap-z",   ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_AUX,      4, 1, 0, 6, 3, 10, 6,  0, 1.25f,0,    0.01f, 0.1f,  ETM_MOE_TRAIN, 0, 0},
-    {"tc-lossfree",        ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_LOSSFREE, 5, 2, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0},
-    {"tc-softmax-eval",    ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_LOSSFREE, 5, 2, 2, 7, 3, 12, 10, 0, 1.0f, 0,    0.01f, 0,     ETM_MOE_EVAL,  1, 1},
-    {"ec-pools",           ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 0, 6, 3, 10, 6,  1, 0,    0,    0,     0,     ETM_MOE_TRAIN, 0, 0},
-    {"ec-pools-shared-z",  ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 1},
-    {"ec-all-tokens",      ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     2, 2, 1, 5, 3, 9,  7,  0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 0, 0},
-    {"ec-eval-thresholds", ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 7, 3, 12, 10, 1, 0,    0,    0.01f, 0,     ETM_MOE_EVAL,  1, 1},
-    {"et-thresholds",      ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 1, 1},
-    {"et-no-shared",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 0, 6, 3, 10, 6,  0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0},
-    {"et-clamp-pools",     ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 1, 0,    0.5f, 0.01f, 0,     ETM_MOE_TRAIN, 1, 1},
-    {"et-clamp-eval",      ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 1, 0,    0.5f, 0,     0,     ETM_MOE_EVAL,  1, 1},
-    {"et-warmup-ec",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 1, 6, 3, 10, 6,  1, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0},
+    {"tc-sigmoid-aux-z",   ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_AUX,      5, 2, 2, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0.1f,  ETM_MOE_TRAIN, 0, 1, ETM_GATE_SIGMOID},
+    {"tc-softmax-switch",  ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_SWITCH,   6, 1, 0, 5, 3, 9,  7,  0, 0,    0,    0,     0.2f,  ETM_MOE_TRAIN, 0, 1, ETM_GATE_SIGMOID},
+    {"tc-sigmoid-switch",  ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_SWITCH,   4, 1, 1, 5, 3, 9,  7,  0, 0,    0,    0.02f, 0.2f,  ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
+    {"tc-sigmoid-cap",     ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 0, 1.0f, 0,    0,     0,     ETM_MOE_TRAIN, 0, 1, ETM_GATE_SIGMOID},
+    {"tc-softmax-cap-z",   ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_AUX,      4, 1, 0, 6, 3, 10, 6,  0, 1.25f,0,    0.01f, 0.1f,  ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
+    {"tc-lossfree",        ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_LOSSFREE, 5, 2, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_SIGMOID},
+    {"tc-softmax-eval",    ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_LOSSFREE, 5, 2, 2, 7, 3, 12, 10, 0, 1.0f, 0,    0.01f, 0,     ETM_MOE_EVAL,  1, 1, ETM_GATE_SIGMOID},
+    {"ec-pools",           ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 0, 6, 3, 10, 6,  1, 0,    0,    0,     0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
+    {"ec-pools-shared-z",  ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 1, ETM_GATE_SIGMOID},
+    {"ec-all-tokens",      ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     2, 2, 1, 5, 3, 9,  7,  0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
+    {"ec-eval-thresholds", ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 7, 3, 12, 10, 1, 0,    0,    0.01f, 0,     ETM_MOE_EVAL,  1, 1, ETM_GATE_SIGMOID},
+    {"et-thresholds",      ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 1, 1, ETM_GATE_SIGMOID},
+    {"et-no-shared",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 0, 6, 3, 10, 6,  0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_SIGMOID},
+    {"et-clamp-pools",     ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 1, 0,    0.5f, 0.01f, 0,     ETM_MOE_TRAIN, 1, 1, ETM_GATE_SIGMOID},
+    {"et-clamp-eval",      ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 2, 7, 3, 12, 10, 1, 0,    0.5f, 0,     0,     ETM_MOE_EVAL,  1, 1, ETM_GATE_SIGMOID},
+    {"et-warmup-ec",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     4, 2, 1, 6, 3, 10, 6,  1, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
+    /* gate functions (router_activation), the authors' router_utils.py */
+    {"ec-relu-shared-z",   ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_RELU},
+    {"et-relu-thresholds", ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_RELU},
+    /* (no balance loss: its P_i averages the relu of every logit, whose kinks at 0 the finite
+     * differences would cross) */
+    {"tc-relu-cap",        ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 1.0f, 0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_RELU},
+    {"ec-softmax-e-shared",ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SOFTMAX_E},
+    {"et-softmax-e-shared",ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 2, 1, 7, 3, 12, 10, 1, 0,    0.5f, 0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_SOFTMAX_E},
+    {"et-softmax-e-noshared",ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,   4, 2, 0, 6, 3, 10, 6,  0, 0,    0,    0.01f, 0,     ETM_MOE_EVAL,  1, 0, ETM_GATE_SOFTMAX_E},
+    {"ec-softmax-e-out",   ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0,     0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SOFTMAX_E_SHARED_OUT},
+    {"et-softmax-e-out",   ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0,     ETM_MOE_EVAL,  1, 0, ETM_GATE_SOFTMAX_E_SHARED_OUT},
+    {"ec-softmax-k-pools", ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SOFTMAX_K},
+    {"et-softmax-k",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_SOFTMAX_K},
 };
 #define N_CASES ((int)ETM_ARRAY_LEN(cases))
 
@@ -707,9 +761,13 @@ static size_t snapshot(problem *p, etm_moe_layer *L, float loss, unsigned char *
     return off + (size_t)N * E;
 }
 
+/* 4: softmax tc capacity; 16 on: the gate functions relu (ec), softmax_e with shared experts
+ * (ec), softmax_e_shared_out (ec), softmax_k (ec) */
+static const int det_cases[] = {0, 8, 13, 4, 16, 19, 22, 24};
+
 START_TEST(one_and_two_threads_give_identical_bytes) {
     /* bigger than the reference cases so that the backend's parallel paths engage */
-    moe_case c = cases[_i == 0 ? 0 : _i == 1 ? 8 : _i == 2 ? 13 : 4]; /* 4: softmax tc capacity */
+    moe_case c = cases[det_cases[_i]];
     c.T = 64;
     c.n_seq = 4;
     c.D = 64;
@@ -750,7 +808,7 @@ static Suite *moe_suite(void) {
     tcase_add_loop_test(tc, added_loss_gradients_alone, 0, 4);
     suite_add_tcase(s, tc);
     tc = tcase_create("determinism");
-    tcase_add_loop_test(tc, one_and_two_threads_give_identical_bytes, 0, 4);
+    tcase_add_loop_test(tc, one_and_two_threads_give_identical_bytes, 0, (int)ETM_ARRAY_LEN(det_cases));
     suite_add_tcase(s, tc);
     return s;
 }

@@ -134,6 +134,13 @@ void cpu_rope_forward(etm_backend *be, float *x, const float *cos_t, const float
 void cpu_rope_backward(etm_backend *be, float *dx, const float *cos_t, const float *sin_t, int B,
                        int T, int H, int hd, int pos0);
 
+/* cpu_gates.c */
+void cpu_gate_forward(etm_backend *be, etm_gate_op op, float *out, float *anchor, const float *x,
+                      int N, int E);
+void cpu_gate_backward(etm_backend *be, etm_gate_op op, float *dx, const float *dout,
+                       const float *danchor, const float *out, const float *anchor, int N, int E);
+void cpu_rows_dot(etm_backend *be, float *out, const float *a, const float *b, int N, int D);
+
 /* cpu_softmax.c */
 void cpu_softmax_forward(etm_backend *be, float *out, const float *x, int N, int E);
 void cpu_softmax_backward(etm_backend *be, float *dx, const float *dout, const float *out, int N,

@@ -180,6 +180,12 @@ void etm_cuda_softmax_forward(etm_backend *be, float *out, const float *x, int N
 void etm_cuda_softmax_backward(etm_backend *be, float *dx, const float *dout, const float *out,
                                int N, int E);
 void etm_cuda_logsumexp_rows(etm_backend *be, float *out, const float *x, int N, int E);
+/* cuda_gates.cu */
+void etm_cuda_gate_forward(etm_backend *be, etm_gate_op op, float *out, float *anchor, const float *x,
+                           int N, int E);
+void etm_cuda_gate_backward(etm_backend *be, etm_gate_op op, float *dx, const float *dout,
+                            const float *danchor, const float *out, const float *anchor, int N, int E);
+void etm_cuda_rows_dot(etm_backend *be, float *out, const float *a, const float *b, int N, int D);
 
 /* cuda_embedding.cu */
 void etm_cuda_embedding_forward(etm_backend *be, float *out, const float *wte,

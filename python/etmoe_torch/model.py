@@ -91,8 +91,12 @@ def moe(x, p, l, hp, state, train, hooks, follow=None):
         if hp["router"] == "tc" and not (hp["capacity_factor"] > 0 and train):
             rec["counts"] = follow.sum(0)
     y = hooks["experts"](x, p[f"layers.{l}.moe.up"], p[f"layers.{l}.moe.down"], rec["mask"], scores)
+    sg = routers.shared_gate(r, hp) if hp["n_shared"] > 0 else None
     for s in range(hp["n_shared"]):
-        y = y + relu2_mlp(x, p[f"layers.{l}.moe.shared_up"][s], p[f"layers.{l}.moe.shared_down"][s])
+        ys = relu2_mlp(x, p[f"layers.{l}.moe.shared_up"][s], p[f"layers.{l}.moe.shared_down"][s])
+        if sg is not None:  # softmax_e: the anchor's share per token; softmax_e_shared_out: 1 / G
+            ys = ys * (sg[:, None] if torch.is_tensor(sg) else sg)
+        y = y + ys
     rec.update(logits=r, scores=scores)
     return y, routers.added_loss(r, scores, rec, hp), rec
 

@@ -24,14 +24,44 @@ import torch
 INF = float("inf")
 
 # ---- gate functions ----------------------------------------------------------------------------
+def _anchored(r):
+    """Per row, softmax over [0, r_1..r_E]: a zero-logit anchor standing for the shared experts
+    (the authors' router_utils.py). Returns (routed shares (N,E), anchor share (N,))."""
+    w = torch.softmax(torch.cat([torch.zeros_like(r[:, :1]), r], dim=1), dim=1)
+    return w[:, 1:], w[:, 0]
+
+
+# router_activation (src/router.h, doc/config.md); tc_score's sigmoid / softmax for tc
 SCORES = {
     "sigmoid": torch.sigmoid,
     "softmax": lambda r: torch.softmax(r, dim=-1),
+    "relu": torch.relu,
+    "softmax_e": lambda r: _anchored(r)[0],
+    "softmax_e_shared_out": lambda r: _anchored(r)[0],
+    "softmax_k": lambda r: torch.softmax(r, dim=0),  # over the forward's tokens, per expert
+}
+
+# the shared experts' gate: (r, hp) -> (N,) per token or a number; absent: 1
+SHARED_GATES = {
+    "softmax_e": lambda r, hp: _anchored(r)[1],
+    "softmax_e_shared_out": lambda r, hp: hp["expert_hidden"] / hp["ffn_hidden"],  # 1 / G
 }
 
 
+def gate_name(hp):
+    return hp.get("router_activation", "sigmoid")  # configs older than the key: sigmoid
+
+
 def score_kind(hp):
-    return hp["tc_score"] if hp["router"] == "tc" else "sigmoid"
+    if hp["router"] == "tc" and gate_name(hp) == "sigmoid":
+        return hp["tc_score"]
+    return gate_name(hp)
+
+
+def shared_gate(r, hp):
+    """The shared experts' gate, or None for 1."""
+    f = SHARED_GATES.get(gate_name(hp))
+    return None if f is None else f(r, hp)
 
 
 # ---- balance losses (tc) --------------------------------------------------------------------
