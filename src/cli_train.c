@@ -10,6 +10,9 @@
 #include "model.h"
 #include "tokenizer.h"
 #include "trainer.h"
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -166,11 +169,28 @@ int cmd_train(int argc, char **argv) {
     opt.progress = quiet ? NULL : stderr;
     opt.stop_flag = &stop_signal;
     install_stop_handlers();
-    etm_train_result res;
-    if (etm_train(&hp, &opt, &res, &err) != 0) {
+#ifdef ETM_HAVE_MPI
+    /* a process started without mpirun is a job of one rank (doc/distributed.md) */
+    opt.comm = etm_comm_mpi_create(NULL, NULL, &err);
+    if (!opt.comm) {
         fprintf(stderr, "etmoe train: %s\n", err.msg);
         return ETM_EXIT_FAIL;
     }
+#endif
+    etm_train_result res;
+    int rc = etm_train(&hp, &opt, &res, &err);
+    if (rc != 0) {
+        if (opt.comm && opt.comm->size > 1)
+            fprintf(stderr, "etmoe train: rank %d of %d: %s\n", opt.comm->rank, opt.comm->size, err.msg);
+        else
+            fprintf(stderr, "etmoe train: %s\n", err.msg);
+        fflush(stderr);
+        /* a failure only some ranks saw (a checkpoint rank 0 could not write) would leave the
+         * others waiting in a collective: end the whole job */
+        if (opt.comm && opt.comm->size > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+    }
+    if (opt.comm) opt.comm->destroy(opt.comm);
+    if (rc != 0) return ETM_EXIT_FAIL;
     if (res.interrupted) return 128 + (int)stop_signal;
     return ETM_EXIT_OK;
 }

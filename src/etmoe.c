@@ -3,6 +3,9 @@
 
 #include "cli.h"
 #include "common.h"
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -114,6 +117,13 @@ static void print_version(void) {
     printf("CUDA backend: built\n");
 #else
     printf("CUDA backend: not built\n");
+#endif
+#ifdef ETM_HAVE_MPI
+    char mpi[256];
+    etm_comm_mpi_version(mpi, sizeof mpi);
+    printf("MPI: built (%s); NCCL: not built (GPU ranks would reduce through host memory)\n", mpi);
+#else
+    printf("MPI: not built (configure --with-mpi); NCCL: not built\n");
 #endif
 }
 
