@@ -43,7 +43,7 @@ static void install_stop_handlers(void) {
 
 static void train_usage(void) {
     printf("usage: etmoe train CONFIG [key=value...] [--backend NAME] [--resume] [--force]\n"
-           "                   [--stop-at N] [--quiet] [--dry-run]\n"
+           "                   [--stop-at N] [--quiet] [--dry-run] [--check-replicas]\n"
            "\n"
            "Trains the model CONFIG describes: a config file's path, or a preset name (demo, bench,\n"
            "d12, d20 in the data directory's configs/). key=value arguments override its settings\n"
@@ -63,6 +63,8 @@ static void train_usage(void) {
            "                --resume continues as if there had been no stop)\n"
            "  --quiet       no progress lines\n"
            "  --dry-run     print the parameter count and memory estimate, then stop (nothing written)\n"
+           "  --check-replicas  under mpirun: after every step, check that every rank holds the\n"
+           "                same parameters, optimizer and router state as rank 0 (doc/distributed.md)\n"
            "  --help-keys   every configuration key with its default and meaning\n"
            "  --help        this text\n"
            "\n"
@@ -102,6 +104,8 @@ int cmd_train(int argc, char **argv) {
             quiet = 1;
         } else if (!strcmp(a, "--dry-run")) {
             dry_run = 1;
+        } else if (!strcmp(a, "--check-replicas")) {
+            opt.check_replicas = 1;
         } else if (cli_option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
             if (missing) {
                 free(overrides);

@@ -26,6 +26,13 @@ static int single_fold_sum(etm_comm *c, const float *local, int A, size_t n, flo
     return 0;
 }
 
+static int single_bcast(etm_comm *c, void *buf, size_t bytes, int root, etm_error *err) {
+    (void)c;
+    (void)buf;
+    (void)bytes;
+    return root == 0 ? 0 : etm_fail(err, "broadcast from rank %d in a job of one process", root);
+}
+
 static void single_abort(etm_comm *c, int code) {
     (void)c;
     (void)code;
@@ -35,7 +42,7 @@ static void single_destroy(etm_comm *c) { (void)c; }
 
 etm_comm *etm_comm_single(void) {
     /* read-only after initialisation: every field is a constant */
-    static etm_comm single = {"single", 0, 1, single_allgather, single_fold_sum, single_abort,
+    static etm_comm single = {"single", 0, 1, single_allgather, single_fold_sum, single_bcast, single_abort,
                               single_destroy, NULL};
     return &single;
 }

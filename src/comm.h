@@ -24,6 +24,8 @@ struct etm_comm {
      * global vector j = rank x A + a; out (n) = (((v_0 + v_1) + v_2) + ...) + v_{size A - 1}, the
      * left fold over j in float, the same bits on every rank whatever the split. */
     int (*fold_sum)(etm_comm *c, const float *local, int A, size_t n, float *out, etm_error *err);
+    /* buf (bytes) on every rank = root's. */
+    int (*bcast)(etm_comm *c, void *buf, size_t bytes, int root, etm_error *err);
     /* Ends the whole job now (after a rank's failure that the others cannot learn of). */
     void (*abort)(etm_comm *c, int code);
     void (*destroy)(etm_comm *c);

@@ -86,6 +86,19 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     return rc == MPI_SUCCESS ? 0 : mpi_fail(err, "MPI_Allgatherv", rc);
 }
 
+static int mpi_bcast(etm_comm *c, void *buf, size_t bytes, int root, etm_error *err) {
+    (void)c;
+    char *p = buf;
+    while (bytes > 0) { /* in pieces: MPI counts are ints */
+        int n = bytes > (size_t)1 << 30 ? 1 << 30 : (int)bytes;
+        int rc = MPI_Bcast(p, n, MPI_BYTE, root, MPI_COMM_WORLD);
+        if (rc != MPI_SUCCESS) return mpi_fail(err, "MPI_Bcast", rc);
+        p += n;
+        bytes -= (size_t)n;
+    }
+    return 0;
+}
+
 static void mpi_abort(etm_comm *c, int code) {
     (void)c;
     MPI_Abort(MPI_COMM_WORLD, code);
@@ -116,6 +129,7 @@ etm_comm *etm_comm_mpi_create(int *argc, char ***argv, etm_error *err) {
     c->name = "mpi";
     c->allgather = mpi_allgather;
     c->fold_sum = mpi_fold_sum;
+    c->bcast = mpi_bcast;
     c->abort = mpi_abort;
     c->destroy = mpi_destroy;
     c->ctx = ctx;

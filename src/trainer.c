@@ -473,6 +473,7 @@ static int run_setup(run *r, etm_error *err) {
     r->acc = etm_calloc(hp->n_layer, sizeof *r->acc);
     for (int l = 0; l < hp->n_layer; l++)
         if (r->m->moe[l]) r->acc[l].load = etm_calloc(hp->n_routed, sizeof(int64_t));
+    etm_optim_share(r->optim, r->rank, r->world); /* distributed Muon */
     r->rec_len = mb_record_len(r);
     r->rec = etm_malloc((size_t)r->local_accum * r->rec_len * sizeof(double));
     r->rec_all = etm_malloc((size_t)hp->grad_accum * r->rec_len * sizeof(double));
@@ -530,6 +531,56 @@ static int agree_status(run *r, int failed, int *stop, etm_error *err) {
     }
     free(all);
     return bad;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
+    const unsigned char *c = data;
+    for (size_t i = 0; i < bytes; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+/* --check-replicas: every rank must hold the same parameters, optimizer state and router state
+ * after step s; a fingerprint of each is compared with rank 0's. */
+static int check_replicas(run *r, int s, etm_error *err) {
+    etm_model *m = r->m;
+    uint64_t h[3] = {1469598103934665603ull, 1469598103934665603ull, 1469598103934665603ull};
+    float *host = etm_malloc(m->n_params * sizeof(float));
+    r->be->download(r->be, host, m->params_memory, m->n_params * sizeof(float));
+    h[0] = fnv1a(h[0], host, m->n_params * sizeof(float));
+    free(host);
+    for (int i = 0; i < etm_optim_state_count(r->optim); i++) {
+        const etm_optim_state *st = etm_optim_state_at(r->optim, i);
+        size_t n = 1;
+        for (int d = 0; d < st->ndim; d++) n *= (size_t)st->shape[d];
+        float *buf = etm_malloc(n * sizeof(float) + 1);
+        r->be->download(r->be, buf, st->data, n * sizeof(float));
+        h[1] = fnv1a(h[1], buf, n * sizeof(float));
+        free(buf);
+    }
+    int E = r->hp.n_routed;
+    for (int l = 0; l < r->hp.n_layer; l++) {
+        if (!m->moe[l]) continue;
+        etm_router_state st;
+        etm_moe_get_state(m->moe[l], &st);
+        h[2] = fnv1a(h[2], st.threshold, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.ema, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.bias, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.counters, 2 * sizeof(int64_t));
+    }
+    uint64_t *all = etm_malloc((size_t)r->world * sizeof h);
+    etm_error e2;
+    int rc = 0;
+    if (r->comm->allgather(r->comm, h, sizeof h, all, &e2) != 0) {
+        rc = etm_fail(err, "step %d: checking the replicas: %s", s + 1, e2.msg);
+    } else {
+        static const char *const what[3] = {"parameters differ", "optimizer state differs", "router state differs"};
+        for (int k = 1; k < r->world && rc == 0; k++)
+            for (int p = 0; p < 3 && rc == 0; p++)
+                if (all[3 * k + p] != all[p])
+                    rc = etm_fail(err, "step %d: rank %d's %s from rank 0's (--check-replicas)", s + 1, k, what[p]);
+    }
+    free(all);
+    return rc;
 }
 
 /* One optimizer step s (0-based). Returns 0, or -1 naming the step when something is not finite
@@ -601,11 +652,14 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
     double ce_sum = mb_records_apply(r, r->rec_all, A);
     if (etm_optim_step(r->optim, s, os, &e2) != 0)
         return etm_fail(err, "step %d: %s", s + 1, e2.msg);
+    if (etm_optim_exchange(r->optim, r->comm, &e2) != 0) /* distributed Muon (optim.h) */
+        return etm_fail(err, "step %d: exchanging the Muon updates: %s", s + 1, e2.msg);
     double sq = be->sum_squares(be, m->params_memory, m->n_params);
     if (!isfinite(sq))
         return etm_fail(err, "step %d: the parameters are no longer finite after the update (gradient "
                         "norm %.4g; is the learning rate too high?)", s + 1, os->grad_norm);
     etm_model_step_end(m);
+    if (r->opt->check_replicas && check_replicas(r, s, err) != 0) return -1;
     *ce = ce_sum / A;
     *aux = *z = 0.0;
     for (int l = 0; l < hp->n_layer; l++) {

@@ -51,6 +51,8 @@ typedef struct {
      * checkpoints (rank 0 writes them) are byte for byte those of one process run with
      * grad_accum = N x grad_accum. */
     etm_comm *comm;
+    int check_replicas;     /* 1: after every step, compare every rank's parameters, optimizer
+                               and router state with rank 0's (fingerprints); a difference fails */
 } etm_train_options;
 
 typedef struct {

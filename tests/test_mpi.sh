@@ -2,7 +2,8 @@
 # test_mpi.sh: data-parallel training over MPI (doc/distributed.md), the contract of issue 11:
 # `mpirun -np N` with grad_accum = A writes the same checkpoint, byte for byte, as one process
 # with grad_accum = N x A, for every router kind, Muon and AdamW, clipping and capacity; np 3 for
-# an uneven split; resume 2 -> 1 and 1 -> 2 ranks; mismatched configurations refused at start; a
+# an uneven split; every rank's parameters, optimizer and router state identical to rank 0's after
+# every step (--check-replicas: distributed Muon, router records); resume 2 -> 1 and 1 -> 2 ranks; mismatched configurations refused at start; a
 # rank killed mid-run leaves a loadable latest checkpoint. Skips (77) without MPI or mpirun.
 set -u
 etmoe=${ETMOE:-$(pwd)/etmoe}
@@ -36,7 +37,7 @@ same() {
     (cd "one/$name" && "$etmoe" train demo $tiny $over grad_accum=$((np * a)) out_dir=run --quiet) ||
         { fail "$name: one process failed"; return; }
     # shellcheck disable=SC2086
-    (cd "$name" && mpi "$np" "$etmoe" train demo $tiny $over grad_accum=$a out_dir=run --quiet) ||
+    (cd "$name" && mpi "$np" "$etmoe" train demo $tiny $over grad_accum=$a out_dir=run --quiet --check-replicas) ||
         { fail "$name: $np ranks failed"; return; }
     cmp -s "one/$name/run/latest.safetensors" "$name/run/latest.safetensors" ||
         fail "$name: np $np x grad_accum $a differs from one process x grad_accum $((np * a))"
