@@ -13,6 +13,9 @@
 #ifdef ETM_HAVE_MPI
 #include "comm_mpi.h"
 #endif
+#ifdef ETM_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -180,6 +183,18 @@ int cmd_train(int argc, char **argv) {
         fprintf(stderr, "etmoe train: %s\n", err.msg);
         return ETM_EXIT_FAIL;
     }
+#ifdef ETM_HAVE_NCCL
+    /* GPU ranks: NCCL moves the gradients (the GPU is picked before the backend is created) */
+    if (opt.comm->size > 1 && !strcmp(hp.backend, "cuda")) {
+        etm_comm *nccl = etm_comm_nccl_create(opt.comm, &err);
+        if (!nccl) {
+            fprintf(stderr, "etmoe train: rank %d: %s\n", opt.comm->rank, err.msg);
+            fflush(stderr);
+            opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        }
+        opt.comm = nccl;
+    }
+#endif
 #endif
     etm_train_result res;
     int rc = etm_train(&hp, &opt, &res, &err);

@@ -42,7 +42,9 @@ static void single_destroy(etm_comm *c) { (void)c; }
 
 etm_comm *etm_comm_single(void) {
     /* read-only after initialisation: every field is a constant */
-    static etm_comm single = {"single", 0, 1, single_allgather, single_fold_sum, single_bcast, single_abort,
-                              single_destroy, NULL};
+    static etm_comm single = {.name = "single", .rank = 0, .size = 1, .device_memory = 0,
+                              .allgather = single_allgather, .fold_sum = single_fold_sum,
+                              .bcast = single_bcast, .abort = single_abort,
+                              .destroy = single_destroy, .ctx = NULL};
     return &single;
 }

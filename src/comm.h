@@ -18,6 +18,8 @@ struct etm_comm {
     const char *name;       /* "single" or "mpi" */
     int rank;               /* this process, 0..size-1 */
     int size;               /* processes in the job */
+    int device_memory;      /* 1: fold_sum's and bcast's buffers are backend (GPU) memory
+                               (comm_nccl.c); 0: host memory */
     /* recv (size x bytes) = every rank's send (bytes), concatenated in rank order. */
     int (*allgather)(etm_comm *c, const void *send, size_t bytes, void *recv, etm_error *err);
     /* The ordered sum of size x A vectors of n floats: local holds this rank's A vectors (A x n),

@@ -6,6 +6,9 @@
 #ifdef ETM_HAVE_MPI
 #include "comm_mpi.h"
 #endif
+#ifdef ETM_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -121,7 +124,13 @@ static void print_version(void) {
 #ifdef ETM_HAVE_MPI
     char mpi[256];
     etm_comm_mpi_version(mpi, sizeof mpi);
-    printf("MPI: built (%s); NCCL: not built (GPU ranks would reduce through host memory)\n", mpi);
+#ifdef ETM_HAVE_NCCL
+    char nccl[64];
+    etm_comm_nccl_version(nccl, sizeof nccl);
+    printf("MPI: built (%s); NCCL: built (%s) for CUDA ranks\n", mpi, nccl);
+#else
+    printf("MPI: built (%s); NCCL: not built (CUDA ranks reduce through host memory over MPI)\n", mpi);
+#endif
 #else
     printf("MPI: not built (configure --with-mpi); NCCL: not built\n");
 #endif

@@ -408,6 +408,11 @@ int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
         float *parts[2] = {op->p.data, op->momentum};
         for (int k = 0; k < 2 && rc == 0; k++) {
             size_t bytes = op->numel * sizeof(float);
+            if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
+                be->synchronize(be);
+                rc = c->bcast(c, parts[k], bytes, op->owner, err);
+                continue;
+            }
             if (op->owner == opt->rank) be->download(be, host, parts[k], bytes);
             rc = c->bcast(c, host, bytes, op->owner, err);
             if (rc == 0 && op->owner != opt->rank) be->upload(be, parts[k], host, bytes);

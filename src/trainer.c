@@ -209,9 +209,11 @@ typedef struct {
     int local_accum;           /* micro-batches of this rank per step; hp.grad_accum = world x this */
     int writer;                /* 1 on rank 0: the run directory, metrics, checkpoints, progress */
     float *grad_fold;          /* (n_params) backend: the ordered sum (one process, grad_accum > 1) */
-    float *grad_host;          /* (local_accum, n_params) host: this rank's micro-batch gradients
+    float *grad_host;          /* (local_accum, n_params) host (backend memory when
+                                  comm->device_memory): this rank's micro-batch gradients
                                   (world > 1), folded by comm->fold_sum */
-    float *grad_sum;           /* (n_params) host: their ordered sum over all ranks (world > 1) */
+    float *grad_sum;           /* (n_params) host: their ordered sum over all ranks (world > 1,
+                                  host memory only; NCCL folds into the gradients directly) */
     int rec_len;               /* doubles of one micro-batch record (mb_record) */
     double *rec, *rec_all;     /* (local_accum, rec_len), (world, local_accum, rec_len) */
     int stop_agreed;           /* some rank saw the stop flag during the last step */
@@ -406,7 +408,11 @@ static void run_free(run *r) {
     free(r->acc);
     free(r->inputs);
     free(r->targets);
-    free(r->grad_host);
+    if (r->comm && r->comm->device_memory) {
+        if (r->grad_host) r->be->free(r->be, r->grad_host);
+    } else {
+        free(r->grad_host);
+    }
     free(r->grad_sum);
     free(r->rec);
     free(r->rec_all);
@@ -477,7 +483,9 @@ static int run_setup(run *r, etm_error *err) {
     r->rec_len = mb_record_len(r);
     r->rec = etm_malloc((size_t)r->local_accum * r->rec_len * sizeof(double));
     r->rec_all = etm_malloc((size_t)hp->grad_accum * r->rec_len * sizeof(double));
-    if (r->world > 1) {
+    if (r->world > 1 && r->comm->device_memory) {
+        r->grad_host = r->be->alloc(r->be, (size_t)r->local_accum * r->m->n_params * sizeof(float));
+    } else if (r->world > 1) {
         r->grad_host = etm_try_malloc((size_t)r->local_accum * r->m->n_params * sizeof(float),
                                       "the micro-batch gradients of data parallelism", err);
         r->grad_sum = r->grad_host ? etm_try_malloc(r->m->n_params * sizeof(float), "the summed gradient", err) : NULL;
@@ -627,7 +635,9 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
             continue;
         }
         /* the step's gradient: the left fold over micro-batches (comm.h) */
-        if (r->world > 1)
+        if (r->world > 1 && r->comm->device_memory)
+            be->copy(be, r->grad_host + (size_t)a * P, m->grads_memory, P * sizeof(float));
+        else if (r->world > 1)
             be->download(be, r->grad_host + (size_t)a * P, m->grads_memory, P * sizeof(float));
         else if (A > 1 && a == 0)
             be->copy(be, r->grad_fold, m->grads_memory, P * sizeof(float));
@@ -640,7 +650,11 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         if (!failed) etm_fail(err, "step %d: rank %d failed (its message is on its standard error)", s + 1, bad);
         return -1;
     }
-    if (r->world > 1) {
+    if (r->world > 1 && r->comm->device_memory) {
+        be->synchronize(be); /* NCCL runs on its own stream */
+        if (r->comm->fold_sum(r->comm, r->grad_host, LA, P, m->grads_memory, &e2) != 0)
+            return etm_fail(err, "step %d: summing the gradients over the ranks: %s", s + 1, e2.msg);
+    } else if (r->world > 1) {
         if (r->comm->fold_sum(r->comm, r->grad_host, LA, P, r->grad_sum, &e2) != 0)
             return etm_fail(err, "step %d: summing the gradients over the ranks: %s", s + 1, e2.msg);
         be->upload(be, m->grads_memory, r->grad_sum, P * sizeof(float));
@@ -747,8 +761,9 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
                 etm_model_active_matmul_params(r.m, hp->router == ETM_ROUTER_DENSE ? 0 : hp->top_k) / 1e6,
                 (long long)tokens_per_step);
         if (r.world > 1)
-            fprintf(log, "train: %d ranks x grad_accum %d x batch_size %d (%s; the gradient is summed in "
-                    "micro-batch order)\n", r.world, r.local_accum, hp->batch_size, r.comm->name);
+            fprintf(log, "train: %d ranks x grad_accum %d x batch_size %d (%s%s; the gradient is summed in "
+                    "micro-batch order)\n", r.world, r.local_accum, hp->batch_size, r.comm->name,
+                    !r.comm->device_memory && strcmp(hp->backend, "cpu") ? ", through host memory: no NCCL" : "");
         fprintf(log, "train: data %s: %zu tokens; steps %d..%d of %d%s\n", hp->train_data,
                 etm_loader_n_tokens(r.train), start + 1, end, hp->max_steps, opt->resume ? " (resumed)" : "");
         if (start >= end) fprintf(log, "train: nothing to do, %d steps are already done\n", start);
