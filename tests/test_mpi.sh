@@ -57,6 +57,7 @@ same et-capacity 2 1 "router=et et_warmup_steps=1 et_capacity=0.5"
 same et-adamw-clip 2 1 "router=et et_warmup_steps=1 matrix_optimizer=adamw grad_clip=0.01"
 same et-uneven 3 1 "router=et et_warmup_steps=1"
 same tc-none-2x2 2 2 "router=tc tc_balance=none"
+same tc-none-4x1 4 1 "router=tc tc_balance=none"
 
 # resume across rank counts: 2 ranks for 2 steps then 1 process (grad_accum 2) for 2 more, and
 # the reverse, equal the uninterrupted one-process run of et-warmup
@@ -79,11 +80,15 @@ mkdir -p mismatch
 grep -q "differs from rank 0" mismatch.log || fail "no message naming the mismatch: $(cat mismatch.log)"
 [ -e mismatch/run/latest.safetensors ] && fail "a refused run wrote a checkpoint"
 
-# a rank killed mid-run: the job stops, the last checkpoint (every step) still loads
+# a rank killed mid-run: the job stops, the last checkpoint (every step) still loads. Rank 1 is
+# killed once rank 0 has written a checkpoint and a few more steps have begun (no fixed delay:
+# how long start-up takes does not matter).
 mkdir -p killed
 # shellcheck disable=SC2086
 (cd killed && mpi 2 sh -c '
-    if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then (sleep 3; kill -9 $$) & fi
+    if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then
+        (while [ ! -s run/latest.safetensors ]; do sleep 0.2; done; sleep 1; kill -9 $$) &
+    fi
     exec "$0" train demo "$@"' "$etmoe" $tiny max_steps=100000 ckpt_every=1 out_dir=run --quiet) >killed.log 2>&1 &&
     fail "a job with a killed rank succeeded"
 [ -s killed/run/latest.safetensors ] || fail "no checkpoint after a rank was killed"
