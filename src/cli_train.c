@@ -10,6 +10,12 @@
 #include "model.h"
 #include "tokenizer.h"
 #include "trainer.h"
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
+#ifdef ETM_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 
 #include <errno.h>
 #include <limits.h>
@@ -40,7 +46,7 @@ static void install_stop_handlers(void) {
 
 static void train_usage(void) {
     printf("usage: etmoe train CONFIG [key=value...] [--backend NAME] [--resume] [--force]\n"
-           "                   [--stop-at N] [--quiet] [--dry-run]\n"
+           "                   [--stop-at N] [--quiet] [--dry-run] [--check-replicas]\n"
            "\n"
            "Trains the model CONFIG describes: a config file's path, or a preset name (demo, bench,\n"
            "d12, d20 in the data directory's configs/). key=value arguments override its settings\n"
@@ -60,6 +66,8 @@ static void train_usage(void) {
            "                --resume continues as if there had been no stop)\n"
            "  --quiet       no progress lines\n"
            "  --dry-run     print the parameter count and memory estimate, then stop (nothing written)\n"
+           "  --check-replicas  under mpirun: after every step, check that every rank holds the\n"
+           "                same parameters, optimizer and router state as rank 0 (doc/distributed.md)\n"
            "  --help-keys   every configuration key with its default and meaning\n"
            "  --help        this text\n"
            "\n"
@@ -99,6 +107,8 @@ int cmd_train(int argc, char **argv) {
             quiet = 1;
         } else if (!strcmp(a, "--dry-run")) {
             dry_run = 1;
+        } else if (!strcmp(a, "--check-replicas")) {
+            opt.check_replicas = 1;
         } else if (cli_option_value(argc, argv, &i, "--stop-at", &stop_s, &missing)) {
             if (missing) {
                 free(overrides);
@@ -166,11 +176,40 @@ int cmd_train(int argc, char **argv) {
     opt.progress = quiet ? NULL : stderr;
     opt.stop_flag = &stop_signal;
     install_stop_handlers();
-    etm_train_result res;
-    if (etm_train(&hp, &opt, &res, &err) != 0) {
+#ifdef ETM_HAVE_MPI
+    /* a process started without mpirun is a job of one rank (doc/distributed.md) */
+    opt.comm = etm_comm_mpi_create(NULL, NULL, &err);
+    if (!opt.comm) {
         fprintf(stderr, "etmoe train: %s\n", err.msg);
         return ETM_EXIT_FAIL;
     }
+#ifdef ETM_HAVE_NCCL
+    /* GPU ranks: NCCL moves the gradients (the GPU is picked before the backend is created) */
+    if (opt.comm->size > 1 && !strcmp(hp.backend, "cuda")) {
+        etm_comm *nccl = etm_comm_nccl_create(opt.comm, &err);
+        if (!nccl) {
+            fprintf(stderr, "etmoe train: rank %d: %s\n", opt.comm->rank, err.msg);
+            fflush(stderr);
+            opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        }
+        opt.comm = nccl;
+    }
+#endif
+#endif
+    etm_train_result res;
+    int rc = etm_train(&hp, &opt, &res, &err);
+    if (rc != 0) {
+        if (opt.comm && opt.comm->size > 1)
+            fprintf(stderr, "etmoe train: rank %d of %d: %s\n", opt.comm->rank, opt.comm->size, err.msg);
+        else
+            fprintf(stderr, "etmoe train: %s\n", err.msg);
+        fflush(stderr);
+        /* a failure only some ranks saw (a checkpoint rank 0 could not write) would leave the
+         * others waiting in a collective: end the whole job */
+        if (opt.comm && opt.comm->size > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+    }
+    if (opt.comm) opt.comm->destroy(opt.comm);
+    if (rc != 0) return ETM_EXIT_FAIL;
     if (res.interrupted) return 128 + (int)stop_signal;
     return ETM_EXIT_OK;
 }

@@ -3,6 +3,12 @@
 
 #include "cli.h"
 #include "common.h"
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
+#ifdef ETM_HAVE_NCCL
+#include "comm_nccl.h"
+#endif
 
 #include <errno.h>
 #include <stdarg.h>
@@ -114,6 +120,19 @@ static void print_version(void) {
     printf("CUDA backend: built\n");
 #else
     printf("CUDA backend: not built\n");
+#endif
+#ifdef ETM_HAVE_MPI
+    char mpi[256];
+    etm_comm_mpi_version(mpi, sizeof mpi);
+#ifdef ETM_HAVE_NCCL
+    char nccl[64];
+    etm_comm_nccl_version(nccl, sizeof nccl);
+    printf("MPI: built (%s); NCCL: built (%s) for CUDA ranks\n", mpi, nccl);
+#else
+    printf("MPI: built (%s); NCCL: not built (CUDA ranks reduce through host memory over MPI)\n", mpi);
+#endif
+#else
+    printf("MPI: not built (configure --with-mpi); NCCL: not built\n");
 #endif
 }
 

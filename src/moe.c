@@ -302,6 +302,7 @@ const uint8_t *etm_moe_mask(const etm_moe_layer *L) { return etm_router_mask(L->
 const float *etm_moe_logits(const etm_moe_layer *L) { return L->logits; }
 
 const etm_router *etm_moe_router(const etm_moe_layer *L) { return L->router; }
+etm_router *etm_moe_router_mut(etm_moe_layer *L) { return L->router; }
 
 void etm_moe_get_state(const etm_moe_layer *L, etm_router_state *out) {
     etm_router_get_state(L->router, out);

@@ -58,6 +58,8 @@ const uint8_t *etm_moe_mask(const etm_moe_layer *layer);
 const float *etm_moe_logits(const etm_moe_layer *layer);
 /* The layer's router (router.h: the gate scores, the rule in use), for diagnostics. */
 const etm_router *etm_moe_router(const etm_moe_layer *layer);
+/* The same, writable: for the data-parallel trainer's etm_router_set_step_records. */
+etm_router *etm_moe_router_mut(etm_moe_layer *layer);
 
 /* The router state that checkpoints save and restore (router.h). */
 void etm_moe_get_state(const etm_moe_layer *layer, etm_router_state *out); /* out arrays are layer-owned views */

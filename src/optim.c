@@ -28,6 +28,7 @@ typedef struct {
     int count, rows, cols; /* Muon: count matrices of (rows, cols) */
     float *m, *v;         /* AdamW moments (numel), backend memory */
     float *momentum;      /* Muon momentum (numel), backend memory */
+    int owner;            /* Muon: the rank that updates it (etm_optim_share); 0 in one process */
 } opt_param;
 
 struct etm_optim {
@@ -39,6 +40,7 @@ struct etm_optim {
     int n_states;
     float *update;           /* Muon: the update of the largest Muon parameter (backend) */
     float *ns_work;          /* Muon: Newton-Schulz workspace (backend) */
+    int rank;                /* this rank: it updates the Muon parameters it owns (etm_optim_share) */
 };
 
 /* ---- schedules ------------------------------------------------------------------------------- */
@@ -302,8 +304,9 @@ int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *
     for (int i = 0; i < opt->n; i++) {
         opt_param *op = &opt->params[i];
         float lr = group_lr(hp, op->p.group) * mult;
-        if (op->muon)
-            muon_update(opt, op, lr, mu);
+        if (op->muon) {
+            if (op->owner == opt->rank) muon_update(opt, op, lr, mu); /* else: etm_optim_exchange */
+        }
         else
             be->adamw_update(be, op->p.data, op->p.grad, op->m, op->v, op->numel, lr, hp->adam_beta1,
                              hp->adam_beta2, hp->adam_eps, hp->weight_decay, bc1, bc2);
@@ -370,4 +373,51 @@ int etm_optim_load(etm_optim *opt, etm_st_file *f, etm_error *err) {
         if (rc != 0) return -1;
     }
     return 0;
+}
+
+/* ---- distributed Muon ------------------------------------------------------------------------ */
+
+void etm_optim_share(etm_optim *opt, int rank, int size) {
+    size_t *load = etm_calloc((size_t)size, sizeof *load);
+    opt->rank = rank;
+    for (int i = 0; i < opt->n; i++) {
+        opt_param *op = &opt->params[i];
+        if (!op->muon) continue;
+        /* the least loaded rank so far (by elements: Newton-Schulz costs about rows x cols x
+         * min(rows, cols) per matrix, so elements are a rough balance), the lowest on a tie */
+        int best = 0;
+        for (int r = 1; r < size; r++)
+            if (load[r] < load[best]) best = r;
+        op->owner = best;
+        load[best] += op->numel;
+    }
+    free(load);
+}
+
+int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
+    if (c->size == 1) return 0;
+    etm_backend *be = opt->be;
+    size_t max = 0;
+    for (int i = 0; i < opt->n; i++)
+        if (opt->params[i].muon) max = ETM_MAX(max, opt->params[i].numel);
+    float *host = etm_malloc((max + 1) * sizeof(float));
+    int rc = 0;
+    for (int i = 0; i < opt->n && rc == 0; i++) {
+        opt_param *op = &opt->params[i];
+        if (!op->muon) continue;
+        float *parts[2] = {op->p.data, op->momentum};
+        for (int k = 0; k < 2 && rc == 0; k++) {
+            size_t bytes = op->numel * sizeof(float);
+            if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
+                be->synchronize(be);
+                rc = c->bcast(c, parts[k], bytes, op->owner, err);
+                continue;
+            }
+            if (op->owner == opt->rank) be->download(be, host, parts[k], bytes);
+            rc = c->bcast(c, host, bytes, op->owner, err);
+            if (rc == 0 && op->owner != opt->rank) be->upload(be, parts[k], host, bytes);
+        }
+    }
+    free(host);
+    return rc;
 }

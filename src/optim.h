@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "comm.h"
 #include "hparams.h"
 #include "param.h"
 #include "safetensors.h"
@@ -61,6 +62,14 @@ void etm_optim_free(etm_optim *opt);
 /* Optimizer step number step (0 for the first; it sets the schedule and AdamW's bias correction).
  * stats may be NULL. Fails, changing nothing, when the gradient norm is not finite. */
 int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *err);
+
+/* Distributed Muon (doc/distributed.md): each Muon parameter gets an owner rank (the least
+ * loaded by elements, in parameter order); etm_optim_step on rank `rank` then updates only the
+ * Muon parameters it owns (AdamW ones everywhere), and etm_optim_exchange, called by every rank
+ * after the step, broadcasts each Muon parameter and its momentum from its owner. The result is
+ * the one-process step, bit for bit: the same arithmetic, done once. Default: rank 0 of 1. */
+void etm_optim_share(etm_optim *opt, int rank, int size);
+int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err);
 
 /* The learning-rate multiplier of step (0-based): linear warm-up (step + 1) / warmup_steps, then 1,
  * then over the last W = round(decay_fraction * max_steps) steps linear decay: at step s >

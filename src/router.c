@@ -140,6 +140,7 @@ void etm_router_free(etm_router *rt) {
     free(rt->cnt_before);
     free(rt->cnt_after);
     free(rt->zeros);
+    free(rt->rec);
     free(rt);
 }
 
@@ -276,7 +277,27 @@ void etm_router_backward(etm_router *rt, float *dlogits, float *dscore, const fl
 
 /* ---- once per optimizer step ---------------------------------------------------------------- */
 
+double *etm_router_new_record(etm_router *rt) {
+    if (rt->n_rec == rt->cap_rec) {
+        rt->cap_rec = rt->cap_rec ? 2 * rt->cap_rec : 8;
+        rt->rec = etm_realloc(rt->rec, (size_t)rt->cap_rec * rt->E * sizeof(double));
+    }
+    return rt->rec + (size_t)rt->n_rec++ * rt->E;
+}
+
+int etm_router_step_records(const etm_router *rt, const double **rec) {
+    *rec = rt->rec;
+    return rt->n_rec;
+}
+
+void etm_router_set_step_records(etm_router *rt, const double *rec, int n) {
+    rt->n_rec = 0;
+    for (int i = 0; i < n; i++) memcpy(etm_router_new_record(rt), rec + (size_t)i * rt->E, (size_t)rt->E * sizeof(double));
+    if (rt->ops->resum) rt->ops->resum(rt);
+}
+
 void etm_router_step_end(etm_router *rt) {
+    rt->n_rec = 0;
     if (rt->ops->step_end) rt->ops->step_end(rt);
     rt->counters[1]++;
 }
@@ -299,6 +320,7 @@ void etm_router_get_state(const etm_router *rt, etm_router_state *out) {
 
 void etm_router_set_state(etm_router *rt, const float *threshold, const float *ema,
                           const float *bias, const int64_t *counters) {
+    rt->n_rec = 0;
     if (counters) memcpy(rt->counters, counters, sizeof(rt->counters));
     rt->ops->set_state(rt, threshold, ema, bias);
 }

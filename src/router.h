@@ -175,6 +175,15 @@ void etm_router_step_end(etm_router *rt);
 
 etm_route_rule etm_router_rule(const etm_router *rt, etm_moe_mode mode);
 
+/* Data parallelism (doc/distributed.md): what this step's TRAIN forwards recorded for step_end,
+ * one record of E doubles per forward in order (ec, et: the forward's mean cut-off per expert;
+ * tc loss-free: its top-k counts; other kinds: none). Returns the count and points *rec at them.
+ * set replaces them, and the sums step_end uses, with n records (the gathered records of every
+ * rank in global micro-batch order), so that step_end does exactly what one process that ran all
+ * those forwards would do. */
+int etm_router_step_records(const etm_router *rt, const double **rec);
+void etm_router_set_step_records(etm_router *rt, const double *rec, int n);
+
 /* State views (router-owned host arrays) and restore; set also uploads and clears the
  * accumulators of the current step. NULL arguments leave that part unchanged. */
 void etm_router_get_state(const etm_router *rt, etm_router_state *out);

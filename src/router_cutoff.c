@@ -64,12 +64,22 @@ void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits
     etm_routing_sizes sz = etm_router_sizes(&rt->hp, N);
     be->kth_largest_columns(be, cs->cut, logits, N, E, sz.pool, sz.k_target);
     be->download(be, cs->host_cut, cs->cut, (size_t)sz.n_pools * E * sizeof(float));
+    double *rec = etm_router_new_record(rt);
     for (int e = 0; e < E; e++) {
         double s = 0;
         for (int p = 0; p < sz.n_pools; p++) s += cs->host_cut[(size_t)p * E + e];
-        cs->cut_sum[e] += s / sz.n_pools;
+        rec[e] = s / sz.n_pools;
+        cs->cut_sum[e] += rec[e];
     }
     cs->cut_batches++;
+}
+
+void etm_cutoff_resum(etm_cutoff_state *cs, etm_router *rt) {
+    int E = rt->E;
+    for (int e = 0; e < E; e++) cs->cut_sum[e] = 0;
+    for (int b = 0; b < rt->n_rec; b++)
+        for (int e = 0; e < E; e++) cs->cut_sum[e] += rt->rec[(size_t)b * E + e];
+    cs->cut_batches = rt->n_rec;
 }
 
 static void update_thresholds(etm_cutoff_state *cs, etm_router *rt) {

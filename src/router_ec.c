@@ -37,6 +37,8 @@ static int ec_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
 
 static void ec_step_end(etm_router *rt) { etm_cutoff_step_end(rt->state, rt); }
 
+static void ec_resum(etm_router *rt) { etm_cutoff_resum(rt->state, rt); }
+
 static void ec_get_state(const etm_router *rt, etm_router_state *out) {
     etm_cutoff_get_state(rt->state, out);
 }
@@ -55,6 +57,7 @@ const etm_router_ops etm_router_ec_ops = {
     .rule = ec_rule,
     .route = ec_route,
     .step_end = ec_step_end,
+    .resum = ec_resum,
     .get_state = ec_get_state,
     .set_state = ec_set_state,
 };

@@ -64,6 +64,8 @@ static int et_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
 
 static void et_step_end(etm_router *rt) { etm_cutoff_step_end(&((et_state *)rt->state)->cut, rt); }
 
+static void et_resum(etm_router *rt) { etm_cutoff_resum(&((et_state *)rt->state)->cut, rt); }
+
 static void et_get_state(const etm_router *rt, etm_router_state *out) {
     etm_cutoff_get_state(&((const et_state *)rt->state)->cut, out);
 }
@@ -82,6 +84,7 @@ const etm_router_ops etm_router_et_ops = {
     .rule = et_rule,
     .route = et_route,
     .step_end = et_step_end,
+    .resum = et_resum,
     .get_state = et_get_state,
     .set_state = et_set_state,
 };

@@ -36,6 +36,10 @@ typedef struct etm_router_ops {
      * arguments: unchanged); set also clears the accumulators of the current step. */
     void (*get_state)(const etm_router *rt, etm_router_state *out);
     void (*set_state)(etm_router *rt, const float *threshold, const float *ema, const float *bias);
+    /* Rebuilds the kind's step accumulators from rt->rec (etm_router_set_step_records), adding
+     * the records in their order exactly as the TRAIN forwards that made them would have (NULL:
+     * the kind keeps no records). */
+    void (*resum)(etm_router *rt);
 } etm_router_ops;
 
 extern const etm_router_ops etm_router_tc_ops, etm_router_ec_ops, etm_router_et_ops;
@@ -70,12 +74,18 @@ struct etm_router {
     float *zeros;              /* (E) the state view of parts a kind lacks */
     int64_t counters[2];       /* saved: [0] EMA updates s (ec, et), [1] optimizer steps ended */
     void *state;               /* the kind's own state (router_tc.c, router_ec.c, router_et.c) */
+    double *rec;               /* (cap_rec, E) this step's records, one per TRAIN forward, in order:
+                                  what step_end will use (router.h: etm_router_step_records) */
+    int n_rec, cap_rec;        /* records held, room */
 
     /* the last forward */
     int N;        /* tokens */
     int routed;   /* a mask exists */
     float last_aux, last_z;
 };
+
+/* Room for this step's next record (E doubles, the kind fills it); grows rt->rec. */
+double *etm_router_new_record(etm_router *rt);
 
 /* Counts per expert of a host mask over rows [r0, r1). */
 void etm_router_column_counts(const uint8_t *m, int r0, int r1, int E, int64_t *out);
@@ -100,6 +110,7 @@ int etm_cutoff_rule_fixed(const etm_router *rt, etm_moe_mode mode, etm_route_rul
 /* Mean over pools of the k_target-th largest logit of each expert, added to this step's sum. */
 void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N);
 void etm_cutoff_step_end(etm_cutoff_state *cs, etm_router *rt);
+void etm_cutoff_resum(etm_cutoff_state *cs, etm_router *rt); /* ops->resum for ec and et */
 void etm_cutoff_get_state(const etm_cutoff_state *cs, etm_router_state *out);
 void etm_cutoff_set_state(etm_cutoff_state *cs, etm_router *rt, const float *threshold, const float *ema);
 /* The settings ec and et share (pool, k_target, beta). */

@@ -118,7 +118,11 @@ static void tc_routed(etm_router *rt, int N, etm_moe_mode mode, int before) {
     int64_t *cnt = rt->cnt_before;
     etm_router_column_counts(before ? rt->host_mask_before : rt->host_mask, 0, N, E, cnt);
     if (mode == ETM_MOE_TRAIN && s->balance == ETM_BALANCE_LOSSFREE) {
-        for (int e = 0; e < E; e++) s->count_sum[e] += cnt[e];
+        double *rec = etm_router_new_record(rt);
+        for (int e = 0; e < E; e++) {
+            s->count_sum[e] += cnt[e];
+            rec[e] = (double)cnt[e]; /* exact: a count is at most max_tokens */
+        }
         s->count_batches++;
     }
     for (int e = 0; e < E; e++) {
@@ -179,6 +183,15 @@ static void tc_step_end(etm_router *rt) {
     rt->be->upload(rt->be, s->bias_dev, s->bias, (size_t)E * sizeof(float));
 }
 
+/* The loss-free counts of the records (integers, so any order gives the same sums). */
+static void tc_resum(etm_router *rt) {
+    tc_state *s = rt->state;
+    for (int e = 0; e < rt->E; e++) s->count_sum[e] = 0;
+    for (int b = 0; b < rt->n_rec; b++)
+        for (int e = 0; e < rt->E; e++) s->count_sum[e] += (int64_t)rt->rec[(size_t)b * rt->E + e];
+    s->count_batches = rt->n_rec;
+}
+
 static void tc_get_state(const etm_router *rt, etm_router_state *out) {
     out->bias = ((const tc_state *)rt->state)->bias;
 }
@@ -207,6 +220,7 @@ const etm_router_ops etm_router_tc_ops = {
     .loss_backward_scores = tc_loss_backward_scores,
     .loss_backward_logits = tc_loss_backward_logits,
     .step_end = tc_step_end,
+    .resum = tc_resum,
     .get_state = tc_get_state,
     .set_state = tc_set_state,
 };

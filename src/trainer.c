@@ -203,7 +203,32 @@ typedef struct {
     FILE *metrics;
     char ckpt_path[1100], metrics_path[1100];
     int last_saved;            /* step of the last checkpoint written or resumed from; -1: none */
+    /* data parallelism (doc/distributed.md); one process: comm = etm_comm_single() */
+    etm_comm *comm;
+    int rank, world;           /* comm->rank, comm->size */
+    int local_accum;           /* micro-batches of this rank per step; hp.grad_accum = world x this */
+    int writer;                /* 1 on rank 0: the run directory, metrics, checkpoints, progress */
+    float *grad_fold;          /* (n_params) backend: the ordered sum (one process, grad_accum > 1) */
+    float *grad_host;          /* (local_accum, n_params) host (backend memory when
+                                  comm->device_memory): this rank's micro-batch gradients
+                                  (world > 1), folded by comm->fold_sum */
+    float *grad_sum;           /* (n_params) host: their ordered sum over all ranks (world > 1,
+                                  host memory only; NCCL folds into the gradients directly) */
+    int rec_len;               /* doubles of one micro-batch record (mb_record) */
+    double *rec, *rec_all;     /* (local_accum, rec_len), (world, local_accum, rec_len) */
+    int stop_agreed;           /* some rank saw the stop flag during the last step */
 } run;
+
+/* Per micro-batch: the loss and the routing statistics the metrics sum, then the routers' step
+ * records, as doubles (the integers are exact), so that the ranks can gather them and every rank
+ * sums them in global micro-batch order: [ce, per MoE layer (aux, z, tokens, pairs, no_expert,
+ * dropped, padded, load[E], router record[E]), per MoE layer a 0/1 "has a router record"]. */
+static int mb_record_len(const run *r) {
+    int n = 1, E = r->hp.n_routed;
+    for (int l = 0; l < r->hp.n_layer; l++)
+        if (r->m->moe[l]) n += 7 + 2 * E + 1;
+    return n;
+}
 
 static void layer_acc_reset(run *r) {
     int E = r->hp.n_routed;
@@ -216,21 +241,59 @@ static void layer_acc_reset(run *r) {
     }
 }
 
-static void layer_acc_add(run *r) {
+/* This micro-batch's record (mb_record_len): its loss ce, its statistics and router records. */
+static void mb_record_fill(run *r, double *rec, double ce) {
     int E = r->hp.n_routed;
+    *rec++ = ce;
     for (int l = 0; l < r->hp.n_layer; l++) {
         if (!r->m->moe[l]) continue;
         const etm_moe_stats *st = etm_moe_last_stats(r->m->moe[l]);
-        layer_acc *a = &r->acc[l];
-        a->tokens += st->n_tokens;
-        a->pairs += st->n_pairs;
-        a->no_expert += st->tokens_no_expert;
-        a->dropped += st->dropped;
-        a->padded += st->padded;
-        a->aux += st->aux_loss;
-        a->z += st->z_loss;
-        for (int e = 0; e < E; e++) a->load[e] += st->expert_load[e];
+        *rec++ = st->aux_loss;
+        *rec++ = st->z_loss;
+        *rec++ = st->n_tokens;
+        *rec++ = st->n_pairs;
+        *rec++ = st->tokens_no_expert;
+        *rec++ = st->dropped;
+        *rec++ = st->padded;
+        for (int e = 0; e < E; e++) *rec++ = st->expert_load[e];
+        const double *rr;
+        int n = etm_router_step_records(etm_moe_router(r->m->moe[l]), &rr);
+        /* a TRAIN forward adds at most one record, the last one; none for kinds without any */
+        for (int e = 0; e < E; e++) *rec++ = n > 0 ? rr[(size_t)(n - 1) * E + e] : 0.0;
+        *rec++ = n > 0;
     }
+}
+
+/* Adds the statistics of n micro-batch records (global order) to the step's sums, hands the
+ * routers the records of every micro-batch (etm_router_set_step_records) and returns the sum of
+ * the losses, added in the same order as one process would. */
+static double mb_records_apply(run *r, const double *recs, int n) {
+    int E = r->hp.n_routed, L = r->hp.n_layer;
+    double ce_sum = 0.0;
+    double *rr = etm_malloc(((size_t)n * E + 1) * sizeof(double));
+    for (int i = 0; i < n; i++) ce_sum += recs[(size_t)i * r->rec_len];
+    int off = 1;
+    for (int l = 0; l < L; l++) {
+        if (!r->m->moe[l]) continue;
+        layer_acc *a = &r->acc[l];
+        int nr = 0;
+        for (int i = 0; i < n; i++) {
+            const double *p = recs + (size_t)i * r->rec_len + off;
+            a->aux += p[0];
+            a->z += p[1];
+            a->tokens += (int64_t)p[2];
+            a->pairs += (int64_t)p[3];
+            a->no_expert += (int64_t)p[4];
+            a->dropped += (int64_t)p[5];
+            a->padded += (int64_t)p[6];
+            for (int e = 0; e < E; e++) a->load[e] += (int64_t)p[7 + e];
+            if (p[7 + 2 * E] != 0) memcpy(rr + (size_t)nr++ * E, p + 7 + E, (size_t)E * sizeof(double));
+        }
+        etm_router_set_step_records(etm_moe_router_mut(r->m->moe[l]), rr, nr);
+        off += 7 + 2 * E + 1;
+    }
+    free(rr);
+    return ce_sum;
 }
 
 /* Routed experts per token this step, averaged over the MoE layers (0 for a dense model). */
@@ -246,6 +309,10 @@ static double mean_experts(const run *r) {
 }
 
 static int save_checkpoint(run *r, int step, etm_error *err) {
+    if (!r->writer) { /* rank 0 writes; the others know the step is saved */
+        r->last_saved = step;
+        return 0;
+    }
     etm_checkpoint_extra extra;
     extra.step = step;
     extra.rng = r->rng;
@@ -341,6 +408,15 @@ static void run_free(run *r) {
     free(r->acc);
     free(r->inputs);
     free(r->targets);
+    if (r->comm && r->comm->device_memory) {
+        if (r->grad_host) r->be->free(r->be, r->grad_host);
+    } else {
+        free(r->grad_host);
+    }
+    free(r->grad_sum);
+    free(r->rec);
+    free(r->rec_all);
+    if (r->grad_fold) r->be->free(r->be, r->grad_fold);
     etm_loader_free(r->train);
     etm_optim_free(r->optim);
     etm_model_free(r->m);
@@ -356,7 +432,7 @@ static int run_setup(run *r, etm_error *err) {
     if (etm_hparams_validate(hp, err) != 0) return -1;
     if (!hp->out_dir[0]) return etm_fail(err, "out_dir is empty: the run needs a directory");
     if (!hp->train_data[0]) return etm_fail(err, "train_data is empty: nothing to train on");
-    if (etm_mkdir_p(hp->out_dir, err) != 0) return -1;
+    if (r->writer && etm_mkdir_p(hp->out_dir, err) != 0) return -1;
     run_path(r->ckpt_path, sizeof r->ckpt_path, hp, ETM_RUN_CHECKPOINT);
     run_path(r->metrics_path, sizeof r->metrics_path, hp, ETM_RUN_METRICS);
 
@@ -374,7 +450,7 @@ static int run_setup(run *r, etm_error *err) {
             return etm_fail(err, "--resume: %s was trained with %s = %s, this configuration has %s = %s "
                             "(it must not change on resume)", r->ckpt_path, key, a, key, b);
         }
-    } else if (!opt->force && check_run_dir(hp, err) != 0) {
+    } else if (r->writer && !opt->force && check_run_dir(hp, err) != 0) {
         return -1;
     }
 
@@ -403,6 +479,20 @@ static int run_setup(run *r, etm_error *err) {
     r->acc = etm_calloc(hp->n_layer, sizeof *r->acc);
     for (int l = 0; l < hp->n_layer; l++)
         if (r->m->moe[l]) r->acc[l].load = etm_calloc(hp->n_routed, sizeof(int64_t));
+    etm_optim_share(r->optim, r->rank, r->world); /* distributed Muon */
+    r->rec_len = mb_record_len(r);
+    r->rec = etm_malloc((size_t)r->local_accum * r->rec_len * sizeof(double));
+    r->rec_all = etm_malloc((size_t)hp->grad_accum * r->rec_len * sizeof(double));
+    if (r->world > 1 && r->comm->device_memory) {
+        r->grad_host = r->be->alloc(r->be, (size_t)r->local_accum * r->m->n_params * sizeof(float));
+    } else if (r->world > 1) {
+        r->grad_host = etm_try_malloc((size_t)r->local_accum * r->m->n_params * sizeof(float),
+                                      "the micro-batch gradients of data parallelism", err);
+        r->grad_sum = r->grad_host ? etm_try_malloc(r->m->n_params * sizeof(float), "the summed gradient", err) : NULL;
+        if (!r->grad_sum) return -1;
+    } else if (hp->grad_accum > 1) {
+        r->grad_fold = r->be->alloc(r->be, r->m->n_params * sizeof(float));
+    }
 
     int start = 0;
     if (opt->resume) {
@@ -414,11 +504,12 @@ static int run_setup(run *r, etm_error *err) {
         r->rng = extra.rng;
         start = (int)extra.step;
         r->last_saved = start;
-        if (trim_metrics(r->metrics_path, start, err) != 0) return -1;
-    } else if (opt->force && file_exists(r->ckpt_path) && unlink(r->ckpt_path) != 0) {
+        if (r->writer && trim_metrics(r->metrics_path, start, err) != 0) return -1;
+    } else if (r->writer && opt->force && file_exists(r->ckpt_path) && unlink(r->ckpt_path) != 0) {
         return etm_fail(err, "%s: cannot remove the old checkpoint: %s", r->ckpt_path, strerror(errno));
     }
 
+    if (!r->writer) return start;
     char conf[1100];
     run_path(conf, sizeof conf, hp, ETM_RUN_CONFIG);
     char *text = etm_hparams_to_string(hp);
@@ -430,38 +521,159 @@ static int run_setup(run *r, etm_error *err) {
     return start;
 }
 
+/* Every rank's status after its micro-batches: whether it failed, and whether it saw the stop
+ * flag. Returns the first failed rank, or -1 when none did; *stop: some rank saw the flag. */
+static int agree_status(run *r, int failed, int *stop, etm_error *err) {
+    int mine[2] = {failed, r->opt->stop_flag && *r->opt->stop_flag};
+    int *all = etm_malloc((size_t)r->world * sizeof mine);
+    etm_error e2;
+    if (r->comm->allgather(r->comm, mine, sizeof mine, all, &e2) != 0) {
+        free(all);
+        return etm_fail(err, "%s", e2.msg), -2;
+    }
+    int bad = -1;
+    *stop = 0;
+    for (int k = 0; k < r->world; k++) {
+        if (all[2 * k] && bad < 0) bad = k;
+        if (all[2 * k + 1]) *stop = 1;
+    }
+    free(all);
+    return bad;
+}
+
+static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
+    const unsigned char *c = data;
+    for (size_t i = 0; i < bytes; i++) h = (h ^ c[i]) * 1099511628211ull;
+    return h;
+}
+
+/* --check-replicas: every rank must hold the same parameters, optimizer state and router state
+ * after step s; a fingerprint of each is compared with rank 0's. */
+static int check_replicas(run *r, int s, etm_error *err) {
+    etm_model *m = r->m;
+    uint64_t h[3] = {1469598103934665603ull, 1469598103934665603ull, 1469598103934665603ull};
+    float *host = etm_malloc(m->n_params * sizeof(float));
+    r->be->download(r->be, host, m->params_memory, m->n_params * sizeof(float));
+    h[0] = fnv1a(h[0], host, m->n_params * sizeof(float));
+    free(host);
+    for (int i = 0; i < etm_optim_state_count(r->optim); i++) {
+        const etm_optim_state *st = etm_optim_state_at(r->optim, i);
+        size_t n = 1;
+        for (int d = 0; d < st->ndim; d++) n *= (size_t)st->shape[d];
+        float *buf = etm_malloc(n * sizeof(float) + 1);
+        r->be->download(r->be, buf, st->data, n * sizeof(float));
+        h[1] = fnv1a(h[1], buf, n * sizeof(float));
+        free(buf);
+    }
+    int E = r->hp.n_routed;
+    for (int l = 0; l < r->hp.n_layer; l++) {
+        if (!m->moe[l]) continue;
+        etm_router_state st;
+        etm_moe_get_state(m->moe[l], &st);
+        h[2] = fnv1a(h[2], st.threshold, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.ema, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.bias, (size_t)E * sizeof(float));
+        h[2] = fnv1a(h[2], st.counters, 2 * sizeof(int64_t));
+    }
+    uint64_t *all = etm_malloc((size_t)r->world * sizeof h);
+    etm_error e2;
+    int rc = 0;
+    if (r->comm->allgather(r->comm, h, sizeof h, all, &e2) != 0) {
+        rc = etm_fail(err, "step %d: checking the replicas: %s", s + 1, e2.msg);
+    } else {
+        static const char *const what[3] = {"parameters differ", "optimizer state differs", "router state differs"};
+        for (int k = 1; k < r->world && rc == 0; k++)
+            for (int p = 0; p < 3 && rc == 0; p++)
+                if (all[3 * k + p] != all[p])
+                    rc = etm_fail(err, "step %d: rank %d's %s from rank 0's (--check-replicas)", s + 1, k, what[p]);
+    }
+    free(all);
+    return rc;
+}
+
 /* One optimizer step s (0-based). Returns 0, or -1 naming the step when something is not finite
- * (nothing of the step is then kept: the optimizer refuses a non-finite gradient norm). */
+ * (nothing of the step is then kept: the optimizer refuses a non-finite gradient norm). Rank k
+ * runs the global micro-batches j = k x local_accum + a; every rank reads all of them from the
+ * loader (keeping its own), so the data position after the step is the same on every rank and
+ * equal to one process's. */
 static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_optim_stats *os,
                       etm_error *err) {
     const etm_hparams *hp = &r->hp;
     etm_model *m = r->m;
-    int B = hp->batch_size, T = hp->seq_len, A = hp->grad_accum;
+    etm_backend *be = r->be;
+    int B = hp->batch_size, T = hp->seq_len, A = hp->grad_accum, LA = r->local_accum;
+    size_t P = m->n_params;
     etm_error e2;
+    int failed = 0;
     layer_acc_reset(r);
-    etm_model_zero_grad(m);
-    double ce_sum = 0.0;
-    for (int micro = 0; micro < A; micro++) {
+    for (int j = 0; j < A; j++) {
         double loss;
-        if (etm_loader_next(r->train, r->inputs, r->targets, &e2) != 0)
-            return etm_fail(err, "step %d: training data: %s", s + 1, e2.msg);
-        if (etm_model_forward(m, r->inputs, r->targets, B, T, ETM_MOE_TRAIN, &loss, &e2) != 0)
-            return etm_fail(err, "step %d: %s", s + 1, e2.msg);
-        if (!isfinite(loss))
-            return etm_fail(err, "step %d: the training loss is %s (micro-batch %d of %d)", s + 1,
-                            isnan(loss) ? "nan" : "inf", micro + 1, A);
-        ce_sum += token_loss_sum(m, B * T) / (double)(m->n_valid > 0 ? m->n_valid : 1);
-        layer_acc_add(r);
-        if (etm_model_backward(m, 1.0f / (float)A, &e2) != 0)
-            return etm_fail(err, "step %d: %s", s + 1, e2.msg);
+        int a = j - r->rank * LA;
+        if (etm_loader_next(r->train, r->inputs, r->targets, &e2) != 0) {
+            etm_fail(err, "step %d: training data: %s", s + 1, e2.msg);
+            failed = 1;
+            break;
+        }
+        if (failed || a < 0 || a >= LA) continue;
+        etm_model_zero_grad(m);
+        if (etm_model_forward(m, r->inputs, r->targets, B, T, ETM_MOE_TRAIN, &loss, &e2) != 0) {
+            etm_fail(err, "step %d: %s", s + 1, e2.msg);
+            failed = 1;
+            continue;
+        }
+        if (!isfinite(loss)) {
+            etm_fail(err, "step %d: the training loss is %s (micro-batch %d of %d)", s + 1,
+                     isnan(loss) ? "nan" : "inf", j + 1, A);
+            failed = 1;
+            continue;
+        }
+        mb_record_fill(r, r->rec + (size_t)a * r->rec_len,
+                       token_loss_sum(m, B * T) / (double)(m->n_valid > 0 ? m->n_valid : 1));
+        if (etm_model_backward(m, 1.0f / (float)A, &e2) != 0) {
+            etm_fail(err, "step %d: %s", s + 1, e2.msg);
+            failed = 1;
+            continue;
+        }
+        /* the step's gradient: the left fold over micro-batches (comm.h) */
+        if (r->world > 1 && r->comm->device_memory)
+            be->copy(be, r->grad_host + (size_t)a * P, m->grads_memory, P * sizeof(float));
+        else if (r->world > 1)
+            be->download(be, r->grad_host + (size_t)a * P, m->grads_memory, P * sizeof(float));
+        else if (A > 1 && a == 0)
+            be->copy(be, r->grad_fold, m->grads_memory, P * sizeof(float));
+        else if (A > 1)
+            be->axpy(be, r->grad_fold, 1.0f, m->grads_memory, P); /* 1 x g is exact: a float add */
     }
+    int bad = agree_status(r, failed, &r->stop_agreed, err);
+    if (bad == -2) return -1;
+    if (bad >= 0) {
+        if (!failed) etm_fail(err, "step %d: rank %d failed (its message is on its standard error)", s + 1, bad);
+        return -1;
+    }
+    if (r->world > 1 && r->comm->device_memory) {
+        be->synchronize(be); /* NCCL runs on its own stream */
+        if (r->comm->fold_sum(r->comm, r->grad_host, LA, P, m->grads_memory, &e2) != 0)
+            return etm_fail(err, "step %d: summing the gradients over the ranks: %s", s + 1, e2.msg);
+    } else if (r->world > 1) {
+        if (r->comm->fold_sum(r->comm, r->grad_host, LA, P, r->grad_sum, &e2) != 0)
+            return etm_fail(err, "step %d: summing the gradients over the ranks: %s", s + 1, e2.msg);
+        be->upload(be, m->grads_memory, r->grad_sum, P * sizeof(float));
+    } else if (A > 1) {
+        be->copy(be, m->grads_memory, r->grad_fold, P * sizeof(float));
+    }
+    if (r->comm->allgather(r->comm, r->rec, (size_t)LA * r->rec_len * sizeof(double), r->rec_all, &e2) != 0)
+        return etm_fail(err, "step %d: gathering the micro-batch statistics: %s", s + 1, e2.msg);
+    double ce_sum = mb_records_apply(r, r->rec_all, A);
     if (etm_optim_step(r->optim, s, os, &e2) != 0)
         return etm_fail(err, "step %d: %s", s + 1, e2.msg);
-    double sq = r->be->sum_squares(r->be, m->params_memory, m->n_params);
+    if (etm_optim_exchange(r->optim, r->comm, &e2) != 0) /* distributed Muon (optim.h) */
+        return etm_fail(err, "step %d: exchanging the Muon updates: %s", s + 1, e2.msg);
+    double sq = be->sum_squares(be, m->params_memory, m->n_params);
     if (!isfinite(sq))
         return etm_fail(err, "step %d: the parameters are no longer finite after the update (gradient "
                         "norm %.4g; is the learning rate too high?)", s + 1, os->grad_norm);
     etm_model_step_end(m);
+    if (r->opt->check_replicas && check_replicas(r, s, err) != 0) return -1;
     *ce = ce_sum / A;
     *aux = *z = 0.0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -469,6 +681,37 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         *z += r->acc[l].z / A;
     }
     return 0;
+}
+
+/* FNV-1a of the per-rank configuration and the build, so that ranks refuse to train together
+ * when they were given different settings or are different programs. */
+static uint64_t config_fingerprint(const etm_hparams *hp) {
+    char *text = etm_hparams_to_string(hp);
+    uint64_t h = 1469598103934665603ull;
+    const char *parts[2] = {text, "etmoe " PACKAGE_VERSION};
+    for (int p = 0; p < 2; p++)
+        for (const unsigned char *c = (const unsigned char *)parts[p]; *c; c++) h = (h ^ *c) * 1099511628211ull;
+    free(text);
+    return h;
+}
+
+/* Before setup: the ranks' configurations and builds must be the same. */
+static int check_same_config(run *r, etm_error *err) {
+    uint64_t mine = config_fingerprint(&r->hp);
+    uint64_t *all = etm_malloc((size_t)r->world * sizeof mine);
+    etm_error e2;
+    int rc = 0;
+    if (r->comm->allgather(r->comm, &mine, sizeof mine, all, &e2) != 0) {
+        rc = etm_fail(err, "%s", e2.msg);
+    } else {
+        for (int k = 1; k < r->world && rc == 0; k++)
+            if (all[k] != all[0])
+                rc = etm_fail(err, "rank %d was started with a configuration or an etmoe build that differs "
+                              "from rank 0's: every rank must run the same program with the same "
+                              "configuration and overrides", k);
+    }
+    free(all);
+    return rc;
 }
 
 int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_train_result *result,
@@ -484,15 +727,31 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     etm_train_result res = {0, 0, 0, NAN, NAN, 0.0, 0.0};
     double t0 = etm_now();
 
+    r.comm = opt->comm ? opt->comm : etm_comm_single();
+    r.rank = r.comm->rank;
+    r.world = r.comm->size;
+    r.writer = r.rank == 0;
+    if (check_same_config(&r, err) != 0) return -1;
+    /* from here on hp.grad_accum counts the micro-batches of the whole step (doc/distributed.md) */
+    r.local_accum = hp_in->grad_accum;
+    if (r.local_accum < 1 || (long long)r.local_accum * r.world > INT_MAX / 2)
+        return etm_fail(err, "grad_accum=%d on %d ranks: out of range", r.local_accum, r.world);
+    r.hp.grad_accum = r.local_accum * r.world;
+
     int start = run_setup(&r, err);
-    if (start < 0) {
+    /* every rank must set up, or none trains */
+    int stop_unused;
+    etm_error e3;
+    int bad = agree_status(&r, start < 0, &stop_unused, start < 0 ? &e3 : err);
+    if (start < 0 || bad != -1) {
+        if (start >= 0 && bad >= 0) etm_fail(err, "rank %d could not start (its message is on its standard error)", bad);
         run_free(&r);
         return -1;
     }
     res.start_step = res.step = start;
     int end = hp->max_steps;
     if (opt->stop_at > 0 && opt->stop_at < end) end = opt->stop_at;
-    FILE *log = opt->progress;
+    FILE *log = r.writer ? opt->progress : NULL;
     int64_t tokens_per_step = (int64_t)hp->batch_size * hp->seq_len * hp->grad_accum;
     if (log) {
         fprintf(log, "train: %s: %s router, %.2fM parameters (%.2fM active in matmuls per token), "
@@ -501,6 +760,10 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
                 etm_model_num_params(r.m) / 1e6,
                 etm_model_active_matmul_params(r.m, hp->router == ETM_ROUTER_DENSE ? 0 : hp->top_k) / 1e6,
                 (long long)tokens_per_step);
+        if (r.world > 1)
+            fprintf(log, "train: %d ranks x grad_accum %d x batch_size %d (%s%s; the gradient is summed in "
+                    "micro-batch order)\n", r.world, r.local_accum, hp->batch_size, r.comm->name,
+                    !r.comm->device_memory && strcmp(hp->backend, "cpu") ? ", through host memory: no NCCL" : "");
         fprintf(log, "train: data %s: %zu tokens; steps %d..%d of %d%s\n", hp->train_data,
                 etm_loader_n_tokens(r.train), start + 1, end, hp->max_steps, opt->resume ? " (resumed)" : "");
         if (start >= end) fprintf(log, "train: nothing to do, %d steps are already done\n", start);
@@ -544,11 +807,11 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         double lr = hp->lr_matrix * os.lr_mult;
         double tok_s = step_time > 0 ? (double)tokens_per_step / step_time : 0.0;
         double elapsed = etm_now() - t0;
-        if (write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, err) != 0) {
+        if (r.writer && write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, err) != 0) {
             rc = -1;
             break;
         }
-        int stopping = opt->stop_flag && *opt->stop_flag;
+        int stopping = r.stop_agreed; /* the same on every rank (agree_status) */
         if (log && ((hp->log_every > 0 && done % hp->log_every == 0) || done == end || s == start ||
                     !isnan(val) || stopping)) {
             double eta = (elapsed / (done - start)) * (end - done);

@@ -3,9 +3,11 @@
  *
  * One optimizer step s (0-based; "step s+1" once completed, which is what logs, metrics and
  * checkpoints count):
- *   zero the gradients; grad_accum times: next training micro-batch -> forward (ETM_MOE_TRAIN)
- *   -> backward with loss scale 1/grad_accum (so the gradient is the micro-batches' mean);
- *   then etm_optim_step(s) (global-norm clipping, LR schedule, Muon / AdamW), then
+ *   grad_accum times: next training micro-batch -> zero the gradients -> forward
+ *   (ETM_MOE_TRAIN) -> backward with loss scale 1/grad_accum; the gradient of the step is the
+ *   ordered sum ((g_0 + g_1) + g_2) + ... of the micro-batches' gradients (so it is the same
+ *   float sum however the micro-batches are split over data-parallel ranks: comm.h); then
+ *   etm_optim_step(s) (global-norm clipping, LR schedule, Muon / AdamW), then
  *   etm_model_step_end (every MoE layer's threshold EMA, warm-up counter, loss-free bias).
  * Around it: validation every eval_every steps and after the last, a metrics line per step, a
  * progress line every log_every steps, a checkpoint every ckpt_every steps and always at the end.
@@ -22,6 +24,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "comm.h"
 #include "common.h"
 #include "hparams.h"
 #include "model.h"
@@ -42,6 +45,14 @@ typedef struct {
      * break a run at a given step. NULL: none. */
     void (*before_step)(void *ctx, etm_model *m, int step);
     void *hook_ctx;
+    /* Data parallelism (doc/distributed.md): the job's communicator; NULL: one process. With
+     * comm->size = N ranks, hp->grad_accum is per rank, a step is N x grad_accum micro-batches
+     * (global micro-batch j = rank x grad_accum + a), and the run directory, metrics and
+     * checkpoints (rank 0 writes them) are byte for byte those of one process run with
+     * grad_accum = N x grad_accum. */
+    etm_comm *comm;
+    int check_replicas;     /* 1: after every step, compare every rank's parameters, optimizer
+                               and router state with rank 0's (fingerprints); a difference fails */
 } etm_train_options;
 
 typedef struct {
