@@ -51,6 +51,7 @@ CASES = {
     "tc-sigmoid-switch-top2": (["router=tc", "tc_balance=switch", "aux_alpha=0.01", "top_k=2"], 2),
     "tc-softmax-aux-top2": (["router=tc", "tc_score=softmax", "tc_balance=aux", "aux_alpha=0.01", "top_k=2"], 2),
     "tc-softmax-switch": (["router=tc", "tc_score=softmax", "tc_balance=switch", "aux_alpha=0.01"], 2),
+    "tc-sigmoid-aux-error-top2": (["router=tc", "tc_balance=aux_error", "aux_alpha=0.05", "top_k=2"], 2),
     "tc-none-zloss": (["router=tc", "tc_balance=none", "z_loss=0.01"], 2),
     "tc-lossfree-capacity": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.2", "capacity_factor=1"], 3),
     "tc-aux-capacity-noshared": (["router=tc", "tc_balance=aux", "capacity_factor=1.25", "n_shared=0"], 2),

@@ -43,7 +43,7 @@ const char *etm_router_kind_name(etm_router_kind kind) {
     return (int)kind >= 0 && kind < ETM_ROUTER_N_KINDS ? router_names[kind] : NULL;
 }
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
-static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
+static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", "aux_error", NULL};
 static const char *const clamp_names[] = {"positive", "always", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
@@ -75,8 +75,8 @@ static const key_info keys[] = {
     INT(expert_hidden, "moe", 1, "hidden width of each expert"),
     INT(top_k, "moe", 1, "routed experts per token k (tc: exactly; ec/et: on average)"),
     ENM(tc_score, "moe", score_names, "tc scores: sigmoid or softmax over experts"),
-    ENM(tc_balance, "moe", balance_names, "tc balancing: none, aux, switch, lossfree"),
-    FLT(aux_alpha, "moe", "tc aux/switch balance loss coefficient"),
+    ENM(tc_balance, "moe", balance_names, "tc balancing: none, aux, switch, lossfree, aux_error"),
+    FLT(aux_alpha, "moe", "tc aux/switch/aux_error balance loss coefficient"),
     FLT(lossfree_rate, "moe", "tc loss-free bias step u"),
     FLT(z_loss, "moe", "router z-loss coefficient (0 = off)"),
     FLT(capacity_factor, "moe", "tc: tokens per expert capped at cf * N k / E (0 = off)"),

@@ -28,7 +28,8 @@ typedef enum {
     ETM_BALANCE_NONE = 0,
     ETM_BALANCE_AUX,      /* alpha * sum_i f_i P_i, f_i = count_i * E / (N k) (the paper's form) */
     ETM_BALANCE_SWITCH,   /* alpha * E * sum_i f_i P_i, f_i = count_i / (N k) (Switch Transformer) */
-    ETM_BALANCE_LOSSFREE  /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
+    ETM_BALANCE_LOSSFREE, /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
+    ETM_BALANCE_AUX_ERROR /* alpha * sum_i (f_i - 1) P_i, f_i as aux (the authors' aux_error) */
 } etm_balance_kind;
 typedef enum { ETM_OPT_MUON = 0, ETM_OPT_ADAMW } etm_matrix_optimizer;
 typedef enum {
@@ -57,8 +58,8 @@ typedef struct {
     int expert_hidden;      /* width of each expert (default 2 D) */
     int top_k;              /* k, average routed experts per token; k_target = N k / E */
     etm_score_kind tc_score;    /* tc: sigmoid (paper) or softmax scores */
-    etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree */
-    float aux_alpha;        /* tc aux/switch loss coefficient (0.001) */
+    etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree | aux_error */
+    float aux_alpha;        /* tc aux/switch/aux_error loss coefficient (0.001) */
     float lossfree_rate;    /* tc lossfree bias step u (0.001) */
     float z_loss;           /* router z-loss coefficient (0 = off) */
     float capacity_factor;  /* tc: tokens per expert capped at cf * N k / E, overflow dropped (0 = off) */

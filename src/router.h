@@ -42,6 +42,9 @@
  *    softmax); switch = alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
  *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
  *    the same number; the two differ only in P_i, and coincide for softmax scores.
+ *    aux_error = alpha sum_i (f_i - 1) P_i with aux's f_i and P_i (the authors' third loss,
+ *    token_choice.py _add_aux_loss: f - 1.0): zero gradient through f, like the others; it
+ *    may be negative.
  *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
  *  - Selection compares logits (plus the loss-free bias for tc): a row's top-k, an expert's
  *    top k_target of a pool, the threshold, the clamp. Sigmoid gates are monotone in r per

@@ -47,9 +47,11 @@ BALANCE = {
     "aux": lambda c: c["alpha"] * (c["E"] * _f(c) * c["scores"].mean(0)).sum(),
     # Switch Transformer: alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
     "switch": lambda c: c["alpha"] * c["E"] * (_f(c) * torch.softmax(c["r"], -1).mean(0)).sum(),
+    # the authors' aux_error: alpha sum_i (f_i - 1) P_i, aux's f_i and P_i
+    "aux_error": lambda c: c["alpha"] * ((c["E"] * _f(c) - 1.0) * c["scores"].mean(0)).sum(),
 }
 
-SELECT_BIAS = {"none": False, "aux": False, "switch": False, "lossfree": True}
+SELECT_BIAS = {"none": False, "aux": False, "switch": False, "lossfree": True, "aux_error": False}
 
 
 def z_loss(r, coef):
