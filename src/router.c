@@ -27,7 +27,7 @@ const etm_router_ops *etm_router_ops_of(etm_router_kind k) {
 /* ---- sizes -------------------------------------------------------------------------------- */
 
 etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N) {
-    etm_routing_sizes s = {N, 1, 1, 0, 0, N};
+    etm_routing_sizes s = {N, 1, 1, 0, 0, N, 1};
     int E = hp->n_routed;
     if (N < 1 || E < 1) return s;
     if (hp->router != ETM_ROUTER_TC && hp->pool_seqs > 0) {
@@ -37,6 +37,8 @@ etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N) {
     s.n_pools = N / s.pool;
     long kt = (long)s.pool * hp->top_k / E;
     s.k_target = (int)ETM_MIN(ETM_MAX(kt, 1), s.pool);
+    long kb = (long)N * hp->top_k / E;
+    s.k_batch = (int)ETM_MIN(ETM_MAX(kb, 1), N);
     if (hp->router == ETM_ROUTER_TC && hp->capacity_factor > 0) {
         /* ceil(cf N k / E), with a relative slack so that a float cf such as 1.1f (1.10000002)
          * does not round an exact product up by one */
@@ -245,6 +247,14 @@ void etm_router_step_end(etm_router *rt) {
 void etm_router_end_warmup(etm_router *rt) {
     if (rt->hp.router == ETM_ROUTER_ET && rt->counters[1] < rt->hp.et_warmup_steps)
         rt->counters[1] = rt->hp.et_warmup_steps;
+}
+
+int etm_router_last_cutoff(const etm_router *rt, etm_cutoff_step_info *out) {
+    const etm_cutoff_state *cs = rt->ops->cutoff ? rt->ops->cutoff(rt) : NULL;
+    if (!cs || !cs->has_last) return 0;
+    out->cut = cs->last_cut;
+    out->gap = cs->last_gap;
+    return 1;
 }
 
 /* ---- checkpoint state -------------------------------------------------------------------- */

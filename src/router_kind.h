@@ -36,6 +36,8 @@ typedef struct etm_router_ops {
      * arguments: unchanged); set also clears the accumulators of the current step. */
     void (*get_state)(const etm_router *rt, etm_router_state *out);
     void (*set_state)(etm_router *rt, const float *threshold, const float *ema, const float *bias);
+    /* The kind's cut-off EMA state (router_cutoff.c); NULL: it has none (tc). */
+    const struct etm_cutoff_state *(*cutoff)(const etm_router *rt);
 } etm_router_ops;
 
 extern const etm_router_ops etm_router_tc_ops, etm_router_ec_ops, etm_router_et_ops;
@@ -78,7 +80,7 @@ struct etm_router {
 void etm_router_column_counts(const uint8_t *m, int r0, int r1, int E, int64_t *out);
 
 /* ---- the cut-off EMA and thresholds of ec and et (router_cutoff.c) ---- */
-typedef struct {
+typedef struct etm_cutoff_state {
     float beta;           /* EMA decay */
     int max_pools;        /* pools of one forward at most */
     float *cut;           /* (max_pools, E) backend: cut-offs of one forward */
@@ -86,15 +88,25 @@ typedef struct {
     float *host_cut;      /* (max_pools, E) */
     float *threshold;     /* (E) c_i */
     float *ema;           /* (E) m_i */
-    double *cut_sum;      /* (E) this step's micro-batch cut-offs, summed */
-    int cut_batches;      /* micro-batches in cut_sum */
+    double *cut_sum;      /* (E) this step's micro-batch cut-offs, summed (scopes pool, microbatch) */
+    int cut_batches;      /* micro-batches recorded this step (in cut_sum, or in step_logits) */
+    etm_cutoff_scope scope;   /* hp.et_cutoff_scope */
+    float *step_logits;       /* (step_rows, E) host: this step's TRAIN logits (scope step) */
+    size_t step_rows;         /* rows in step_logits */
+    size_t step_cap;          /* rows step_logits (and step_scratch) can hold */
+    float *step_scratch;      /* (step_cap) one column, reordered by the selection */
+    float *last_cut;          /* (E) the cut-off the last step_end computed (what the EMA took in) */
+    float *last_gap;          /* (E) last_cut minus the threshold in force during that step */
+    int has_last;             /* last_cut / last_gap hold a step */
 } etm_cutoff_state;
 
 void etm_cutoff_init(etm_cutoff_state *cs, etm_router *rt);
 void etm_cutoff_release(etm_cutoff_state *cs, etm_router *rt);
 /* The rule of ec and et outside TRAIN (and before the first EMA update in every mode). */
 int etm_cutoff_rule_fixed(const etm_router *rt, etm_moe_mode mode, etm_route_rule *rule);
-/* Mean over pools of the k_target-th largest logit of each expert, added to this step's sum. */
+/* Records one TRAIN micro-batch for this step's cut-off (router.h, et_cutoff_scope): pool adds
+ * the mean over pools of each expert's k_target-th largest logit to the step's sum, microbatch
+ * the micro-batch's floor(N k / E)-th largest, step keeps the logits on the host. */
 void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N);
 void etm_cutoff_step_end(etm_cutoff_state *cs, etm_router *rt);
 void etm_cutoff_get_state(const etm_cutoff_state *cs, etm_router_state *out);

@@ -286,10 +286,17 @@ START_TEST(resume_is_byte_exact) {
 }
 END_TEST
 
+/* _i: 0 the tiny config; 1 and 2 et_cutoff_scope = step and microbatch over pooled micro-batches
+ * (two per step), past the warm-up so that the thresholds route */
 START_TEST(runs_are_deterministic_across_thread_counts) {
     fixture fx;
     fixture_make(&fx);
     etm_hparams hp = tiny_config(&fx, "run");
+    if (_i > 0) {
+        set(&hp, _i == 1 ? "et_cutoff_scope=step" : "et_cutoff_scope=microbatch");
+        set(&hp, "pool_seqs=1");
+        set(&hp, "et_warmup_steps=1");
+    }
     set(&hp, "max_steps=4");
     set(&hp, "d_model=64");
     set(&hp, "n_head=4");
@@ -833,7 +840,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, resume_is_byte_exact);
-    tcase_add_test(tc, runs_are_deterministic_across_thread_counts);
+    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 3);
     tcase_add_test(tc, nan_loss_stops_and_keeps_the_last_good_checkpoint);
     tcase_add_test(tc, huge_learning_rate_stops_before_saving_a_bad_state);
     tcase_add_test(tc, loss_falls_well_below_the_unigram_entropy);
