@@ -102,6 +102,13 @@ typedef struct {
     float mean_experts;    /* n_pairs / N */
     float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
     float z_loss;          /* router z-loss (scaled), 0 when off */
+    /* sums for the authors' routing metrics (routing_metrics.h), in double, in token order: */
+    double gate_sum, gate_sq;   /* gates (scores) of the routed pairs, and their squares */
+    double logit_sum, logit_sq; /* all N E router logits, and their squares */
+    int cap_groups;        /* (group, expert) pairs a TC capacity or ET clamp applied to (a group:
+                              the batch for tc, a pool for et); 0 when none applied */
+    int cap_over;          /* of them, selected by the rule (top-k, threshold) above the upper bound */
+    int cap_under;         /* ... below the lower bound (et clamp only; tc has none) */
 } etm_moe_stats;
 
 /* Router state that checkpoints save and restore (host memory, E floats each). A kind without

@@ -66,6 +66,8 @@ struct etm_router {
     uint8_t *host_mask_before; /* (max_tokens, E) */
     int64_t *cnt_before;       /* (E) scratch: counts of mask_before in one group */
     int64_t *cnt_after;        /* (E) scratch: counts of mask in one group */
+    float *host_score;         /* (max_tokens, E) scratch: the scores, for the gate statistics */
+    float *host_logits;        /* (max_tokens, E) scratch: the logits, for their statistics */
     float *zeros;              /* (E) the state view of parts a kind lacks */
     int64_t counters[2];       /* saved: [0] EMA updates s (ec, et), [1] optimizer steps ended */
     void *state;               /* the kind's own state (router_tc.c, router_ec.c, router_et.c) */

@@ -18,6 +18,8 @@
 #include "moe.h"
 #include "optim.h"
 #include "rng.h"
+#include "routing_metrics.h"
+#include "tokenizer.h"
 
 void etm_train_options_init(etm_train_options *o) { memset(o, 0, sizeof *o); }
 
@@ -188,6 +190,7 @@ typedef struct {
     int64_t tokens, pairs, no_expert, dropped, padded;
     int64_t *load; /* (E) */
     double aux, z; /* summed over micro-batches */
+    etm_routing_summary summary; /* the authors' routing metrics (routing_metrics.h) */
 } layer_acc;
 
 typedef struct {
@@ -203,6 +206,7 @@ typedef struct {
     FILE *metrics;
     char ckpt_path[1100], metrics_path[1100];
     int last_saved;            /* step of the last checkpoint written or resumed from; -1: none */
+    int32_t *token_bytes;      /* (V) UTF-8 bytes of each token (bits per byte); NULL: no tokenizer */
 } run;
 
 static void layer_acc_reset(run *r) {
@@ -230,6 +234,7 @@ static void layer_acc_add(run *r) {
         a->aux += st->aux_loss;
         a->z += st->z_loss;
         for (int e = 0; e < E; e++) a->load[e] += st->expert_load[e];
+        etm_routing_summary_add(&a->summary, st, E);
     }
 }
 
@@ -279,10 +284,33 @@ static json_t *json_float_array(const float *v, int n) {
     return a;
 }
 
+/* key: v, unless v is NAN (undefined: routing_metrics.h) */
+static void set_defined(json_t *o, const char *key, double v) {
+    if (!isnan(v)) json_object_set_new(o, key, json_real(v));
+}
+
+/* The authors' routing metrics of one layer's step (routing_metrics.h), and the cut-off's gap to
+ * the threshold in force for ec and et (router.h etm_router_last_cutoff). */
+static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_layer *moe, int E) {
+    etm_routing_metrics rm;
+    etm_routing_summary_metrics(&a->summary, &rm);
+    set_defined(lo, "tokens_0", rm.tokens_0);
+    set_defined(lo, "tokens_1", rm.tokens_1);
+    set_defined(lo, "tokens_2plus", rm.tokens_2plus);
+    set_defined(lo, "gate_mean", rm.gate_mean);
+    set_defined(lo, "gate_std", rm.gate_std);
+    set_defined(lo, "logit_mean", rm.logit_mean);
+    set_defined(lo, "logit_std", rm.logit_std);
+    set_defined(lo, "capacity_overflow", rm.capacity_overflow);
+    set_defined(lo, "capacity_underflow", rm.capacity_underflow);
+    etm_cutoff_step_info ci;
+    if (etm_router_last_cutoff(etm_moe_router(moe), &ci)) json_object_set_new(lo, "cutoff_gap", json_float_array(ci.gap, E));
+}
+
 /* One metrics line for a completed step (doc/training.md lists the keys). */
 static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os, double loss,
                          double aux, double z, double tok_s, double elapsed, double val_loss,
-                         etm_error *err) {
+                         double val_bpb, etm_error *err) {
     const etm_hparams *hp = &r->hp;
     int E = hp->n_routed;
     json_t *o = json_object();
@@ -296,6 +324,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
     json_object_set_new(o, "tokens_per_sec", json_real(tok_s));
     json_object_set_new(o, "elapsed", json_real(elapsed));
     if (!isnan(val_loss)) json_object_set_new(o, "val_loss", json_real(val_loss));
+    if (!isnan(val_loss) && !isnan(val_bpb)) json_object_set_new(o, "val_bpb", json_real(val_bpb));
     json_t *layers = json_array();
     for (int l = 0; l < hp->n_layer; l++) {
         if (!r->m->moe[l]) continue;
@@ -307,6 +336,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
         json_object_set_new(lo, "no_expert", json_integer(a->no_expert));
         json_object_set_new(lo, "dropped", json_integer(a->dropped));
         json_object_set_new(lo, "padded", json_integer(a->padded));
+        add_routing_metrics(lo, a, r->m->moe[l], E);
         json_array_append_new(layers, lo);
     }
     json_object_set_new(o, "routing", layers);
@@ -339,6 +369,7 @@ static void run_free(run *r) {
     if (r->acc)
         for (int l = 0; l < r->hp.n_layer; l++) free(r->acc[l].load);
     free(r->acc);
+    free(r->token_bytes);
     free(r->inputs);
     free(r->targets);
     etm_loader_free(r->train);
@@ -427,6 +458,16 @@ static int run_setup(run *r, etm_error *err) {
     if (rc != 0) return -1;
     r->metrics = fopen(r->metrics_path, opt->resume ? "a" : "w");
     if (!r->metrics) return etm_fail(err, "%s: cannot open: %s", r->metrics_path, strerror(errno));
+    /* bits per byte of the validation records need the tokenizer's byte table; without it the
+     * losses are still right, so the run goes on without val_bpb and says why */
+    if (hp->val_data[0]) {
+        etm_error terr = {{0}};
+        etm_tokenizer *tok = etm_tokenizer_load(hp->tokenizer, &terr);
+        if (tok) r->token_bytes = etm_tokenizer_byte_lengths(tok, hp->vocab_size, &terr);
+        etm_tokenizer_free(tok);
+        if (!r->token_bytes && opt->progress)
+            fprintf(opt->progress, "train: no val_bpb: tokenizer '%s': %s\n", hp->tokenizer, terr.msg);
+    }
     return start;
 }
 
@@ -527,11 +568,11 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         res.step = done;
         res.train_loss = ce;
 
-        double val = NAN;
+        double val = NAN, val_bpb = NAN;
         if (hp->val_data[0] && ((hp->eval_every > 0 && done % hp->eval_every == 0) || done == hp->max_steps)) {
             etm_eval_result ev;
-            if (etm_evaluate(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD, &ev,
-                             err) != 0) {
+            if (etm_evaluate_bytes(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
+                                   r.token_bytes, &ev, err) != 0) {
                 size_t n = strlen(err->msg);
                 snprintf(err->msg + n, sizeof err->msg - n, " (after step %d); stopping: %s", done,
                          kept_note(&r, note, sizeof note));
@@ -539,12 +580,13 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
                 break;
             }
             val = res.val_loss = ev.loss;
+            val_bpb = ev.bits_per_byte;
         }
 
         double lr = hp->lr_matrix * os.lr_mult;
         double tok_s = step_time > 0 ? (double)tokens_per_step / step_time : 0.0;
         double elapsed = etm_now() - t0;
-        if (write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, err) != 0) {
+        if (write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, val_bpb, err) != 0) {
             rc = -1;
             break;
         }

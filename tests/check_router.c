@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "router.h"
 #include "router_kind.h"
+#include "routing_metrics.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -974,6 +975,91 @@ START_TEST(step_scope_is_order_free_and_cleared_by_set_state) {
 }
 END_TEST
 
+/* ---- the authors' routing metrics (routing_metrics.h) --------------------------------------- */
+
+static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* two-pass mean and unbiased std of v[0..n) */
+static void mean_std(const double *v, int n, double *mean, double *sd) {
+    double m = 0, q = 0;
+    for (int i = 0; i < n; i++) m += v[i];
+    m /= n;
+    for (int i = 0; i < n; i++) q += (v[i] - m) * (v[i] - m);
+    *mean = m;
+    *sd = sqrt(q / (n - 1));
+}
+
+/* ET with the clamp (C 0.5, k_target 2 per pool of 4: bounds [1, 3]), thresholds 0:
+ * pool 0: expert 0 has 4 tokens above (overflow, clamped to 3), expert 1 none (underflow, padded
+ * with token 0); pool 1 within bounds (expert 1 exactly at the upper bound 3: no overflow).
+ * Tokens by routed experts: 0: t7; 1: t0 t1 t2 t3 t5 t6; 2: t4. Routed gates: sigmoid of -1, 2,
+ * 3, 4, 1, 1, 1, 1. */
+START_TEST(routing_metrics_of_a_hand_made_batch) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 4, 1);
+    hp.et_capacity = 0.5f;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    const float r[16] = {1, -1, 2, -2, 3, -3, 4, -4, 1, 1, -1, 1, -2, 1, -3, -2};
+    const float c[2] = {0, 0};
+    set_thresholds(&f, c, 1, 1);
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t want[16] = {0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 0};
+    expect_mask(&f, want, "clamped thresholds");
+    ck_assert_int_eq(f.st.cap_groups, 4);
+    ck_assert_int_eq(f.st.cap_over, 1);
+    ck_assert_int_eq(f.st.cap_under, 1);
+    etm_routing_summary sum;
+    memset(&sum, 0, sizeof sum);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_metrics m;
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_double_eq_tol(m.tokens_0, 1.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.tokens_1, 6.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.tokens_2plus, 1.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.capacity_overflow, 0.25, 1e-12);
+    ck_assert_double_eq_tol(m.capacity_underflow, 0.25, 1e-12);
+    double gates[8] = {sigm(-1), sigm(2), sigm(3), sigm(4), sigm(1), sigm(1), sigm(1), sigm(1)}, lg[16], mu, sd;
+    mean_std(gates, 8, &mu, &sd);
+    ck_assert_double_eq_tol(m.gate_mean, mu, 1e-6);
+    ck_assert_double_eq_tol(m.gate_std, sd, 1e-6);
+    for (int i = 0; i < 16; i++) lg[i] = r[i];
+    mean_std(lg, 16, &mu, &sd);
+    ck_assert_double_eq_tol(m.logit_mean, -0.25, 1e-12);
+    ck_assert_double_eq_tol(m.logit_std, sd, 1e-9);
+    /* a second forward adds up: the shares stay, the counts double */
+    route(&f, r, ETM_MOE_TRAIN);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_int_eq(sum.tokens, 16);
+    ck_assert_int_eq(sum.cap_groups, 8);
+    ck_assert_double_eq_tol(m.tokens_1, 6.0 / 8, 1e-12);
+    /* EVAL: thresholds without the clamp; no capacity applies: the rates are undefined */
+    route(&f, r, ETM_MOE_EVAL);
+    memset(&sum, 0, sizeof sum);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_int_eq(f.st.cap_groups, 0);
+    ck_assert(isnan(m.capacity_overflow) && isnan(m.capacity_underflow));
+    fx_free(&f);
+}
+END_TEST
+
+/* TC capacity 2 (cf 1, 4 tokens, E 2, k 1): every token's top-1 is expert 0, 4 > 2: overflow in 1
+ * of the 2 (batch, expert) counts; tc has no lower bound: no underflow. */
+START_TEST(tc_capacity_overflow_rate) {
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 2, 1, 4, 0);
+    hp.capacity_factor = 1.0f;
+    fixture f;
+    fx_init(&f, &hp, 4);
+    const float r[8] = {2, 1, 3, 0, 1, -1, 0.5f, 0};
+    route(&f, r, ETM_MOE_TRAIN);
+    ck_assert_int_eq(f.st.cap_groups, 2);
+    ck_assert_int_eq(f.st.cap_over, 1);
+    ck_assert_int_eq(f.st.cap_under, 0);
+    fx_free(&f);
+}
+END_TEST
+
 static Suite *router_suite(void) {
     Suite *s = suite_create("router");
     TCase *tc = tcase_create("et");
@@ -1005,6 +1091,8 @@ static Suite *router_suite(void) {
     tcase_add_loop_test(tc, cutoff_scopes_follow_their_references, 0, 2);
     tcase_add_test(tc, cutoff_of_rows_matches_sorting);
     tcase_add_test(tc, step_scope_is_order_free_and_cleared_by_set_state);
+    tcase_add_test(tc, routing_metrics_of_a_hand_made_batch);
+    tcase_add_test(tc, tc_capacity_overflow_rate);
     suite_add_tcase(s, tc);
     return s;
 }
