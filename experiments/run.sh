@@ -162,6 +162,8 @@ run_one() {
         { echo "  $name seed $seed: eval failed (see $log)"; return 1; }
     loss=$("$AWK" '$1 == "loss" { print $2 }' "$dir/eval.txt")
     [ -n "$loss" ] || { echo "  $name seed $seed: no loss in $dir/eval.txt"; return 1; }
+    # bits per byte (NaN when etmoe eval had no tokenizer): the field after "bits/byte"
+    bpb=$("$AWK" '$1 == "loss" { for (i = 2; i < NF; i++) if ($i == "bits/byte") v = $(i + 1) } END { print (v == "" ? "NaN" : v) }' "$dir/eval.txt")
     bloss=NaN
     if [ "$kind" = ec ] || [ "$kind" = et ]; then
         "$etmoe" eval "$ckpt" --batches $final_batches --mode batch >"$dir/eval-batch.txt" 2>>"$log" ||
@@ -182,7 +184,7 @@ run_one() {
     "$AWK" -v out="$dir" -v tokens_per_step=$tps -v n_routed="$(conf_get n_routed "$cfg")" \
         -v beta="$(conf_get et_beta "$cfg")" -f "$here/json.awk" -f "$here/metrics.awk" "$dir/metrics.jsonl" ||
         { echo "  $name seed $seed: bad metrics"; return 1; }
-    printf '# key\tvalue\neval_loss\t%s\neval_batch_loss\t%s\nseconds\t%s\n' "$loss" "$bloss" $((t1 - t0)) >"$dir/final.tsv"
+    printf '# key\tvalue\neval_loss\t%s\neval_batch_loss\t%s\neval_bpb\t%s\nseconds\t%s\n' "$loss" "$bloss" "$bpb" $((t1 - t0)) >"$dir/final.tsv"
     : >"$dir/done"
     echo "  $name seed $seed: validation loss $loss$( [ "$bloss" != NaN ] && echo " (batch routing $bloss)"), $((t1 - t0)) s"
 }

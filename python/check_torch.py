@@ -51,6 +51,7 @@ CASES = {
     "tc-sigmoid-switch-top2": (["router=tc", "tc_balance=switch", "aux_alpha=0.01", "top_k=2"], 2),
     "tc-softmax-aux-top2": (["router=tc", "tc_score=softmax", "tc_balance=aux", "aux_alpha=0.01", "top_k=2"], 2),
     "tc-softmax-switch": (["router=tc", "tc_score=softmax", "tc_balance=switch", "aux_alpha=0.01"], 2),
+    "tc-sigmoid-aux-error-top2": (["router=tc", "tc_balance=aux_error", "aux_alpha=0.05", "top_k=2"], 2),
     "tc-none-zloss": (["router=tc", "tc_balance=none", "z_loss=0.01"], 2),
     "tc-lossfree-capacity": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.2", "capacity_factor=1"], 3),
     "tc-aux-capacity-noshared": (["router=tc", "tc_balance=aux", "capacity_factor=1.25", "n_shared=0"], 2),
@@ -114,8 +115,9 @@ def threshold_at_logit(path, etmoe, log):
 
 EDITS = {"reset_router": lambda path, etmoe, log: reset_router(path), "threshold_at_logit": threshold_at_logit}
 
-# name: (configuration overrides, steps before the compared step). The data is one sequence and
-# batch_size 1 (the twin does not reproduce the trainer's shuffle).
+# name: (configuration overrides, steps before the compared step[, sequences]). The data is exactly
+# one batch of `sequences` (default 1) sequences (the twin does not reproduce the trainer's
+# shuffle; with pools of one sequence the order changes no routing or cut-off).
 STEP_CASES = {
     # the step in the linear decay (max_steps 3, last 2 steps), Muon with weight decay, clipping
     "step-et-muon": (["router=et", "et_warmup_steps=1", "et_beta=0.5", "matrix_optimizer=muon",
@@ -127,6 +129,13 @@ STEP_CASES = {
                                    "muon_expert_layout=stacked", "max_steps=10"], 1),
     # the first step after it: the EMA's first update
     "step-ec-ema-started": (["router=ec", "ema_start_steps=1", "et_beta=0.5", "max_steps=10"], 1),
+    # et_cutoff_scope = microbatch over two pools of one sequence (data of two sequences): the
+    # EMA takes the micro-batch's cut-off, not the mean of the pools'
+    "step-ec-cutoff-microbatch": (["router=ec", "pool_seqs=1", "et_cutoff_scope=microbatch", "et_beta=0.5",
+                                   "max_steps=10"], 1, 2),
+    # the same for et thresholds with scope step (one micro-batch per step: the step's tokens)
+    "step-et-cutoff-step": (["router=et", "et_warmup_steps=1", "pool_seqs=1", "et_cutoff_scope=step",
+                             "et_beta=0.5", "max_steps=10"], 2, 2),
     # the step in the learning-rate warm-up, AdamW for the matrices too
     "step-tc-lossfree-adamw": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.01",
                                 "matrix_optimizer=adamw", "lr_matrix=0.003", "max_steps=10", "warmup_steps=5"], 2),
@@ -213,12 +222,12 @@ def rel_norm(a, b):
     return (a - b).norm().item() / n if n > 0 else 0.0
 
 
-def step_case(etmoe, tmp, name, overrides, steps, log):
+def step_case(etmoe, tmp, name, overrides, steps, log, seqs=1):
     d = os.path.join(tmp, name)
     os.makedirs(d)
     data = os.path.join(d, "one_batch.bin")
-    shard.random_shard(data, 32 + 1, 256, 11)  # exactly one window of 33 tokens
-    overrides = ["batch_size=1"] + list(overrides)
+    shard.random_shard(data, 32 * seqs + 1, 256, 11)  # exactly `seqs` windows of 33 tokens
+    overrides = [f"batch_size={seqs}"] + list(overrides)
     train(etmoe, d, data, overrides, steps, log, ["--stop-at", str(steps)])
     before = os.path.join(d, "before.safetensors")
     shutil.copy(os.path.join(d, "latest.safetensors"), before)
@@ -284,7 +293,7 @@ def main(argv):
           f"thresholds/EMAs within {STATE_ATOL:g}, biases and counters equal")
     failed = 0
     jobs = [(n, lambda n=n, c=c: dump_case(etmoe, tmp, n, c[0], c[1], data, log, *c[2:])) for n, c in CASES.items()]
-    jobs += [(n, lambda n=n, c=c: step_case(etmoe, tmp, n, c[0], c[1], log)) for n, c in STEP_CASES.items()]
+    jobs += [(n, lambda n=n, c=c: step_case(etmoe, tmp, n, c[0], c[1], log, *c[2:])) for n, c in STEP_CASES.items()]
     for name, job in jobs:
         if only and only != name:
             continue

@@ -1,7 +1,8 @@
 /* cli_inspect.c: `etmoe inspect`, a checkpoint's routing: each MoE layer's router state
  * (thresholds, EMAs, biases, counters) and, over data routed in evaluation mode, the load of each
- * expert, the experts-per-token histogram, the tokens left without a routed expert and the tokens
- * each expert takes most often. */
+ * expert, the experts-per-token histogram, the tokens left without a routed expert, the ET
+ * authors' routing metrics (routing_metrics.h: shares of tokens with 0 / 1 / 2+ experts, mean and
+ * std of routed gates and of logits) and the tokens each expert takes most often. */
 #include <config.h>
 
 #include "backend.h"
@@ -95,6 +96,11 @@ static void print_stats(etm_inspect *s, const etm_tokenizer *tok, int top) {
         for (int c = 0; c <= E; c++)
             if (il->hist[c]) last = c;
         for (int c = 0; c <= last; c++) printf(" %d:%lld", c, (long long)il->hist[c]);
+        etm_routing_metrics rm;
+        etm_routing_summary_metrics(&il->summary, &rm);
+        printf("\n  tokens with 0 / 1 / 2+ experts: %.2f%% / %.2f%% / %.2f%%; routed gates mean %.4g std %.4g;"
+               " logits mean %.4g std %.4g", 100 * rm.tokens_0, 100 * rm.tokens_1, 100 * rm.tokens_2plus,
+               rm.gate_mean, rm.gate_std, rm.logit_mean, rm.logit_std);
         printf("\n  %-7s %10s %8s %9s  %s\n", "expert", "tokens", "share", "vs mean", top > 0 ? "top tokens (count of n)" : "");
         double fair = (double)il->n_pairs / (double)E;
         for (int e = 0; e < E; e++) {

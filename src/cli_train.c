@@ -240,26 +240,6 @@ static void eval_usage(void) {
            "example: etmoe eval runs/demo/latest.safetensors\n");
 }
 
-/* The UTF-8 bytes each of the model's vocab_size ids decodes to with tok: 0 for <|endoftext|> and
- * for padding ids past the tokenizer's vocabulary (not text). Byte-level BPE decodes a sequence to
- * the concatenation of its tokens' bytes, so these sum to the decoded length. */
-static int32_t *token_byte_lengths(const etm_tokenizer *tok, int vocab_size, etm_error *err) {
-    int32_t *len = etm_calloc((size_t)vocab_size, sizeof *len);
-    int n = ETM_MIN(vocab_size, etm_tokenizer_vocab_size(tok));
-    for (int32_t id = 0; id < n; id++) {
-        if (id == etm_tokenizer_eot(tok)) continue;
-        size_t bytes;
-        char *text = etm_tokenizer_decode(tok, &id, 1, &bytes, err);
-        if (!text) {
-            free(len);
-            return NULL;
-        }
-        free(text);
-        len[id] = (int32_t)bytes;
-    }
-    return len;
-}
-
 int cmd_eval(int argc, char **argv) {
     const char *verb = "eval";
     const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL, *backend = NULL;
@@ -311,7 +291,7 @@ int cmd_eval(int argc, char **argv) {
     {
         etm_error terr = {{0}};
         etm_tokenizer *tok = etm_tokenizer_load(hp.tokenizer, &terr);
-        if (tok) token_bytes = token_byte_lengths(tok, hp.vocab_size, &terr);
+        if (tok) token_bytes = etm_tokenizer_byte_lengths(tok, hp.vocab_size, &terr);
         if (!token_bytes)
             fprintf(stderr, "etmoe eval: no bits per byte: tokenizer '%s': %s\n", hp.tokenizer, terr.msg);
         etm_tokenizer_free(tok);

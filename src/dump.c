@@ -456,6 +456,7 @@ int etm_inspect_add_batch(etm_inspect *s, etm_model *m, const int32_t *inputs,
             il->hist[count]++;
             il->n_pairs += count;
         }
+        etm_routing_summary_add(&il->summary, etm_moe_last_stats(m->moe[il->layer]), E);
         il->sorted = 0;
     }
     free(mask);

@@ -16,6 +16,7 @@
 
 #include "common.h"
 #include "model.h"
+#include "routing_metrics.h"
 
 /* The value of __metadata__["format"] in dump files. */
 #define ETM_DUMP_FORMAT "etmoe-dump-1"
@@ -86,6 +87,7 @@ typedef struct {
     uint64_t *pair_keys;     /* (n_keys) expert * V + token of every pair seen, for top tokens */
     size_t n_keys, cap_keys;
     int sorted;              /* pair_keys sorted (after etm_inspect_top_tokens) */
+    etm_routing_summary summary; /* the authors' routing metrics (routing_metrics.h) */
 } etm_inspect_layer;
 
 typedef struct {

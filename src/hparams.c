@@ -21,6 +21,7 @@ typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_gate_fn) == sizeof(int) &&
                                 sizeof(etm_balance_kind) == sizeof(int) &&
                                 sizeof(etm_clamp_mode) == sizeof(int) &&
+                                sizeof(etm_cutoff_scope) == sizeof(int) &&
                                 sizeof(etm_matrix_optimizer) == sizeof(int) &&
                                 sizeof(etm_muon_layout) == sizeof(int)) ? 1 : -1];
 
@@ -46,8 +47,9 @@ const char *etm_router_kind_name(etm_router_kind kind) {
 static const char *const score_names[] = {"sigmoid", "softmax", NULL};
 static const char *const gate_names[] = {"sigmoid", "relu", "softmax_e", "softmax_e_shared_out",
                                          "softmax_k", NULL};
-static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", NULL};
+static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", "aux_error", NULL};
 static const char *const clamp_names[] = {"positive", "always", NULL};
+static const char *const cutoff_scope_names[] = {"pool", "microbatch", "step", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
 
@@ -91,6 +93,7 @@ static const key_info keys[] = {
     INT(ema_start_steps, "moe", 0, "ec, et: the cut-off EMA starts after this many optimizer steps"),
     FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
     ENM(et_capacity_mode, "moe", clamp_names, "et: positive (clamp when et_capacity > 0) or always (0 = exactly k_target)"),
+    ENM(et_cutoff_scope, "moe", cutoff_scope_names, "ec, et: cut-off over each pool (mean), the micro-batch, or the optimizer step"),
 
     {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
     INT(batch_size, "optim", 1, "sequences per micro-batch"),
@@ -160,6 +163,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->ema_start_steps = 0;
     hp->et_capacity = 0.0f;
     hp->et_capacity_mode = ETM_CLAMP_POSITIVE;
+    hp->et_cutoff_scope = ETM_CUTOFF_POOL;
 
     hp->seed = 1337;
     hp->batch_size = 16;

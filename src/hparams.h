@@ -37,8 +37,14 @@ typedef enum {
     ETM_BALANCE_NONE = 0,
     ETM_BALANCE_AUX,      /* alpha * sum_i f_i P_i, f_i = count_i * E / (N k) (the paper's form) */
     ETM_BALANCE_SWITCH,   /* alpha * E * sum_i f_i P_i, f_i = count_i / (N k) (Switch Transformer) */
-    ETM_BALANCE_LOSSFREE  /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
+    ETM_BALANCE_LOSSFREE, /* per-expert selection bias, b_i += u * sign(mean - count_i) per step */
+    ETM_BALANCE_AUX_ERROR /* alpha * sum_i (f_i - 1) P_i, f_i as aux (the authors' aux_error) */
 } etm_balance_kind;
+typedef enum {
+    ETM_CUTOFF_POOL = 0,   /* mean over the micro-batch's routing pools of each pool's cut-off */
+    ETM_CUTOFF_MICROBATCH, /* the whole micro-batch as one pool (the authors' threshold mode) */
+    ETM_CUTOFF_STEP        /* every token of the optimizer step as one pool ("global") */
+} etm_cutoff_scope;
 typedef enum { ETM_OPT_MUON = 0, ETM_OPT_ADAMW } etm_matrix_optimizer;
 typedef enum {
     ETM_MUON_PER_EXPERT = 0, /* an (E, rows, cols) expert tensor is E matrices, each orthogonalised */
@@ -66,9 +72,9 @@ typedef struct {
     int expert_hidden;      /* width of each expert (default 2 D) */
     int top_k;              /* k, average routed experts per token; k_target = N k / E */
     etm_score_kind tc_score;    /* tc: sigmoid (paper) or softmax scores */
-    etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree */
+    etm_balance_kind tc_balance;/* tc: none | aux | switch | lossfree | aux_error */
     etm_gate_fn router_activation; /* gate function (router.h); sigmoid by default */
-    float aux_alpha;        /* tc aux/switch loss coefficient (0.001) */
+    float aux_alpha;        /* tc aux/switch/aux_error loss coefficient (0.001) */
     float lossfree_rate;    /* tc lossfree bias step u (0.001) */
     float z_loss;           /* router z-loss coefficient (0 = off) */
     float capacity_factor;  /* tc: tokens per expert capped at cf * N k / E, overflow dropped (0 = off) */
@@ -79,6 +85,8 @@ typedef struct {
                                the EMA (the authors' ema_start_steps; 0 = from the first step) */
     float et_capacity;      /* et: capacity clamp C, counts kept in [(1-C), (1+C)] k_target (0 = off) */
     etm_clamp_mode et_capacity_mode; /* et: positive (clamp when C > 0) | always (C = 0: exactly k_target) */
+    etm_cutoff_scope et_cutoff_scope; /* ec, et: the tokens one cut-off is taken over: pool |
+                                         microbatch | step (router.h) */
 
     /* ---- optimisation ---- */
     uint64_t seed;

@@ -27,7 +27,7 @@ const etm_router_ops *etm_router_ops_of(etm_router_kind k) {
 /* ---- sizes -------------------------------------------------------------------------------- */
 
 etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N) {
-    etm_routing_sizes s = {N, 1, 1, 0, 0, N};
+    etm_routing_sizes s = {N, 1, 1, 0, 0, N, 1};
     int E = hp->n_routed;
     if (N < 1 || E < 1) return s;
     if (hp->router != ETM_ROUTER_TC && hp->pool_seqs > 0) {
@@ -37,6 +37,8 @@ etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N) {
     s.n_pools = N / s.pool;
     long kt = (long)s.pool * hp->top_k / E;
     s.k_target = (int)ETM_MIN(ETM_MAX(kt, 1), s.pool);
+    long kb = (long)N * hp->top_k / E;
+    s.k_batch = (int)ETM_MIN(ETM_MAX(kb, 1), N);
     if (hp->router == ETM_ROUTER_TC && hp->capacity_factor > 0) {
         /* ceil(cf N k / E), with a relative slack so that a float cf such as 1.1f (1.10000002)
          * does not round an exact product up by one */
@@ -122,6 +124,8 @@ etm_router *etm_router_create(etm_backend *be, const etm_hparams *hp, int max_to
     rt->host_mask_before = etm_calloc(NE, 1);
     rt->cnt_before = etm_calloc(E, sizeof(int64_t));
     rt->cnt_after = etm_calloc(E, sizeof(int64_t));
+    rt->host_score = etm_calloc(NE, sizeof(float));
+    rt->host_logits = etm_calloc(NE, sizeof(float));
     rt->zeros = etm_calloc(E, sizeof(float));
     return rt;
 }
@@ -139,6 +143,8 @@ void etm_router_free(etm_router *rt) {
     free(rt->host_mask_before);
     free(rt->cnt_before);
     free(rt->cnt_after);
+    free(rt->host_score);
+    free(rt->host_logits);
     free(rt->zeros);
     free(rt->rec);
     free(rt);
@@ -176,19 +182,49 @@ static void mask_stats(const etm_router *rt, int N, etm_moe_stats *st) {
     st->mean_experts = N > 0 ? (float)((double)pairs / N) : 0.0f;
 }
 
+/* Sums of the routed gates and of all logits (the gate and logit statistics of
+ * routing_metrics.h), from the downloaded scores and logits, in token order. */
+static void value_sums(etm_router *rt, const float *logits, int N, etm_moe_stats *st) {
+    size_t NE = (size_t)N * rt->E;
+    rt->be->download(rt->be, rt->host_score, rt->score, NE * sizeof(float));
+    rt->be->download(rt->be, rt->host_logits, logits, NE * sizeof(float));
+    double gs = 0, gq = 0, ls = 0, lq = 0;
+    for (size_t i = 0; i < NE; i++) {
+        double r = rt->host_logits[i];
+        ls += r;
+        lq += r * r;
+        if (rt->host_mask[i]) {
+            double g = rt->host_score[i];
+            gs += g;
+            gq += g * g;
+        }
+    }
+    st->gate_sum = gs;
+    st->gate_sq = gq;
+    st->logit_sum = ls;
+    st->logit_sq = lq;
+}
+
 /* The kind picks the mask; then the shared statistics, and the pairs a capacity or clamp
- * removed below (dropped) or added beyond (padded) the rule, per group of rows. */
+ * removed below (dropped) or added beyond (padded) the rule, per group of rows, and how many
+ * (group, expert) counts of the rule lay outside the bounds (the authors' capacity overflow and
+ * underflow: above_counts > k_max, < k_min, routing_metrics.py). */
 static void route(etm_router *rt, const float *logits, int N, etm_moe_mode mode, etm_moe_stats *st) {
     etm_backend *be = rt->be;
     int E = rt->E, prow = N;
     size_t NE = (size_t)N * E;
     st->dropped = 0;
     st->padded = 0;
+    st->cap_groups = st->cap_over = st->cap_under = 0;
     int before = rt->ops->route(rt, logits, N, mode, &prow);
 
     be->download(be, rt->host_mask, rt->mask, NE);
     mask_stats(rt, N, st);
+    value_sums(rt, logits, N, st);
     if (before) {
+        /* the bounds: tc's capacity (no lower bound), or the et clamp's [lo, hi] per pool */
+        etm_routing_sizes sz = etm_router_sizes(&rt->hp, N);
+        int64_t hi = sz.capacity > 0 ? sz.capacity : sz.clamp_hi, lo = sz.clamp_lo;
         be->download(be, rt->host_mask_before, rt->mask_before, NE);
         for (int r0 = 0; r0 < N; r0 += prow) {
             etm_router_column_counts(rt->host_mask_before, r0, r0 + prow, E, rt->cnt_before);
@@ -197,6 +233,9 @@ static void route(etm_router *rt, const float *logits, int N, etm_moe_mode mode,
                 int64_t b = rt->cnt_before[e], a = rt->cnt_after[e];
                 if (a > b) st->padded += (int)(a - b);
                 else st->dropped += (int)(b - a);
+                st->cap_groups++;
+                st->cap_over += b > hi;
+                st->cap_under += b < lo;
             }
         }
     }
@@ -305,6 +344,14 @@ void etm_router_step_end(etm_router *rt) {
 void etm_router_end_warmup(etm_router *rt) {
     if (rt->hp.router == ETM_ROUTER_ET && rt->counters[1] < rt->hp.et_warmup_steps)
         rt->counters[1] = rt->hp.et_warmup_steps;
+}
+
+int etm_router_last_cutoff(const etm_router *rt, etm_cutoff_step_info *out) {
+    const etm_cutoff_state *cs = rt->ops->cutoff ? rt->ops->cutoff(rt) : NULL;
+    if (!cs || !cs->has_last) return 0;
+    out->cut = cs->last_cut;
+    out->gap = cs->last_gap;
+    return 1;
 }
 
 /* ---- checkpoint state -------------------------------------------------------------------- */

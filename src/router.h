@@ -17,10 +17,21 @@
  *    that is at least the batch, or when the batch is not a whole number of pools (only eval
  *    batches can be; etm_router_check_hparams rejects training batches that are not).
  *  - k_target = floor(pool * k / E), at least 1 and at most the pool (the authors' rounding).
- *  - cut-off of expert i in a pool = its k_target-th largest logit there; a TRAIN forward of an
- *    ec or et layer records the mean over the pools, and once per optimizer step (step_end) the
- *    mean over that step's micro-batches updates m = beta m + (1-beta) cut, s += 1,
- *    c = m / (1 - beta^s) (Adam-style bias correction).
+ *  - cut-off of expert i over a set of R tokens = its kt-th largest logit there, kt =
+ *    floor(R k / E) clamped to [1, R] (the k_target of those tokens as one pool). Once per
+ *    optimizer step (step_end) the step's cut-off cut updates m = beta m + (1-beta) cut, s += 1,
+ *    c = m / (1 - beta^s) (Adam-style bias correction). Which tokens (et_cutoff_scope; only TRAIN
+ *    forwards of ec and et layers count):
+ *      pool (default):  each micro-batch contributes the mean over its pools of the pools'
+ *                       cut-offs; cut = the mean over the step's micro-batches;
+ *      microbatch:      each micro-batch contributes the cut-off of all its N tokens, however
+ *                       it is pooled for EC; cut = the mean over micro-batches (the authors'
+ *                       threshold mode, common.py _build_routing_plan; their EC phase with
+ *                       routing_chunk_seqs averages chunk cut-offs, as pool does);
+ *      step:            cut = the cut-off of all the step's tokens together (every micro-batch;
+ *                       the logits are kept on the host until step_end; etm_cutoff_of_rows).
+ *    With one pool per micro-batch, pool and microbatch are the same; with one micro-batch per
+ *    step, microbatch and step are (bit for bit, up to the sign of a zero).
  *  - ema_start_steps = N: the step_ends of the first N optimizer steps drop their cut-offs
  *    instead of updating the EMA (s stays 0); the authors' ema_start_steps.
  *  - Before the first EMA update (s == 0) ec and et layers route by EC in every mode: there is
@@ -42,6 +53,9 @@
  *    softmax); switch = alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
  *    even with sigmoid gates (the Switch Transformer's router probability). The weightings are
  *    the same number; the two differ only in P_i, and coincide for softmax scores.
+ *    aux_error = alpha sum_i (f_i - 1) P_i with aux's f_i and P_i (the authors' third loss,
+ *    token_choice.py _add_aux_loss: f - 1.0): zero gradient through f, like the others; it
+ *    may be negative.
  *    z-loss = z_loss * mean_t logsumexp_i(r[t,i])^2, for every router.
  *  - Gate functions (router_activation, the authors' src/models/router_utils.py; r a row of
  *    logits). The gate multiplies a routed expert's output; selection never depends on it.
@@ -104,6 +118,13 @@ typedef struct {
     float mean_experts;    /* n_pairs / N */
     float aux_loss;        /* balance loss (already scaled by its coefficient), 0 when off */
     float z_loss;          /* router z-loss (scaled), 0 when off */
+    /* sums for the authors' routing metrics (routing_metrics.h), in double, in token order: */
+    double gate_sum, gate_sq;   /* gates (scores) of the routed pairs, and their squares */
+    double logit_sum, logit_sq; /* all N E router logits, and their squares */
+    int cap_groups;        /* (group, expert) pairs a TC capacity or ET clamp applied to (a group:
+                              the batch for tc, a pool for et); 0 when none applied */
+    int cap_over;          /* of them, selected by the rule (top-k, threshold) above the upper bound */
+    int cap_under;         /* ... below the lower bound (et clamp only; tc has none) */
 } etm_moe_stats;
 
 /* Router state that checkpoints save and restore (host memory, E floats each). A kind without
@@ -124,6 +145,8 @@ typedef struct {
     int capacity;   /* tc capacity ceil(cf N k / E) (less a 1e-6 relative slack, in [1, N]); 0 = off */
     int clamp_lo;   /* et capacity clamp per pool: floor((1-C) k_target), at least 0 (0 when off) */
     int clamp_hi;   /* floor((1+C) k_target), at most the pool (the pool when off) */
+    int k_batch;    /* floor(N k / E), clamped to [1, N]: the whole batch's k_target (the cut-off
+                       of et_cutoff_scope = microbatch) */
 } etm_routing_sizes;
 etm_routing_sizes etm_router_sizes(const etm_hparams *hp, int N);
 /* Whether an et layer clamps its loads in training: et_capacity > 0, or any et_capacity with
@@ -189,6 +212,22 @@ void etm_router_set_step_records(etm_router *rt, const double *rec, int n);
 void etm_router_get_state(const etm_router *rt, etm_router_state *out);
 void etm_router_set_state(etm_router *rt, const float *threshold, const float *ema,
                           const float *bias, const int64_t *counters);
+
+/* The cut-off of an ec or et router's last step_end (E values each, router-owned; the step's cut
+ * whatever the scope, also in a step that ema_start_steps drops) and gap = cut minus the threshold
+ * in force during that step (0 before the first EMA update): how far the EMA trails the batch.
+ * Returns 0 (and leaves out unset) for tc routers and before the first step_end. */
+typedef struct {
+    const float *cut; /* (E) */
+    const float *gap; /* (E) */
+} etm_cutoff_step_info;
+int etm_router_last_cutoff(const etm_router *rt, etm_cutoff_step_info *out);
+
+/* The step-scope cut-off (the definitions above) of rows tokens: cut[e] (E) = the kt-th largest
+ * of column e of logits (rows,E) (host, row-major), kt = floor(rows top_k / E) clamped to
+ * [1, rows]; scratch holds rows floats. The whole step's rows in any order give the same values:
+ * a caller may gather them from every rank. */
+void etm_cutoff_of_rows(const float *logits, size_t rows, int E, int top_k, float *cut, float *scratch);
 
 /* Ends an et router's EC warm-up now (its optimizer-step count becomes at least
  * et_warmup_steps), so that TRAIN forwards route by thresholds once an EMA exists; no effect on

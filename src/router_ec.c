@@ -48,6 +48,8 @@ static void ec_set_state(etm_router *rt, const float *threshold, const float *em
     etm_cutoff_set_state(rt->state, rt, threshold, ema);
 }
 
+static const etm_cutoff_state *ec_cutoff(const etm_router *rt) { return rt->state; }
+
 const etm_router_ops etm_router_ec_ops = {
     .kind = ETM_ROUTER_EC,
     .name = "ec",
@@ -60,4 +62,5 @@ const etm_router_ops etm_router_ec_ops = {
     .resum = ec_resum,
     .get_state = ec_get_state,
     .set_state = ec_set_state,
+    .cutoff = ec_cutoff,
 };

@@ -75,6 +75,8 @@ static void et_set_state(etm_router *rt, const float *threshold, const float *em
     etm_cutoff_set_state(&((et_state *)rt->state)->cut, rt, threshold, ema);
 }
 
+static const etm_cutoff_state *et_cutoff(const etm_router *rt) { return &((const et_state *)rt->state)->cut; }
+
 const etm_router_ops etm_router_et_ops = {
     .kind = ETM_ROUTER_ET,
     .name = "et",
@@ -87,4 +89,5 @@ const etm_router_ops etm_router_et_ops = {
     .resum = et_resum,
     .get_state = et_get_state,
     .set_state = et_set_state,
+    .cutoff = et_cutoff,
 };

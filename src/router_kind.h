@@ -40,6 +40,8 @@ typedef struct etm_router_ops {
      * the records in their order exactly as the TRAIN forwards that made them would have (NULL:
      * the kind keeps no records). */
     void (*resum)(etm_router *rt);
+    /* The kind's cut-off EMA state (router_cutoff.c); NULL: it has none (tc). */
+    const struct etm_cutoff_state *(*cutoff)(const etm_router *rt);
 } etm_router_ops;
 
 extern const etm_router_ops etm_router_tc_ops, etm_router_ec_ops, etm_router_et_ops;
@@ -71,6 +73,8 @@ struct etm_router {
     uint8_t *host_mask_before; /* (max_tokens, E) */
     int64_t *cnt_before;       /* (E) scratch: counts of mask_before in one group */
     int64_t *cnt_after;        /* (E) scratch: counts of mask in one group */
+    float *host_score;         /* (max_tokens, E) scratch: the scores, for the gate statistics */
+    float *host_logits;        /* (max_tokens, E) scratch: the logits, for their statistics */
     float *zeros;              /* (E) the state view of parts a kind lacks */
     int64_t counters[2];       /* saved: [0] EMA updates s (ec, et), [1] optimizer steps ended */
     void *state;               /* the kind's own state (router_tc.c, router_ec.c, router_et.c) */
@@ -91,7 +95,7 @@ double *etm_router_new_record(etm_router *rt);
 void etm_router_column_counts(const uint8_t *m, int r0, int r1, int E, int64_t *out);
 
 /* ---- the cut-off EMA and thresholds of ec and et (router_cutoff.c) ---- */
-typedef struct {
+typedef struct etm_cutoff_state {
     float beta;           /* EMA decay */
     int max_pools;        /* pools of one forward at most */
     float *cut;           /* (max_pools, E) backend: cut-offs of one forward */
@@ -99,15 +103,25 @@ typedef struct {
     float *host_cut;      /* (max_pools, E) */
     float *threshold;     /* (E) c_i */
     float *ema;           /* (E) m_i */
-    double *cut_sum;      /* (E) this step's micro-batch cut-offs, summed */
-    int cut_batches;      /* micro-batches in cut_sum */
+    double *cut_sum;      /* (E) this step's micro-batch cut-offs, summed (scopes pool, microbatch) */
+    int cut_batches;      /* micro-batches recorded this step (in cut_sum, or in step_logits) */
+    etm_cutoff_scope scope;   /* hp.et_cutoff_scope */
+    float *step_logits;       /* (step_rows, E) host: this step's TRAIN logits (scope step) */
+    size_t step_rows;         /* rows in step_logits */
+    size_t step_cap;          /* rows step_logits (and step_scratch) can hold */
+    float *step_scratch;      /* (step_cap) one column, reordered by the selection */
+    float *last_cut;          /* (E) the cut-off the last step_end computed (what the EMA took in) */
+    float *last_gap;          /* (E) last_cut minus the threshold in force during that step */
+    int has_last;             /* last_cut / last_gap hold a step */
 } etm_cutoff_state;
 
 void etm_cutoff_init(etm_cutoff_state *cs, etm_router *rt);
 void etm_cutoff_release(etm_cutoff_state *cs, etm_router *rt);
 /* The rule of ec and et outside TRAIN (and before the first EMA update in every mode). */
 int etm_cutoff_rule_fixed(const etm_router *rt, etm_moe_mode mode, etm_route_rule *rule);
-/* Mean over pools of the k_target-th largest logit of each expert, added to this step's sum. */
+/* Records one TRAIN micro-batch for this step's cut-off (router.h, et_cutoff_scope): pool adds
+ * the mean over pools of each expert's k_target-th largest logit to the step's sum, microbatch
+ * the micro-batch's floor(N k / E)-th largest, step keeps the logits on the host. */
 void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N);
 void etm_cutoff_step_end(etm_cutoff_state *cs, etm_router *rt);
 void etm_cutoff_resum(etm_cutoff_state *cs, etm_router *rt); /* ops->resum for ec and et */

@@ -1,5 +1,5 @@
 /* router_tc.c: token choice (router.h): each token takes its top-k experts by logit (plus the
- * loss-free bias), sigmoid or softmax gates, the aux / switch balance losses, loss-free bias
+ * loss-free bias), sigmoid or softmax gates, the aux / switch / aux_error balance losses, loss-free bias
  * updates, and capacity dropping in TRAIN. */
 #include "router_kind.h"
 
@@ -24,7 +24,7 @@ static int tc_check(const etm_hparams *hp, int tokens_per_batch, etm_error *err)
     (void)tokens_per_batch;
     if (hp->tc_score != ETM_SCORE_SIGMOID && hp->tc_score != ETM_SCORE_SOFTMAX)
         return etm_fail(err, "tc_score: unknown kind %d", (int)hp->tc_score);
-    if (hp->tc_balance < ETM_BALANCE_NONE || hp->tc_balance > ETM_BALANCE_LOSSFREE)
+    if (hp->tc_balance < ETM_BALANCE_NONE || hp->tc_balance > ETM_BALANCE_AUX_ERROR)
         return etm_fail(err, "tc_balance: unknown kind %d", (int)hp->tc_balance);
     if (!(hp->aux_alpha >= 0)) return etm_fail(err, "aux_alpha=%g must be >= 0", hp->aux_alpha);
     if (!(hp->lossfree_rate >= 0))
@@ -34,9 +34,22 @@ static int tc_check(const etm_hparams *hp, int tokens_per_batch, etm_error *err)
     return 0;
 }
 
-static int has_balance_loss(const tc_state *s) {
-    return s->balance == ETM_BALANCE_AUX || s->balance == ETM_BALANCE_SWITCH;
-}
+/* The balance losses as one formula, alpha * sum_i (E f_i + shift) P_i with f_i = count_i / (N k)
+ * (router.h), one row per balance kind. */
+static const struct {
+    int loss;      /* the kind has a loss (lossfree and none balance otherwise or not at all) */
+    int on_prob;   /* P_i is the mean softmax(r)_i whatever the gates (switch) */
+    double shift;  /* added to E f_i: -1 for aux_error, the authors' f_i - 1 */
+} balance_rules[] = {
+    [ETM_BALANCE_NONE] = {0, 0, 0.0},
+    [ETM_BALANCE_AUX] = {1, 0, 0.0},
+    [ETM_BALANCE_SWITCH] = {1, 1, 0.0},
+    [ETM_BALANCE_LOSSFREE] = {0, 0, 0.0},
+    [ETM_BALANCE_AUX_ERROR] = {1, 0, -1.0},
+};
+typedef char balance_rules_cover_kinds[ETM_ARRAY_LEN(balance_rules) == ETM_BALANCE_AUX_ERROR + 1 ? 1 : -1];
+
+static int has_balance_loss(const tc_state *s) { return balance_rules[s->balance].loss; }
 
 static void tc_create(etm_router *rt) {
     etm_backend *be = rt->be;
@@ -47,8 +60,8 @@ static void tc_create(etm_router *rt) {
     s->aux_alpha = rt->hp.aux_alpha;
     s->lossfree_rate = rt->hp.lossfree_rate;
     s->capacity_factor = rt->hp.capacity_factor;
-    rt->want_prob = s->balance == ETM_BALANCE_SWITCH;
-    if (s->balance == ETM_BALANCE_SWITCH && rt->score_kind != ETM_SCORE_SOFTMAX)
+    rt->want_prob = balance_rules[s->balance].on_prob;
+    if (balance_rules[s->balance].on_prob && rt->score_kind != ETM_SCORE_SOFTMAX)
         s->dprob = be->alloc(be, NE * sizeof(float));
     if (s->balance == ETM_BALANCE_LOSSFREE) s->selection = be->alloc(be, NE * sizeof(float));
     s->bias_dev = be->alloc(be, E * sizeof(float));
@@ -111,7 +124,10 @@ static int tc_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
  * switch: alpha * E * sum_i f_i P_i with f_i = count_i / (N k) (so sum_i f_i = 1) and P_i = mean
  * softmax(r)_i, the router probability, as in the Switch Transformer, even when the gates are
  * sigmoids. The two weightings are equal; they differ in P_i only, and coincide for softmax
- * scores. */
+ * scores.
+ * aux_error (the authors' third loss, token_choice.py _add_aux_loss): alpha * sum_i (E f_i - 1) P_i
+ * with aux's P_i: the load's error from its target; it can be negative, and its -1 term pulls every
+ * gate up by alpha / N per token. */
 static void tc_routed(etm_router *rt, int N, etm_moe_mode mode, int before) {
     tc_state *s = rt->state;
     int E = rt->E;
@@ -127,7 +143,10 @@ static void tc_routed(etm_router *rt, int N, etm_moe_mode mode, int before) {
     }
     for (int e = 0; e < E; e++) {
         double f = (double)cnt[e] / ((double)N * rt->k);
-        s->loss_coef[e] = has_balance_loss(s) ? (double)s->aux_alpha * E * f : 0.0;
+        /* alpha E f + alpha shift: exactly the aux coefficient when the shift is 0 */
+        s->loss_coef[e] = has_balance_loss(s)
+                              ? (double)s->aux_alpha * E * f + (double)s->aux_alpha * balance_rules[s->balance].shift
+                              : 0.0;
     }
 }
 
@@ -137,7 +156,7 @@ static double tc_loss(etm_router *rt, int N) {
     int E = rt->E;
     double aux = 0;
     if (!has_balance_loss(s)) return 0;
-    const float *p = s->balance == ETM_BALANCE_SWITCH ? (rt->prob ? rt->prob : rt->score) : rt->score;
+    const float *p = balance_rules[s->balance].on_prob ? (rt->prob ? rt->prob : rt->score) : rt->score;
     be->column_sum(be, s->vec_dev, p, N, E);
     be->download(be, s->host_vec, s->vec_dev, (size_t)E * sizeof(float));
     for (int e = 0; e < E; e++) aux += s->loss_coef[e] * ((double)s->host_vec[e] / N);

@@ -457,3 +457,20 @@ char *etm_tokenizer_decode(const etm_tokenizer *tok, const int32_t *ids, size_t 
     if (len_out) *len_out = total;
     return buf;
 }
+
+int32_t *etm_tokenizer_byte_lengths(const etm_tokenizer *tok, int vocab_size, etm_error *err) {
+    int32_t *len = etm_calloc((size_t)vocab_size, sizeof *len);
+    int n = ETM_MIN(vocab_size, etm_tokenizer_vocab_size(tok));
+    for (int32_t id = 0; id < n; id++) {
+        if (id == etm_tokenizer_eot(tok)) continue;
+        size_t bytes;
+        char *text = etm_tokenizer_decode(tok, &id, 1, &bytes, err);
+        if (!text) {
+            free(len);
+            return NULL;
+        }
+        free(text);
+        len[id] = (int32_t)bytes;
+    }
+    return len;
+}

@@ -21,6 +21,11 @@ etm_tokenizer *etm_tokenizer_from_merges(const char *text, size_t len, const cha
 void etm_tokenizer_free(etm_tokenizer *tok);
 int etm_tokenizer_vocab_size(const etm_tokenizer *tok); /* merges + 256 + 1 */
 int32_t etm_tokenizer_eot(const etm_tokenizer *tok);    /* id of <|endoftext|> */
+/* (vocab_size) the UTF-8 bytes each token id decodes to, 0 for <|endoftext|> and ids past the
+ * tokenizer's vocabulary (the byte table of bits per byte, trainer.h etm_evaluate_bytes; byte-level
+ * BPE decodes a sequence to the concatenation of its tokens' bytes, so these sum to its length); NULL
+ * and a message when a token cannot be decoded. */
+int32_t *etm_tokenizer_byte_lengths(const etm_tokenizer *tok, int vocab_size, etm_error *err);
 
 /* Encodes len bytes of text (any bytes; invalid UTF-8 is encoded byte-wise as GPT-2 does).
  * Returns a malloc'd array of *n_out ids. The literal text "<|endoftext|>" maps to the EOT id. */

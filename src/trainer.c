@@ -18,6 +18,8 @@
 #include "moe.h"
 #include "optim.h"
 #include "rng.h"
+#include "routing_metrics.h"
+#include "tokenizer.h"
 
 void etm_train_options_init(etm_train_options *o) { memset(o, 0, sizeof *o); }
 
@@ -188,6 +190,7 @@ typedef struct {
     int64_t tokens, pairs, no_expert, dropped, padded;
     int64_t *load; /* (E) */
     double aux, z; /* summed over micro-batches */
+    etm_routing_summary summary; /* the authors' routing metrics (routing_metrics.h) */
 } layer_acc;
 
 typedef struct {
@@ -217,16 +220,20 @@ typedef struct {
     int rec_len;               /* doubles of one micro-batch record (mb_record) */
     double *rec, *rec_all;     /* (local_accum, rec_len), (world, local_accum, rec_len) */
     int stop_agreed;           /* some rank saw the stop flag during the last step */
+    int32_t *token_bytes;      /* (V) UTF-8 bytes of each token (bits per byte); NULL: no tokenizer */
 } run;
 
 /* Per micro-batch: the loss and the routing statistics the metrics sum, then the routers' step
  * records, as doubles (the integers are exact), so that the ranks can gather them and every rank
  * sums them in global micro-batch order: [ce, per MoE layer (aux, z, tokens, pairs, no_expert,
- * dropped, padded, load[E], router record[E]), per MoE layer a 0/1 "has a router record"]. */
+ * dropped, padded, load[E], router record[E], a 0/1 "has a router record", then the MB_SUMMARY
+ * values etm_routing_summary_add reads: experts_hist[0..1], gate_sum, gate_sq, logit_sum,
+ * logit_sq, cap_groups, cap_over, cap_under)]. */
+#define MB_SUMMARY 9
 static int mb_record_len(const run *r) {
     int n = 1, E = r->hp.n_routed;
     for (int l = 0; l < r->hp.n_layer; l++)
-        if (r->m->moe[l]) n += 7 + 2 * E + 1;
+        if (r->m->moe[l]) n += 7 + 2 * E + 1 + MB_SUMMARY;
     return n;
 }
 
@@ -261,6 +268,16 @@ static void mb_record_fill(run *r, double *rec, double ce) {
         /* a TRAIN forward adds at most one record, the last one; none for kinds without any */
         for (int e = 0; e < E; e++) *rec++ = n > 0 ? rr[(size_t)(n - 1) * E + e] : 0.0;
         *rec++ = n > 0;
+        /* the authors' routing metrics (routing_metrics.h): what etm_routing_summary_add reads */
+        *rec++ = st->experts_hist[0];
+        *rec++ = st->experts_hist[1];
+        *rec++ = st->gate_sum;
+        *rec++ = st->gate_sq;
+        *rec++ = st->logit_sum;
+        *rec++ = st->logit_sq;
+        *rec++ = st->cap_groups;
+        *rec++ = st->cap_over;
+        *rec++ = st->cap_under;
     }
 }
 
@@ -288,9 +305,23 @@ static double mb_records_apply(run *r, const double *recs, int n) {
             a->padded += (int64_t)p[6];
             for (int e = 0; e < E; e++) a->load[e] += (int64_t)p[7 + e];
             if (p[7 + 2 * E] != 0) memcpy(rr + (size_t)nr++ * E, p + 7 + E, (size_t)E * sizeof(double));
+            const double *q = p + 7 + 2 * E + 1;
+            int hist[2] = {(int)q[0], (int)q[1]}; /* summary_add reads entries 0 and 1 only */
+            etm_moe_stats st = {0};
+            st.n_tokens = (int)p[2];
+            st.n_pairs = (int)p[3];
+            st.experts_hist = hist;
+            st.gate_sum = q[2];
+            st.gate_sq = q[3];
+            st.logit_sum = q[4];
+            st.logit_sq = q[5];
+            st.cap_groups = (int)q[6];
+            st.cap_over = (int)q[7];
+            st.cap_under = (int)q[8];
+            etm_routing_summary_add(&a->summary, &st, E);
         }
         etm_router_set_step_records(etm_moe_router_mut(r->m->moe[l]), rr, nr);
-        off += 7 + 2 * E + 1;
+        off += 7 + 2 * E + 1 + MB_SUMMARY;
     }
     free(rr);
     return ce_sum;
@@ -346,10 +377,33 @@ static json_t *json_float_array(const float *v, int n) {
     return a;
 }
 
+/* key: v, unless v is NAN (undefined: routing_metrics.h) */
+static void set_defined(json_t *o, const char *key, double v) {
+    if (!isnan(v)) json_object_set_new(o, key, json_real(v));
+}
+
+/* The authors' routing metrics of one layer's step (routing_metrics.h), and the cut-off's gap to
+ * the threshold in force for ec and et (router.h etm_router_last_cutoff). */
+static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_layer *moe, int E) {
+    etm_routing_metrics rm;
+    etm_routing_summary_metrics(&a->summary, &rm);
+    set_defined(lo, "tokens_0", rm.tokens_0);
+    set_defined(lo, "tokens_1", rm.tokens_1);
+    set_defined(lo, "tokens_2plus", rm.tokens_2plus);
+    set_defined(lo, "gate_mean", rm.gate_mean);
+    set_defined(lo, "gate_std", rm.gate_std);
+    set_defined(lo, "logit_mean", rm.logit_mean);
+    set_defined(lo, "logit_std", rm.logit_std);
+    set_defined(lo, "capacity_overflow", rm.capacity_overflow);
+    set_defined(lo, "capacity_underflow", rm.capacity_underflow);
+    etm_cutoff_step_info ci;
+    if (etm_router_last_cutoff(etm_moe_router(moe), &ci)) json_object_set_new(lo, "cutoff_gap", json_float_array(ci.gap, E));
+}
+
 /* One metrics line for a completed step (doc/training.md lists the keys). */
 static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os, double loss,
                          double aux, double z, double tok_s, double elapsed, double val_loss,
-                         etm_error *err) {
+                         double val_bpb, etm_error *err) {
     const etm_hparams *hp = &r->hp;
     int E = hp->n_routed;
     json_t *o = json_object();
@@ -363,6 +417,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
     json_object_set_new(o, "tokens_per_sec", json_real(tok_s));
     json_object_set_new(o, "elapsed", json_real(elapsed));
     if (!isnan(val_loss)) json_object_set_new(o, "val_loss", json_real(val_loss));
+    if (!isnan(val_loss) && !isnan(val_bpb)) json_object_set_new(o, "val_bpb", json_real(val_bpb));
     json_t *layers = json_array();
     for (int l = 0; l < hp->n_layer; l++) {
         if (!r->m->moe[l]) continue;
@@ -374,6 +429,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
         json_object_set_new(lo, "no_expert", json_integer(a->no_expert));
         json_object_set_new(lo, "dropped", json_integer(a->dropped));
         json_object_set_new(lo, "padded", json_integer(a->padded));
+        add_routing_metrics(lo, a, r->m->moe[l], E);
         json_array_append_new(layers, lo);
     }
     json_object_set_new(o, "routing", layers);
@@ -406,6 +462,7 @@ static void run_free(run *r) {
     if (r->acc)
         for (int l = 0; l < r->hp.n_layer; l++) free(r->acc[l].load);
     free(r->acc);
+    free(r->token_bytes);
     free(r->inputs);
     free(r->targets);
     if (r->comm && r->comm->device_memory) {
@@ -518,6 +575,16 @@ static int run_setup(run *r, etm_error *err) {
     if (rc != 0) return -1;
     r->metrics = fopen(r->metrics_path, opt->resume ? "a" : "w");
     if (!r->metrics) return etm_fail(err, "%s: cannot open: %s", r->metrics_path, strerror(errno));
+    /* bits per byte of the validation records need the tokenizer's byte table; without it the
+     * losses are still right, so the run goes on without val_bpb and says why */
+    if (hp->val_data[0]) {
+        etm_error terr = {{0}};
+        etm_tokenizer *tok = etm_tokenizer_load(hp->tokenizer, &terr);
+        if (tok) r->token_bytes = etm_tokenizer_byte_lengths(tok, hp->vocab_size, &terr);
+        etm_tokenizer_free(tok);
+        if (!r->token_bytes && opt->progress)
+            fprintf(opt->progress, "train: no val_bpb: tokenizer '%s': %s\n", hp->tokenizer, terr.msg);
+    }
     return start;
 }
 
@@ -737,6 +804,13 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     if (r.local_accum < 1 || (long long)r.local_accum * r.world > INT_MAX / 2)
         return etm_fail(err, "grad_accum=%d on %d ranks: out of range", r.local_accum, r.world);
     r.hp.grad_accum = r.local_accum * r.world;
+    /* et_cutoff_scope = step keeps each micro-batch's logits on its rank's host; across ranks
+     * they would have to be gathered, which is not built yet (doc/distributed.md) */
+    if (r.world > 1 && r.hp.et_cutoff_scope == ETM_CUTOFF_STEP && r.hp.router != ETM_ROUTER_TC &&
+        r.hp.router != ETM_ROUTER_DENSE)
+        return etm_fail(err, "et_cutoff_scope = step runs on one process only (this run has %d ranks); "
+                        "use pool or microbatch, which give the same cut-offs on any number of ranks",
+                        r.world);
 
     int start = run_setup(&r, err);
     /* every rank must set up, or none trains */
@@ -790,11 +864,11 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         res.step = done;
         res.train_loss = ce;
 
-        double val = NAN;
+        double val = NAN, val_bpb = NAN;
         if (hp->val_data[0] && ((hp->eval_every > 0 && done % hp->eval_every == 0) || done == hp->max_steps)) {
             etm_eval_result ev;
-            if (etm_evaluate(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD, &ev,
-                             err) != 0) {
+            if (etm_evaluate_bytes(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
+                                   r.token_bytes, &ev, err) != 0) {
                 size_t n = strlen(err->msg);
                 snprintf(err->msg + n, sizeof err->msg - n, " (after step %d); stopping: %s", done,
                          kept_note(&r, note, sizeof note));
@@ -802,12 +876,13 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
                 break;
             }
             val = res.val_loss = ev.loss;
+            val_bpb = ev.bits_per_byte;
         }
 
         double lr = hp->lr_matrix * os.lr_mult;
         double tok_s = step_time > 0 ? (double)tokens_per_step / step_time : 0.0;
         double elapsed = etm_now() - t0;
-        if (r.writer && write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, err) != 0) {
+        if (r.writer && write_metrics(&r, done, lr, &os, ce, aux, z, tok_s, elapsed, val, val_bpb, err) != 0) {
             rc = -1;
             break;
         }

@@ -439,6 +439,12 @@ START_TEST(test_inspect_counts) {
         ck_assert_int_eq(load_sum, il->n_pairs);
         ck_assert_int_eq(hist_sum, s->n_tokens);
         ck_assert_int_eq(hist_pairs, il->n_pairs);
+        /* the routing metrics' summary counts the same tokens and pairs as the histogram */
+        ck_assert_int_eq(il->summary.tokens, s->n_tokens);
+        ck_assert_int_eq(il->summary.by_experts[0], il->hist[0]);
+        ck_assert_int_eq(il->summary.by_experts[1], il->hist[1]);
+        ck_assert_int_eq(il->summary.by_experts[2], s->n_tokens - il->hist[0] - il->hist[1]);
+        ck_assert_int_eq(il->summary.pairs, il->n_pairs);
         /* counts sum to N * mean, with the mean the MoE layer itself reported per batch */
         double mean = stats_mean_sum[li] / batches;
         ck_assert_msg(fabs((double)load_sum - (double)s->n_tokens * mean) < 1e-3, "layer %d: %lld pairs vs N*mean %g",

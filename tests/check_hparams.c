@@ -184,6 +184,24 @@ START_TEST(router_activation_rejects_what_tc_cannot_use) {
 }
 END_TEST
 
+/* et_cutoff_scope came after checkpoints whose cut-offs were per pool: without the line, pool. */
+START_TEST(configs_without_cutoff_scope_read_as_pool) {
+    etm_hparams hp, back;
+    etm_hparams_defaults(&hp);
+    hp.et_cutoff_scope = ETM_CUTOFF_STEP;
+    char *text = etm_hparams_to_string(&hp);
+    const char *key = "\net_cutoff_scope = step";
+    char *line = strstr(text, key);
+    ck_assert_ptr_nonnull(line);
+    memmove(line, line + strlen(key), strlen(line + strlen(key)) + 1);
+    ck_assert_ptr_null(strstr(text, "et_cutoff_scope"));
+    etm_error err = {{0}};
+    ck_assert_msg(etm_hparams_from_string(&back, text, "old.safetensors", &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(back.et_cutoff_scope, ETM_CUTOFF_POOL);
+    free(text);
+}
+END_TEST
+
 START_TEST(print_and_parse_round_trip) {
     const char *presets[] = {"demo", "bench", "d12", "d20"};
     etm_error err = {{0}};
@@ -552,6 +570,7 @@ static Suite *hparams_suite(void) {
     tcase_add_test(tc, print_and_parse_round_trip);
     tcase_add_loop_test(tc, configs_older_than_a_key_keep_its_old_behaviour, 0, (int)ETM_ARRAY_LEN(older_keys));
     tcase_add_test(tc, router_activation_rejects_what_tc_cannot_use);
+    tcase_add_test(tc, configs_without_cutoff_scope_read_as_pool);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);
     tcase_add_test(tc, floats_read_back_bit_identical);

@@ -136,6 +136,7 @@ static const grad_case grad_cases[] = {
     {"dense", ETM_ROUTER_DENSE, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE, 0.0f, 0.0f},
     {"tc sigmoid + aux + z", ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_AUX, 0.3f, 0.05f},
     {"tc softmax + switch + z", ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_SWITCH, 0.3f, 0.05f},
+    {"tc sigmoid + aux_error", ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_AUX_ERROR, 0.3f, 0.0f},
     {"ec + z", ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE, 0.0f, 0.05f},
     {"et + z", ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE, 0.0f, 0.05f},
 };

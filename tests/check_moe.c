@@ -332,15 +332,17 @@ static void ref_run(const moe_case *c, const problem *p, const float *thr, const
     ref_route(c, p, r, thr, bias, o->z, counts, &o->min_margin);
 
     /* added losses and their gradients w.r.t. scores / probabilities / logits */
-    int balance = c->router == ETM_ROUTER_TC &&
-                  (c->balance == ETM_BALANCE_AUX || c->balance == ETM_BALANCE_SWITCH);
+    int balance = c->router == ETM_ROUTER_TC && (c->balance == ETM_BALANCE_AUX || c->balance == ETM_BALANCE_SWITCH ||
+                                                 c->balance == ETM_BALANCE_AUX_ERROR);
     o->loss = 0;
     if (balance) {
-        const double *P = c->balance == ETM_BALANCE_AUX ? score : prob;
-        double *dP = c->balance == ETM_BALANCE_AUX ? dscore : dprob;
+        const double *P = c->balance == ETM_BALANCE_SWITCH ? prob : score;
+        double *dP = c->balance == ETM_BALANCE_SWITCH ? dprob : dscore;
         for (int e = 0; e < E; e++) {
-            /* alpha sum_i f_i P_i, f_i = count_i E / (N k); the switch form is the same sum */
+            /* alpha sum_i f_i P_i, f_i = count_i E / (N k); the switch form is the same sum;
+             * aux_error (the authors'): f_i - 1 in place of f_i */
             double f = counts[e] * E / ((double)N * c->k), mean = 0;
+            if (c->balance == ETM_BALANCE_AUX_ERROR) f -= 1.0;
             for (int t = 0; t < N; t++) mean += P[(size_t)t * E + e];
             mean /= N;
             o->loss += hp->aux_alpha * f * mean;
@@ -505,6 +507,8 @@ static const moe_case cases[] = {
     {"et-softmax-e-out",   ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 0,    0,    0.01f, 0,     ETM_MOE_EVAL,  1, 0, ETM_GATE_SOFTMAX_E_SHARED_OUT},
     {"ec-softmax-k-pools", ETM_ROUTER_EC, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 2, 5, 4, 11, 9,  2, 0,    0,    0.01f, 0,     ETM_MOE_TRAIN, 0, 0, ETM_GATE_SOFTMAX_K},
     {"et-softmax-k",       ETM_ROUTER_ET, ETM_SCORE_SIGMOID, ETM_BALANCE_NONE,     5, 1, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0,     ETM_MOE_TRAIN, 1, 0, ETM_GATE_SOFTMAX_K},
+    {"tc-sigmoid-auxerr",  ETM_ROUTER_TC, ETM_SCORE_SIGMOID, ETM_BALANCE_AUX_ERROR,5, 2, 1, 7, 3, 12, 10, 0, 0,    0,    0,     0.3f,  ETM_MOE_TRAIN, 0, 1, ETM_GATE_SIGMOID},
+    {"tc-softmax-auxerr-cap", ETM_ROUTER_TC, ETM_SCORE_SOFTMAX, ETM_BALANCE_AUX_ERROR, 4, 1, 0, 6, 3, 10, 6, 0, 1.25f, 0, 0.01f, 0.3f, ETM_MOE_TRAIN, 0, 0, ETM_GATE_SIGMOID},
 };
 #define N_CASES ((int)ETM_ARRAY_LEN(cases))
 
@@ -692,7 +696,8 @@ END_TEST
  * the aux and z terms remain (coefficients raised to 1 so they dominate float rounding), at a
  * loss scale other than 1. */
 START_TEST(added_loss_gradients_alone) {
-    static const int which[] = {0, 1, 2, 4}; /* aux+z sigmoid, switch softmax, switch sigmoid, aux softmax+cap */
+    /* aux+z sigmoid, switch softmax, switch sigmoid, aux softmax+cap, aux_error sigmoid and softmax+cap */
+    static const int which[] = {0, 1, 2, 4, N_CASES - 2, N_CASES - 1};
     moe_case cc = cases[which[_i]];
     cc.aux_alpha = 1.0f;
     cc.z_loss = 1.0f;
@@ -805,7 +810,7 @@ static Suite *moe_suite(void) {
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_add_loop_test(tc, finite_differences_with_replay, 0, N_CASES);
-    tcase_add_loop_test(tc, added_loss_gradients_alone, 0, 4);
+    tcase_add_loop_test(tc, added_loss_gradients_alone, 0, 6);
     suite_add_tcase(s, tc);
     tc = tcase_create("determinism");
     tcase_add_loop_test(tc, one_and_two_threads_give_identical_bytes, 0, (int)ETM_ARRAY_LEN(det_cases));

@@ -7,6 +7,7 @@
 #include "backend.h"
 #include "router.h"
 #include "router_kind.h"
+#include "routing_metrics.h"
 #include "rng.h"
 #include "testutil.h"
 
@@ -821,6 +822,244 @@ START_TEST(routing_sizes_follow_the_definitions) {
 }
 END_TEST
 
+/* ---- cut-off scopes (router.h, et_cutoff_scope) ------------------------------------------- */
+
+static int cmp_desc(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Slow reference: the kt-th largest of column e of rows [r0, r1) of r (R,E), kt = floor(n k / E)
+ * clamped to [1, n], by sorting. */
+static double ref_cut(const float *r, int r0, int r1, int E, int k, int e) {
+    int n = r1 - r0;
+    float *v = etm_malloc((size_t)n * sizeof(float));
+    for (int t = 0; t < n; t++) v[t] = r[(size_t)(r0 + t) * E + e];
+    qsort(v, (size_t)n, sizeof(float), cmp_desc);
+    int kt = n * k / E;
+    kt = kt < 1 ? 1 : kt > n ? n : kt;
+    double c = v[kt - 1];
+    free(v);
+    return c;
+}
+
+/* Reference step cut-off of M micro-batches of N rows (stored one after the other in r) for each
+ * scope: pool (pools of `pool` rows, mean over pools then over micro-batches), microbatch (mean
+ * over micro-batches), step (all M N rows). */
+static double ref_step_cut(const float *r, int M, int N, int E, int k, int pool, etm_cutoff_scope scope, int e) {
+    if (scope == ETM_CUTOFF_STEP) return ref_cut(r, 0, M * N, E, k, e);
+    int rows = scope == ETM_CUTOFF_POOL ? pool : N;
+    double sum = 0;
+    for (int m = 0; m < M; m++) {
+        double s = 0;
+        for (int p0 = 0; p0 < N; p0 += rows) s += ref_cut(r, m * N + p0, m * N + p0 + rows, E, k, e);
+        sum += s / (N / rows);
+    }
+    return sum / M;
+}
+
+/* Two micro-batches of two pools each, random logits with ties: each scope's thresholds after one
+ * step (beta 0.5, s = 1: c = the cut-off exactly) equal its slow reference, the three scopes
+ * differ, and the step's cut-off and its gap to the threshold in force are recorded. _i: ec, et. */
+START_TEST(cutoff_scopes_follow_their_references) {
+    const int E = 3, k = 1, T = 6, M = 2, N = 12;
+    etm_rng rng;
+    etm_rng_seed(&rng, 77);
+    float r[2 * 12 * 3];
+    for (int i = 0; i < M * N * E; i++) r[i] = (float)etm_rng_below(&rng, 40) / 8.0f - 2.0f; /* ties */
+    double got[3][3];
+    for (int sc = 0; sc < 3; sc++) {
+        etm_hparams hp = router_hp(_i == 0 ? ETM_ROUTER_EC : ETM_ROUTER_ET, E, k, T, 1);
+        hp.et_warmup_steps = 5;
+        hp.et_cutoff_scope = (etm_cutoff_scope)sc;
+        fixture f;
+        fx_init(&f, &hp, N);
+        route(&f, r, ETM_MOE_TRAIN);
+        route(&f, r + N * E, ETM_MOE_TRAIN);
+        route(&f, r, ETM_MOE_EVAL); /* does not count */
+        etm_router_step_end(f.rt);
+        etm_router_state st;
+        etm_router_get_state(f.rt, &st);
+        for (int e = 0; e < E; e++) {
+            double want = ref_step_cut(r, M, N, E, k, T, (etm_cutoff_scope)sc, e);
+            got[sc][e] = st.threshold[e];
+            ck_assert_msg(fabs(st.threshold[e] - want) <= 1e-6, "scope %d expert %d: threshold %.9g want %.9g",
+                          sc, e, st.threshold[e], want);
+            ck_assert_double_eq_tol(st.ema[e], 0.5 * want, 1e-6);
+        }
+        etm_cutoff_step_info info;
+        ck_assert(etm_router_last_cutoff(f.rt, &info));
+        for (int e = 0; e < E; e++) {
+            ck_assert_double_eq_tol(info.cut[e], got[sc][e], 1e-6);
+            ck_assert_double_eq_tol(info.gap[e], got[sc][e], 1e-6); /* the threshold in force was 0 */
+        }
+        /* a second step: the gap is to the threshold the first step set */
+        float r2[12 * 3];
+        for (int i = 0; i < N * E; i++) r2[i] = r[i] + 1.0f;
+        route(&f, r2, ETM_MOE_TRAIN);
+        etm_router_step_end(f.rt);
+        ck_assert(etm_router_last_cutoff(f.rt, &info));
+        for (int e = 0; e < E; e++) {
+            double want = (sc == ETM_CUTOFF_POOL ? ref_step_cut(r2, 1, N, E, k, T, ETM_CUTOFF_POOL, e)
+                                                 : ref_cut(r2, 0, N, E, k, e));
+            ck_assert_double_eq_tol(info.cut[e], want, 1e-6);
+            ck_assert_double_eq_tol(info.gap[e], want - got[sc][e], 1e-6);
+        }
+        fx_free(&f);
+    }
+    for (int a = 0; a < 3; a++)
+        for (int b = a + 1; b < 3; b++) {
+            int differ = 0;
+            for (int e = 0; e < E; e++) differ |= got[a][e] != got[b][e];
+            ck_assert_msg(differ, "scopes %d and %d give the same thresholds: the case does not separate them", a, b);
+        }
+}
+END_TEST
+
+/* etm_cutoff_of_rows (the step scope's selection) against sorting, on sizes 1..40 with few
+ * distinct values (ties) and with distinct values, top_k 1..3 */
+START_TEST(cutoff_of_rows_matches_sorting) {
+    etm_rng rng;
+    etm_rng_seed(&rng, 5);
+    const int E = 4;
+    float cut[4], *scratch = etm_malloc(40 * sizeof(float)), *r = etm_malloc(40 * 4 * sizeof(float));
+    for (int n = 1; n <= 40; n++)
+        for (int distinct = 0; distinct < 2; distinct++)
+            for (int k = 1; k <= 3; k++) {
+                for (int i = 0; i < n * E; i++)
+                    r[i] = distinct ? etm_rng_uniform(&rng) - 0.5f : (float)etm_rng_below(&rng, 3);
+                etm_cutoff_of_rows(r, (size_t)n, E, k, cut, scratch);
+                for (int e = 0; e < E; e++) {
+                    double want = ref_cut(r, 0, n, E, k, e);
+                    ck_assert_msg(cut[e] == want, "n %d k %d expert %d: %.9g want %.9g", n, k, e, cut[e], want);
+                }
+            }
+    free(scratch);
+    free(r);
+}
+END_TEST
+
+/* The cut-off records of scope step, and the step's partial records after set_state, are cleared:
+ * a restored router starts the step afresh; the rows of one step in another order give the same
+ * thresholds. */
+START_TEST(step_scope_is_order_free_and_cleared_by_set_state) {
+    const int E = 2, N = 8;
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, E, 1, 4, 1);
+    hp.et_cutoff_scope = ETM_CUTOFF_STEP;
+    float a[16], b[16];
+    for (int i = 0; i < 16; i++) {
+        a[i] = (float)((i * 7) % 11);
+        b[i] = (float)((i * 5) % 13) - 3.0f;
+    }
+    float thr[2][2];
+    for (int order = 0; order < 2; order++) {
+        fixture f;
+        fx_init(&f, &hp, N);
+        route(&f, a, ETM_MOE_TRAIN);                           /* dropped by set_state below */
+        etm_router_set_state(f.rt, NULL, NULL, NULL, NULL);
+        route(&f, order ? b : a, ETM_MOE_TRAIN);
+        route(&f, order ? a : b, ETM_MOE_TRAIN);
+        etm_router_step_end(f.rt);
+        etm_router_state st;
+        etm_router_get_state(f.rt, &st);
+        for (int e = 0; e < E; e++) {
+            float both[32];
+            memcpy(both, a, sizeof a);
+            memcpy(both + 16, b, sizeof b);
+            thr[order][e] = st.threshold[e];
+            ck_assert_double_eq_tol(st.threshold[e], ref_cut(both, 0, 16, E, 1, e), 1e-6);
+        }
+        fx_free(&f);
+    }
+    ck_assert(memcmp(thr[0], thr[1], sizeof thr[0]) == 0);
+}
+END_TEST
+
+/* ---- the authors' routing metrics (routing_metrics.h) --------------------------------------- */
+
+static double sigm(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* two-pass mean and unbiased std of v[0..n) */
+static void mean_std(const double *v, int n, double *mean, double *sd) {
+    double m = 0, q = 0;
+    for (int i = 0; i < n; i++) m += v[i];
+    m /= n;
+    for (int i = 0; i < n; i++) q += (v[i] - m) * (v[i] - m);
+    *mean = m;
+    *sd = sqrt(q / (n - 1));
+}
+
+/* ET with the clamp (C 0.5, k_target 2 per pool of 4: bounds [1, 3]), thresholds 0:
+ * pool 0: expert 0 has 4 tokens above (overflow, clamped to 3), expert 1 none (underflow, padded
+ * with token 0); pool 1 within bounds (expert 1 exactly at the upper bound 3: no overflow).
+ * Tokens by routed experts: 0: t7; 1: t0 t1 t2 t3 t5 t6; 2: t4. Routed gates: sigmoid of -1, 2,
+ * 3, 4, 1, 1, 1, 1. */
+START_TEST(routing_metrics_of_a_hand_made_batch) {
+    etm_hparams hp = router_hp(ETM_ROUTER_ET, 2, 1, 4, 1);
+    hp.et_capacity = 0.5f;
+    fixture f;
+    fx_init(&f, &hp, 8);
+    const float r[16] = {1, -1, 2, -2, 3, -3, 4, -4, 1, 1, -1, 1, -2, 1, -3, -2};
+    const float c[2] = {0, 0};
+    set_thresholds(&f, c, 1, 1);
+    route(&f, r, ETM_MOE_TRAIN);
+    const uint8_t want[16] = {0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 0};
+    expect_mask(&f, want, "clamped thresholds");
+    ck_assert_int_eq(f.st.cap_groups, 4);
+    ck_assert_int_eq(f.st.cap_over, 1);
+    ck_assert_int_eq(f.st.cap_under, 1);
+    etm_routing_summary sum;
+    memset(&sum, 0, sizeof sum);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_metrics m;
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_double_eq_tol(m.tokens_0, 1.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.tokens_1, 6.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.tokens_2plus, 1.0 / 8, 1e-12);
+    ck_assert_double_eq_tol(m.capacity_overflow, 0.25, 1e-12);
+    ck_assert_double_eq_tol(m.capacity_underflow, 0.25, 1e-12);
+    double gates[8] = {sigm(-1), sigm(2), sigm(3), sigm(4), sigm(1), sigm(1), sigm(1), sigm(1)}, lg[16], mu, sd;
+    mean_std(gates, 8, &mu, &sd);
+    ck_assert_double_eq_tol(m.gate_mean, mu, 1e-6);
+    ck_assert_double_eq_tol(m.gate_std, sd, 1e-6);
+    for (int i = 0; i < 16; i++) lg[i] = r[i];
+    mean_std(lg, 16, &mu, &sd);
+    ck_assert_double_eq_tol(m.logit_mean, -0.25, 1e-12);
+    ck_assert_double_eq_tol(m.logit_std, sd, 1e-9);
+    /* a second forward adds up: the shares stay, the counts double */
+    route(&f, r, ETM_MOE_TRAIN);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_int_eq(sum.tokens, 16);
+    ck_assert_int_eq(sum.cap_groups, 8);
+    ck_assert_double_eq_tol(m.tokens_1, 6.0 / 8, 1e-12);
+    /* EVAL: thresholds without the clamp; no capacity applies: the rates are undefined */
+    route(&f, r, ETM_MOE_EVAL);
+    memset(&sum, 0, sizeof sum);
+    etm_routing_summary_add(&sum, &f.st, 2);
+    etm_routing_summary_metrics(&sum, &m);
+    ck_assert_int_eq(f.st.cap_groups, 0);
+    ck_assert(isnan(m.capacity_overflow) && isnan(m.capacity_underflow));
+    fx_free(&f);
+}
+END_TEST
+
+/* TC capacity 2 (cf 1, 4 tokens, E 2, k 1): every token's top-1 is expert 0, 4 > 2: overflow in 1
+ * of the 2 (batch, expert) counts; tc has no lower bound: no underflow. */
+START_TEST(tc_capacity_overflow_rate) {
+    etm_hparams hp = router_hp(ETM_ROUTER_TC, 2, 1, 4, 0);
+    hp.capacity_factor = 1.0f;
+    fixture f;
+    fx_init(&f, &hp, 4);
+    const float r[8] = {2, 1, 3, 0, 1, -1, 0.5f, 0};
+    route(&f, r, ETM_MOE_TRAIN);
+    ck_assert_int_eq(f.st.cap_groups, 2);
+    ck_assert_int_eq(f.st.cap_over, 1);
+    ck_assert_int_eq(f.st.cap_under, 0);
+    fx_free(&f);
+}
+END_TEST
+
 static Suite *router_suite(void) {
     Suite *s = suite_create("router");
     TCase *tc = tcase_create("et");
@@ -849,6 +1088,11 @@ static Suite *router_suite(void) {
     tcase_add_loop_test(tc, eval_batch_routes_by_pools_and_keeps_the_state, 0, 3);
     tcase_add_test(tc, end_warmup_starts_thresholds);
     tcase_add_test(tc, routing_sizes_follow_the_definitions);
+    tcase_add_loop_test(tc, cutoff_scopes_follow_their_references, 0, 2);
+    tcase_add_test(tc, cutoff_of_rows_matches_sorting);
+    tcase_add_test(tc, step_scope_is_order_free_and_cleared_by_set_state);
+    tcase_add_test(tc, routing_metrics_of_a_hand_made_batch);
+    tcase_add_test(tc, tc_capacity_overflow_rate);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -286,10 +286,17 @@ START_TEST(resume_is_byte_exact) {
 }
 END_TEST
 
+/* _i: 0 the tiny config; 1 and 2 et_cutoff_scope = step and microbatch over pooled micro-batches
+ * (two per step), past the warm-up so that the thresholds route */
 START_TEST(runs_are_deterministic_across_thread_counts) {
     fixture fx;
     fixture_make(&fx);
     etm_hparams hp = tiny_config(&fx, "run");
+    if (_i > 0) {
+        set(&hp, _i == 1 ? "et_cutoff_scope=step" : "et_cutoff_scope=microbatch");
+        set(&hp, "pool_seqs=1");
+        set(&hp, "et_warmup_steps=1");
+    }
     set(&hp, "max_steps=4");
     set(&hp, "d_model=64");
     set(&hp, "n_head=4");
@@ -477,6 +484,7 @@ START_TEST(metrics_have_one_object_per_step_with_the_documented_keys) {
     json_t **lines = metrics_lines(&hp, &n);
     ck_assert_int_eq(n, hp.max_steps);
     int tokens = hp.batch_size * hp.seq_len * hp.grad_accum;
+    double gap1[64];
     for (int i = 0; i < n; i++) {
         json_t *o = lines[i];
         int step = i + 1;
@@ -486,6 +494,10 @@ START_TEST(metrics_have_one_object_per_step_with_the_documented_keys) {
         ck_assert_double_eq_tol(num(o, "lr", step), hp.lr_matrix * num(o, "lr_mult", step), 1e-6);
         ck_assert_double_eq(num(o, "aux_loss", step), 0.0); /* et: no balance loss, z_loss = 0 */
         ck_assert_int_eq(json_object_get(o, "val_loss") != NULL, step % 4 == 0);
+        ck_assert_int_eq(json_object_get(o, "val_bpb") != NULL, step % 4 == 0);
+        /* ids below 256 are single bytes: bits per byte = nats per token / ln 2 */
+        if (step % 4 == 0)
+            ck_assert_double_eq_tol(num(o, "val_bpb", step), num(o, "val_loss", step) / log(2.0), 1e-6);
         ck_assert_int_eq(json_object_get(o, "thresholds") != NULL, step % 2 == 0);
         json_t *routing = json_object_get(o, "routing");
         ck_assert(json_is_array(routing));
@@ -501,6 +513,30 @@ START_TEST(metrics_have_one_object_per_step_with_the_documented_keys) {
         ck_assert(no_expert >= 0 && no_expert <= tokens);
         ck_assert_double_eq(num(l1, "dropped", step), 0.0);
         ck_assert_double_eq(num(l1, "padded", step), 0.0);
+        /* the authors' routing metrics (routing_metrics.h) */
+        double t0 = num(l1, "tokens_0", step), t1 = num(l1, "tokens_1", step), t2 = num(l1, "tokens_2plus", step);
+        ck_assert_double_eq_tol(t0 + t1 + t2, 1.0, 1e-12);
+        ck_assert_double_eq_tol(t0 * tokens, no_expert, 1e-9);
+        ck_assert(t1 + 2 * t2 <= (double)pairs / tokens + 1e-12); /* 2+ means at least 2 */
+        double gm = num(l1, "gate_mean", step), gs = num(l1, "gate_std", step);
+        ck_assert(gm > 0 && gm < 1 && gs >= 0 && gs < 0.5);
+        ck_assert(isfinite(num(l1, "logit_mean", step)) && num(l1, "logit_std", step) > 0);
+        ck_assert_ptr_null(json_object_get(l1, "capacity_overflow")); /* no clamp in this config */
+        json_t *gap = json_object_get(l1, "cutoff_gap");
+        ck_assert_int_eq(json_array_size(gap), hp.n_routed);
+        /* step 1: the threshold in force is 0, so gap1 = cut1; step 2: c1 = cut1, cut2 = c1 + gap2,
+         * and the threshold after step 2 is (beta (1-beta) cut1 + (1-beta) cut2) / (1 - beta^2) */
+        for (int e = 0; e < hp.n_routed && e < 64; e++) {
+            double g = json_number_value(json_array_get(gap, e));
+            if (step == 1) gap1[e] = g;
+            if (step == 2) {
+                double beta = hp.et_beta, cut1 = gap1[e], cut2 = cut1 + g;
+                double c2 = json_number_value(json_array_get(
+                    json_object_get(json_array_get(json_object_get(o, "thresholds"), 0), "threshold"), e));
+                ck_assert_msg(fabs(c2 - (beta * (1 - beta) * cut1 + (1 - beta) * cut2) / (1 - beta * beta)) < 1e-5,
+                              "expert %d: threshold %.7g after step 2, gaps %.7g %.7g", e, c2, cut1, g);
+            }
+        }
         if (step <= hp.et_warmup_steps) /* EC: every expert takes exactly k_target per batch */
             for (int e = 0; e < hp.n_routed; e++)
                 ck_assert_int_eq(json_integer_value(json_array_get(load, e)),
@@ -833,7 +869,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, resume_is_byte_exact);
-    tcase_add_test(tc, runs_are_deterministic_across_thread_counts);
+    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 3);
     tcase_add_test(tc, nan_loss_stops_and_keeps_the_last_good_checkpoint);
     tcase_add_test(tc, huge_learning_rate_stops_before_saving_a_bad_state);
     tcase_add_test(tc, loss_falls_well_below_the_unigram_entropy);

@@ -77,9 +77,11 @@ BALANCE = {
     "aux": lambda c: c["alpha"] * (c["E"] * _f(c) * c["scores"].mean(0)).sum(),
     # Switch Transformer: alpha E sum_i f_i P_i, f_i = count_i / (N k), P_i = mean softmax(r)_i
     "switch": lambda c: c["alpha"] * c["E"] * (_f(c) * torch.softmax(c["r"], -1).mean(0)).sum(),
+    # the authors' aux_error: alpha sum_i (f_i - 1) P_i, aux's f_i and P_i
+    "aux_error": lambda c: c["alpha"] * ((c["E"] * _f(c) - 1.0) * c["scores"].mean(0)).sum(),
 }
 
-SELECT_BIAS = {"none": False, "aux": False, "switch": False, "lossfree": True}
+SELECT_BIAS = {"none": False, "aux": False, "switch": False, "lossfree": True, "aux_error": False}
 
 
 def z_loss(r, coef):
@@ -257,6 +259,18 @@ def step_end(state, rec, hp):
     return dict(state, counters=counters)
 
 
+# ---- the cut-off of one micro-batch (router.h, et_cutoff_scope) ---------------------------------
+def cutoff(r, pool, hp):
+    """pool: mean over the pools of each column's k_target-th largest; microbatch: the
+    floor(N k / E)-th largest of all N rows. step: all the step's rows; the twin's step holds one
+    micro-batch (step.py: grad_accum 1), where step and microbatch are the same."""
+    scope = hp.get("et_cutoff_scope", "pool")
+    if scope == "pool":
+        return kth_largest_columns(r, pool, k_target(hp, pool)).mean(0)
+    N = r.shape[0]
+    return kth_largest_columns(r, N, k_target(hp, N)).mean(0)
+
+
 # ---- one layer's routing ------------------------------------------------------------------------
 def route(r, state, hp, train=True):
     """Routes logits r (N,E) (no gradient needed) with the layer's state.
@@ -269,7 +283,7 @@ def route(r, state, hp, train=True):
     mask, margin = RULES[rule](c)
     out = {"mask": mask, "margin": margin, "rule": rule, "counts": c.get("counts")}
     if train and hp["router"] != "tc":
-        out["cut"] = kth_largest_columns(r, c["pool"], k_target(hp, c["pool"])).mean(0)
+        out["cut"] = cutoff(r, c["pool"], hp)
     return out
 
 
