@@ -18,6 +18,11 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/etmoe-mpi-XXXXXX") || exit 99
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp" || exit 99
 export OMP_NUM_THREADS=1
+# Under AddressSanitizer (.ci/run's sanitizer stage) Open MPI's plugins, loaded with dlopen and
+# unloaded at MPI_Finalize, leave allocations that LeakSanitizer reports without a usable stack
+# (so tests/lsan.supp cannot name them). Keep ASan's and UBSan's other checks, drop leak checking
+# for this test's processes only; every other test keeps it.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 failures=0
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
