@@ -27,7 +27,7 @@
 
 typedef struct etm_backend etm_backend;
 
-/* The router gate functions beside sigmoid_forward and the row softmax (src/router.h defines
+/* The router gate functions beside sigmoid_forward and the row softmax (src/router/router.h defines
  * where each is used). */
 typedef enum {
     ETM_GATE_OP_RELU = 0,        /* out = max(x, 0), elementwise */
@@ -209,10 +209,10 @@ struct etm_backend {
  *  - the backend tables: cpu_backend.c fills `.name = cpu_<name>` and cuda_backend.cu
  *    `etm_cuda_<name>` (memory functions: `cuda_<name>`) for each entry, so a backend without the
  *    function does not compile; etm_backend_create refuses a table with a NULL entry;
- *  - the profiler (src/profiler.c) wraps each entry as `prof_<name>`: a missing wrapper does not
+ *  - the profiler (src/bench/profiler.c) wraps each entry as `prof_<name>`: a missing wrapper does not
  *    compile;
  *  - the op-by-op comparison's coverage: tests/check_compare_ops.c runs etm_check_backend_ops
- *    (src/compare_ops.c) through the profiler and fails for any entry it never calls;
+ *    (src/validate/compare_ops.c) through the profiler and fails for any entry it never calls;
  *  - backend.c checks at compile time that this list and the struct above agree, field by field.
  * kind: ETM_OP_LIFETIME (destroy: called by etm_backend_free, not profiled or op-checked),
  * ETM_OP_MEMORY (allocation and synchronisation: counted by the profiler, not timed),

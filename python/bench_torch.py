@@ -33,7 +33,7 @@ def load_config(name, overrides):
 
 
 def init_params(hp, device, gen):
-    """Shapes of src/model.h; values N(0, s), s = min(1, sqrt(fan_out/fan_in)) / sqrt(fan_in)
+    """Shapes of src/model/model.h; values N(0, s), s = min(1, sqrt(fan_out/fan_in)) / sqrt(fan_in)
     (the speed does not depend on them; output projections are random too, so no gradient is
     trivially zero)."""
     D, H, Hkv = hp["d_model"], hp["n_head"], hp["n_kv_head"]

@@ -1,4 +1,4 @@
-/* check_bench.c: tests of the training-step benchmark (src/bench.h) and the `etmoe bench` verb:
+/* check_bench.c: tests of the training-step benchmark (src/bench/bench.h) and the `etmoe bench` verb:
  * one timed step of tiny dense and ET models, whose reported FLOPs must equal the documented
  * formula recomputed here from the shapes, whose numbers must be finite and positive, and whose
  * profile must count the operations the model is known to call; the verb's usage errors.

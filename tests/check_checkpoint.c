@@ -1,4 +1,4 @@
-/* check_checkpoint.c: tests of checkpoints (src/checkpoint.h) on tiny models with trained-on
+/* check_checkpoint.c: tests of checkpoints (src/checkpoint/checkpoint.h) on tiny models with trained-on
  * state: a round trip restores parameters, optimizer state, router state, RNG, loader position,
  * step and configuration bit for bit (ET, TC with loss-free biases, dense); saving is
  * deterministic and a restored model saves the same bytes; every kind of bad file (truncated,

@@ -1,4 +1,4 @@
-/* check_compare_ops.c: tests of the op-by-op backend comparison (src/compare_ops.c), runnable
+/* check_compare_ops.c: tests of the op-by-op backend comparison (src/validate/compare_ops.c), runnable
  * on any machine: the CPU backend compared with itself must pass every comparison, and copies of
  * it with one op broken in a known way (wrong arithmetic, wrong tie-breaking, a NaN, results
  * that change from run to run) must each be caught; and every operation of backends/backend.h's
@@ -117,7 +117,7 @@ START_TEST(test_every_op_is_checked_and_profiled) {
     for (int op = 0; op < ETM_BACKEND_N_OPS; op++) {
         if (etm_backend_op_kind(op) == ETM_OP_LIFETIME) continue; /* destroy: etm_backend_free */
         ck_assert_msg(etm_backend_op(prof, op) != etm_backend_op(cpu, op),
-                      "operation %s is not profiled (src/profiler.c)", etm_backend_op_name(op));
+                      "operation %s is not profiled (src/bench/profiler.c)", etm_backend_op_name(op));
     }
     ck_assert_int_eq(etm_check_backend_ops(cpu, prof, 7, NULL), 0);
     for (int op = 0; op < ETM_BACKEND_N_OPS; op++) {

@@ -1,4 +1,4 @@
-/* check_dump.c: tests of the dump file, its comparison and the routing statistics (src/dump.h)
+/* check_dump.c: tests of the dump file, its comparison and the routing statistics (src/diagnostics/dump.h)
  * on a tiny model and a tiny shard: a dump holds the model's own logits, losses and gradients and
  * a routing mask consistent with its logits and thresholds, is deterministic, and compares equal
  * to itself; a perturbed gradient element is found and named; one flipped mask entry is one

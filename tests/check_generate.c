@@ -1,4 +1,4 @@
-/* check_generate.c: tests of text generation (src/generate.h) and `etmoe generate`: greedy
+/* check_generate.c: tests of text generation (src/generate/generate.h) and `etmoe generate`: greedy
  * sampling is the argmax, top-k never leaves the top k and follows the softmax, the same seed
  * gives the same tokens, KV-cache generation equals re-running the full forward on the growing
  * sequence (tokens, logits, routed-expert counts), the colour buckets, the terminal writer's

@@ -1,4 +1,4 @@
-/* check_model.c: tests of the transformer (src/model.h): whole-model finite-difference gradients
+/* check_model.c: tests of the transformer (src/model/model.h): whole-model finite-difference gradients
  * for every router, causality of ET inference (and the non-causality of EC's training routing),
  * KV-cache decoding against the full forward, thread-count determinism, initialisation, the
  * parameter table and input errors. */

@@ -1,4 +1,4 @@
-/* check_routing_report.c: tests of the routing report (src/routing_report.h): token kinds, every
+/* check_routing_report.c: tests of the routing report (src/diagnostics/routing_report.h): token kinds, every
  * count against a slow per-token reference on random masks, EC cut-offs against their defining
  * property, the written tables read back, the passage layout, and the errors. */
 #include "backend.h"

@@ -1,4 +1,4 @@
-/* check_trainer.c: tests of the training loop (src/trainer.h) on tiny models and tiny shards of a
+/* check_trainer.c: tests of the training loop (src/train/trainer.h) on tiny models and tiny shards of a
  * Markov-chain "language" written in a temp dir: exact resume (2N steps == N, checkpoint, resume,
  * N more, byte for byte, also after a stop request), determinism across runs and thread counts,
  * the stop on a non-finite loss with the last good checkpoint left alone, learning (the loss

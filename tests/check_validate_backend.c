@@ -1,4 +1,4 @@
-/* check_validate_backend.c: tests of the whole-model backend validation (src/validate_backend.c) and
+/* check_validate_backend.c: tests of the whole-model backend validation (src/validate/validate_backend.c) and
  * of `etmoe check-backend`, runnable without a GPU: the cpu backend against itself must agree
  * exactly in every part; a copy of it whose gemm is off by 1e-3 relative must fail the compared
  * step and be named in the report; routing disagreements planted at a known distance from their

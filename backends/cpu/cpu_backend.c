@@ -74,7 +74,7 @@ void *cpu_scratch(etm_backend *be, int slot, size_t bytes) {
 /* Backend memory is calloc'd and aligned by hand: calloc hands out fresh pages from the kernel
  * already zero and maps them only when first written, where posix_memalign + memset wrote every
  * page up front on the host. The MoE layer's pair buffers are re-allocated whenever the routed
- * count outgrows them (src/moe.c), hundreds of MB at once: with the memset, that zeroing was
+ * count outgrows them (src/model/moe.c), hundreds of MB at once: with the memset, that zeroing was
  * most of the ET step's host time outside the operations (doc/performance.md). The pointer
  * calloc returned sits just below the aligned block, for cpu_free.
  *

@@ -1,4 +1,4 @@
-"""model.py: etmoe's model in PyTorch (doc/et-method.md section 3, src/model.h's contract):
+"""model.py: etmoe's model in PyTorch (doc/et-method.md section 3, src/model/model.h's contract):
 a nanochat-style decoder with RMSNorm without weights, RoPE on the halves of each head, QK-norm
 after RoPE, causal grouped-query attention, ReLU^2 MLPs, no biases, soft-capped logits, and MoE
 layers (routers.py) after the first `dense_layers`.
@@ -138,7 +138,7 @@ def forward(p, router_state, hp, inputs, targets, train=True, hooks=None, follow
 
 # ---- parameters and router state from a checkpoint ------------------------------------------
 def param_names(hp):
-    """The model's parameter names in table order (src/model.h)."""
+    """The model's parameter names in table order (src/model/model.h)."""
     names = ["wte"]
     for l in range(hp["n_layer"]):
         names += [f"layers.{l}.attn.{w}" for w in ("wq", "wk", "wv", "wo")]

@@ -1,5 +1,5 @@
 """routers.py: the routing rules of an MoE layer, as tables (the method: doc/et-method.md and
-the contracts of src/router.h; doc/config.md for the options).
+the contracts of src/router/router.h; doc/config.md for the options).
 
 A router option is one entry in one of these tables:
 
@@ -31,7 +31,7 @@ def _anchored(r):
     return w[:, 1:], w[:, 0]
 
 
-# router_activation (src/router.h, doc/config.md); tc_score's sigmoid / softmax for tc
+# router_activation (src/router/router.h, doc/config.md); tc_score's sigmoid / softmax for tc
 SCORES = {
     "sigmoid": torch.sigmoid,
     "softmax": lambda r: torch.softmax(r, dim=-1),

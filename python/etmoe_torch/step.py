@@ -1,4 +1,4 @@
-"""step.py: one optimizer step of etmoe's trainer (src/trainer.h's order: forward and backward
+"""step.py: one optimizer step of etmoe's trainer (src/train/trainer.h's order: forward and backward
 of grad_accum micro-batches, the optimizer step, then once per step the routers' state update:
 ET/EC cut-off EMA, loss-free biases, step counters), from a full checkpoint to the checkpoint
 the trainer would write next.
