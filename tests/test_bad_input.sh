@@ -86,6 +86,12 @@ for verb in eval generate inspect dump routing-profile; do
         expect 2 "etmoe $verb: ./fifo: $fifo_msg, so not a checkpoint file" "$etmoe" $verb ./fifo $extra
         expect 2 "etmoe $verb: ./readme.md: not a safetensors file" "$etmoe" $verb ./readme.md $extra
         expect 2 "unknown backend 'nope'" "$etmoe" $verb "$ckpt" --backend nope $extra
+        # the verbs' option tables (cli_parse_options): one wording for every verb
+        expect 2 "etmoe $verb: unknown option '--bogus'" "$etmoe" $verb "$ckpt" --bogus $extra
+        expect 2 "etmoe $verb: one checkpoint only ('$ckpt' and 'b.safetensors')" \
+            "$etmoe" $verb "$ckpt" b.safetensors $extra
+        expect 2 "etmoe $verb: option '--backend' needs a value" "$etmoe" $verb "$ckpt" $extra --backend
+        expect 0 "usage: etmoe $verb" "$etmoe" $verb --help
     }
     no_dir prof
     no_dir d.safetensors

@@ -46,24 +46,14 @@ static void dump_usage(void) {
 
 int cmd_dump(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL, *out = NULL, *backend = NULL, *batch_text = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int missing = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            dump_usage();
-            return ETM_EXIT_OK;
-        }
-        if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
-            cli_option_value(argc, argv, &i, "--out", &out, &missing) ||
-            cli_option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
-            if (missing) return cli_usage_error("dump", "option '%s' needs a value", a);
-            continue;
-        }
-        if (a[0] == '-' && a[1]) return cli_usage_error("dump", "unknown option '%s'", a);
-        if (ckpt) return cli_usage_error("dump", "one checkpoint only ('%s' and '%s')", ckpt, a);
-        ckpt = a;
-    }
+    const cli_option opts[] = {
+        {"--data", &data, NULL},
+        {"--out", &out, NULL},
+        {"--batch", &batch_text, NULL},
+        {"--backend", &backend, NULL},
+    };
+    int parsed = cli_parse_options("dump", argc, argv, opts, ETM_ARRAY_LEN(opts), "checkpoint", &ckpt, dump_usage);
+    if (parsed != CLI_PARSED) return parsed == CLI_HELP_SHOWN ? ETM_EXIT_OK : parsed;
     if (!ckpt) return cli_usage_error("dump", "no checkpoint given");
     if (!data) return cli_usage_error("dump", "--data SHARDS is required");
     if (!out) return cli_usage_error("dump", "--out FILE is required");

@@ -114,33 +114,20 @@ int cmd_generate(int argc, char **argv) {
     const char *ckpt = NULL, *prompt = NULL, *html = NULL, *backend = NULL, *tokenizer = NULL;
     const char *tokens_text = NULL, *temp_text = NULL, *topk_text = NULL, *seed_text = NULL, *color = "auto";
     int show_experts = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int missing = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage();
-            return ETM_EXIT_OK;
-        }
-        if (!strcmp(a, "--show-experts")) {
-            show_experts = 1;
-            continue;
-        }
-        if (cli_option_value(argc, argv, &i, "--prompt", &prompt, &missing) ||
-            cli_option_value(argc, argv, &i, "--tokens", &tokens_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--temperature", &temp_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--top-k", &topk_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--seed", &seed_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--color", &color, &missing) ||
-            cli_option_value(argc, argv, &i, "--html", &html, &missing) ||
-            cli_option_value(argc, argv, &i, "--tokenizer", &tokenizer, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
-            if (missing) return cli_usage_error("generate", "option '%s' needs a value", a);
-            continue;
-        }
-        if (a[0] == '-' && a[1]) return cli_usage_error("generate", "unknown option '%s'", a);
-        if (ckpt) return cli_usage_error("generate", "one checkpoint only ('%s' and '%s')", ckpt, a);
-        ckpt = a;
-    }
+    const cli_option opts[] = {
+        {"--prompt", &prompt, NULL},
+        {"--tokens", &tokens_text, NULL},
+        {"--temperature", &temp_text, NULL},
+        {"--top-k", &topk_text, NULL},
+        {"--seed", &seed_text, NULL},
+        {"--color", &color, NULL},
+        {"--html", &html, NULL},
+        {"--tokenizer", &tokenizer, NULL},
+        {"--backend", &backend, NULL},
+        {"--show-experts", NULL, &show_experts},
+    };
+    int parsed = cli_parse_options("generate", argc, argv, opts, ETM_ARRAY_LEN(opts), "checkpoint", &ckpt, usage);
+    if (parsed != CLI_PARSED) return parsed == CLI_HELP_SHOWN ? ETM_EXIT_OK : parsed;
     if (!ckpt) return cli_usage_error("generate", "no checkpoint given");
     if (!prompt) return cli_usage_error("generate", "no prompt given (--prompt TEXT; it may be empty)");
     long n_tokens = DEFAULT_TOKENS, top_k = 0;

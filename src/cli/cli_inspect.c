@@ -124,25 +124,15 @@ static void print_stats(etm_inspect *s, const etm_tokenizer *tok, int top) {
 int cmd_inspect(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL, *backend = NULL;
     const char *batches_text = NULL, *batch_text = NULL, *top_text = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int missing = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage();
-            return ETM_EXIT_OK;
-        }
-        if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
-            cli_option_value(argc, argv, &i, "--batches", &batches_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--top", &top_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
-            if (missing) return cli_usage_error("inspect", "option '%s' needs a value", a);
-            continue;
-        }
-        if (a[0] == '-' && a[1]) return cli_usage_error("inspect", "unknown option '%s'", a);
-        if (ckpt) return cli_usage_error("inspect", "one checkpoint only ('%s' and '%s')", ckpt, a);
-        ckpt = a;
-    }
+    const cli_option opts[] = {
+        {"--data", &data, NULL},
+        {"--batches", &batches_text, NULL},
+        {"--batch", &batch_text, NULL},
+        {"--top", &top_text, NULL},
+        {"--backend", &backend, NULL},
+    };
+    int parsed = cli_parse_options("inspect", argc, argv, opts, ETM_ARRAY_LEN(opts), "checkpoint", &ckpt, usage);
+    if (parsed != CLI_PARSED) return parsed == CLI_HELP_SHOWN ? ETM_EXIT_OK : parsed;
     if (!ckpt) return cli_usage_error("inspect", "no checkpoint given");
     cli_ckpt c;
     int rc = cli_ckpt_open(&c, "inspect", ckpt);

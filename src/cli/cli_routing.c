@@ -179,30 +179,20 @@ int cmd_routing_profile(int argc, char **argv) {
     const char *ckpt = NULL, *data = NULL, *backend = NULL, *out = NULL;
     const char *batches_text = NULL, *batch_text = NULL, *mode = "threshold", *pool_text = NULL;
     const char *passage_text = NULL, *width_text = NULL, *min_count_text = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int missing = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            usage();
-            return ETM_EXIT_OK;
-        }
-        if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
-            cli_option_value(argc, argv, &i, "--out", &out, &missing) ||
-            cli_option_value(argc, argv, &i, "--batches", &batches_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--batch", &batch_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--mode", &mode, &missing) ||
-            cli_option_value(argc, argv, &i, "--pool", &pool_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--passage", &passage_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--width", &width_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--min-count", &min_count_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
-            if (missing) return cli_usage_error("routing-profile", "option '%s' needs a value", a);
-            continue;
-        }
-        if (a[0] == '-' && a[1]) return cli_usage_error("routing-profile", "unknown option '%s'", a);
-        if (ckpt) return cli_usage_error("routing-profile", "one checkpoint only ('%s' and '%s')", ckpt, a);
-        ckpt = a;
-    }
+    const cli_option opts[] = {
+        {"--data", &data, NULL},
+        {"--out", &out, NULL},
+        {"--batches", &batches_text, NULL},
+        {"--batch", &batch_text, NULL},
+        {"--mode", &mode, NULL},
+        {"--pool", &pool_text, NULL},
+        {"--passage", &passage_text, NULL},
+        {"--width", &width_text, NULL},
+        {"--min-count", &min_count_text, NULL},
+        {"--backend", &backend, NULL},
+    };
+    int parsed = cli_parse_options("routing-profile", argc, argv, opts, ETM_ARRAY_LEN(opts), "checkpoint", &ckpt, usage);
+    if (parsed != CLI_PARSED) return parsed == CLI_HELP_SHOWN ? ETM_EXIT_OK : parsed;
     if (!ckpt) return cli_usage_error("routing-profile", "no checkpoint given");
     if (!out) return cli_usage_error("routing-profile", "no output directory given (--out DIR)");
     if (strcmp(mode, "threshold") && strcmp(mode, "batch"))

@@ -243,25 +243,14 @@ static void eval_usage(void) {
 int cmd_eval(int argc, char **argv) {
     const char *verb = "eval";
     const char *path = NULL, *data = NULL, *batches_s = NULL, *mode_s = NULL, *backend = NULL;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int missing = 0;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            eval_usage();
-            return ETM_EXIT_OK;
-        } else if (cli_option_value(argc, argv, &i, "--data", &data, &missing) ||
-                   cli_option_value(argc, argv, &i, "--batches", &batches_s, &missing) ||
-                   cli_option_value(argc, argv, &i, "--mode", &mode_s, &missing) ||
-                   cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
-            if (missing) return cli_usage_error(verb, "option %s needs a value", a);
-        } else if (a[0] == '-' && a[1] != '\0') {
-            return cli_usage_error(verb, "unknown option '%s'", a);
-        } else if (!path) {
-            path = a;
-        } else {
-            return cli_usage_error(verb, "unexpected argument '%s' (one CHECKPOINT)", a);
-        }
-    }
+    const cli_option opts[] = {
+        {"--data", &data, NULL},
+        {"--batches", &batches_s, NULL},
+        {"--mode", &mode_s, NULL},
+        {"--backend", &backend, NULL},
+    };
+    int parsed = cli_parse_options(verb, argc, argv, opts, ETM_ARRAY_LEN(opts), "checkpoint", &path, eval_usage);
+    if (parsed != CLI_PARSED) return parsed == CLI_HELP_SHOWN ? ETM_EXIT_OK : parsed;
     if (!path) return cli_usage_error(verb, "no CHECKPOINT given");
     long batches = 0;
     if (batches_s && cli_parse_long(batches_s, 1, 1000000000, &batches) != 0)

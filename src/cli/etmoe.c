@@ -64,6 +64,32 @@ int cli_option_value(int argc, char **argv, int *i, const char *name, const char
     return 1;
 }
 
+int cli_parse_options(const char *verb, int argc, char **argv, const cli_option *opts, size_t n_opts,
+                      const char *what, const char **positional, void (*usage)(void)) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return CLI_HELP_SHOWN;
+        }
+        int matched = 0;
+        for (size_t o = 0; o < n_opts && !matched; o++) {
+            if (!opts[o].value) {
+                if ((matched = !strcmp(a, opts[o].name))) *opts[o].flag = 1;
+                continue;
+            }
+            int missing = 0;
+            matched = cli_option_value(argc, argv, &i, opts[o].name, opts[o].value, &missing);
+            if (missing) return cli_usage_error(verb, "option '%s' needs a value", a);
+        }
+        if (matched) continue;
+        if (a[0] == '-' && a[1]) return cli_usage_error(verb, "unknown option '%s'", a);
+        if (*positional) return cli_usage_error(verb, "one %s only ('%s' and '%s')", what, *positional, a);
+        *positional = a;
+    }
+    return CLI_PARSED;
+}
+
 int cli_parse_long(const char *text, long lo, long hi, long *out) {
     char *end;
     errno = 0;
