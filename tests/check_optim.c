@@ -7,6 +7,7 @@
  * and momentum schedules at key steps; clipping; non-finite gradients; and checkpointing of the
  * optimizer state so that a restored run continues bit for bit. */
 #include "backend.h"
+#include "checkpoint.h"
 #include "common.h"
 #include "hparams.h"
 #include "optim.h"

@@ -1,5 +1,5 @@
 /* blas_bits.c: which shortcuts keep the bits of the CBLAS sgemm calls that Muon's Newton-Schulz
- * makes (src/train/optim.c), on this machine's BLAS. Not part of the library or of make check; run with
+ * makes (src/optim/optim.c), on this machine's BLAS. Not part of the library or of make check; run with
  * `make blas-bits` (doc/performance.md quotes its output).
  *
  * For the Newton-Schulz products of a (1024, 512) matrix X (Gram A = X^T X and X X^T, 512 x 512

@@ -1,4 +1,4 @@
-"""optim.py: etmoe's optimizer step (the contract at the top of src/train/optim.h; doc/config.md
+"""optim.py: etmoe's optimizer step (the contract at the top of src/optim/optim.h; doc/config.md
 [optim]): global-norm clipping, AdamW for the embedding, head and routers (and the matrices with
 matrix_optimizer = adamw), Muon with Nesterov momentum and Newton-Schulz orthogonalisation per
 matrix (per expert for stacked (E, rows, cols) tensors), the learning-rate schedule and the Muon

@@ -18,11 +18,12 @@
 #include "loader.h"
 #include "model.h"
 #include "rng.h"
+#include "safetensors.h"
 
 /* The value of __metadata__["format"]; a reader refuses any other. */
 #define ETM_CHECKPOINT_FORMAT "etmoe-checkpoint-1"
 
-struct etm_optim; /* src/optim.h */
+struct etm_optim; /* src/optim/optim.h */
 
 /* The trainer's position: saved as the tensors "step", "rng" and "loader.pos". */
 typedef struct {
@@ -61,5 +62,11 @@ etm_model *etm_checkpoint_load_model(const char *path, etm_backend *be, int max_
  * batch_size and matrix_optimizer (they shape the parameters, the state or the data order). The
  * other keys (schedule, learning rates, paths, eval/log cadence, ...) may change on resume. */
 const char *etm_checkpoint_config_difference(const etm_hparams *ckpt, const etm_hparams *run);
+
+/* The optimizer's state in a checkpoint (checkpoint_optim.c). Save adds every state tensor to a
+ * writer (downloaded into buffers the writer owns); load restores every one of them, after
+ * checking that all exist with the right dtype and shape, before changing any. */
+int etm_optim_save(const struct etm_optim *opt, etm_st_writer *w, etm_error *err);
+int etm_optim_load(struct etm_optim *opt, etm_st_file *f, etm_error *err);
 
 #endif

@@ -31,7 +31,6 @@
 #include "comm.h"
 #include "hparams.h"
 #include "param.h"
-#include "safetensors.h"
 
 
 /* One tensor of optimizer state, for checkpoints: "opt.<param>.m" and "opt.<param>.v" (AdamW),
@@ -89,10 +88,7 @@ size_t etm_newton_schulz_work(int count, int rows, int cols);
 /* The optimizer's state tensors, in a fixed order (parameter order; m before v). */
 int etm_optim_state_count(const etm_optim *opt);
 const etm_optim_state *etm_optim_state_at(const etm_optim *opt, int i);
-/* Adds every state tensor to a checkpoint writer (downloaded into buffers the writer owns). */
-int etm_optim_save(const etm_optim *opt, etm_st_writer *w, etm_error *err);
-/* Restores every state tensor from a checkpoint; checks that all of them exist with the right
- * dtype and shape before changing any. */
-int etm_optim_load(etm_optim *opt, etm_st_file *f, etm_error *err);
+/* The backend the state tensors live on (for the checkpoint layer's save and load). */
+etm_backend *etm_optim_backend(const etm_optim *opt);
 
 #endif
