@@ -300,6 +300,9 @@ static int set_value(etm_hparams *hp, int k, const char *value, const char *wher
                             ki->names ? " or " : "", ki->names ? ki->names[0] : "");
         if (!isfinite(v))
             return etm_fail(err, "%s%s: '%s' is not a finite number", where, ki->key, value);
+        if (ki->names && v == ETM_INHERIT) /* the number that stands for the word: say the word */
+            return etm_fail(err, "%s%s: %s is below 0 (write %s for the inherited value)", where, ki->key,
+                            value, ki->names[0]);
         *(float *)field(hp, k) = v;
         return 0;
     }
