@@ -92,7 +92,7 @@ BEGIN {
         top_k[r] = CF["top_k"]
         seq_len[r] = CF["seq_len"]
         # per-run figures that only MoE runs have
-        n_authors = split("tokens_0 tokens_1 tokens_2plus gate_mean gate_std logit_mean logit_std capacity_overflow capacity_underflow cutoff_gap_abs", AUK, " ")
+        n_authors = split("tokens_0 tokens_1 tokens_2plus gate_mean gate_std logit_mean logit_std capacity_overflow capacity_underflow cutoff_gap_abs gate_down gate_down_ratio", AUK, " ")
         for (q = 1; q <= n_authors; q++) au[r, AUK[q]] = "NaN"
         early_late[r] = "NaN"; punct_word[r] = "NaN"; number_word[r] = "NaN"
         tr_experts[r] = "NaN"; pr_experts[r] = "NaN"
@@ -186,7 +186,7 @@ BEGIN {
            "eval_max_over_mean_load\tbatch_loss_mean\tprofile_loss_mean\tseconds_mean\tsteps\ttarget_loss\t" \
            "eval_frac_one\teval_frac_two\teval_frac_three_plus\teval_mean_gate\tcorpus\ttop_k\t" \
            "bpb_mean\tbpb_sd\tbpb_delta_vs_dense\ttokens_0\ttokens_1\ttokens_2plus\tgate_mean\tgate_std\t" \
-           "logit_mean\tlogit_std\tcapacity_overflow\tcapacity_underflow\tcutoff_gap_abs\n" > rt
+           "logit_mean\tlogit_std\tcapacity_overflow\tcapacity_underflow\tcutoff_gap_abs\tgate_down\tgate_down_ratio\n" > rt
     sd_path = tables "/seeds.tsv"
     printf "# name\tseed\teval_loss\ttokens_to_target\tseconds\teval_bpb\tcorpus\ttop_k\ttrain_experts\t" \
            "eval_experts\tearly_minus_late\tpunct_minus_word\tnumber_minus_word\tgate_mean\tcutoff_gap_abs\n" > sd_path

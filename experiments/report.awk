@@ -328,14 +328,18 @@ BEGIN {
     print "standard deviation of the routed gates and of the router logits; capacity overflow and underflow"
     print "(only with a capacity: `-` here); *cut-off gap*: the mean over experts of |batch cut-off - threshold"
     print "in force| (their `cutoff_abs_deviation`), how far the thresholds trail the batches (ET and EC)."
+    print "And etmoe's measure of the routed experts' weight (issue 15): *gate x down* is the mean routed gate"
+    print "times the load-weighted RMS of the routed down projections; *vs shared*, that over the shared"
+    print "experts' down-projection RMS (1: a routed expert's output as large as the shared one's)."
     print ""
-    print "| router | tokens 0 | 1 | 2+ | gate mean | gate sd | logit mean | logit sd | overflow | underflow | cut-off gap |"
-    print "|---|---|---|---|---|---|---|---|---|---|---|"
+    print "| router | tokens 0 | 1 | 2+ | gate mean | gate sd | logit mean | logit sd | overflow | underflow | cut-off gap | gate x down | vs shared |"
+    print "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     for (i = 1; i <= nr; i++) {
         if (R[i, "kind"] == "dense") continue
-        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", R[i, "name"], pct(R[i, "tokens_0"]), pct(R[i, "tokens_1"]),
+        printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", R[i, "name"], pct(R[i, "tokens_0"]), pct(R[i, "tokens_1"]),
                pct(R[i, "tokens_2plus"]), f3(R[i, "gate_mean"]), f3(R[i, "gate_std"]), f3(R[i, "logit_mean"]), f3(R[i, "logit_std"]),
-               pct(R[i, "capacity_overflow"]), pct(R[i, "capacity_underflow"]), f3(R[i, "cutoff_gap_abs"])
+               pct(R[i, "capacity_overflow"]), pct(R[i, "capacity_underflow"]), f3(R[i, "cutoff_gap_abs"]),
+               f4(R[i, "gate_down"]), f3(R[i, "gate_down_ratio"])
     }
     print ""
 

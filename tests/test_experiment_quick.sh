@@ -81,7 +81,7 @@ awk -F'\t' 'NR == 1 { sub(/^# */, ""); for (i = 1; i <= NF; i++) c[$i] = i; next
     $3 != "dense" { s = $c["tokens_0"] + $c["tokens_1"] + $c["tokens_2plus"]
         if (s < 0.999 || s > 1.001 || !($c["gate_mean"] > 0 && $c["gate_mean"] <= 1) || !($c["bpb_mean"] > 0)) {
             print "authors metrics of " $1 ": shares sum " s ", gate " $c["gate_mean"] ", bpb " $c["bpb_mean"]; bad = 1 } }
-    $1 == "et" && !($c["cutoff_gap_abs"] >= 0) { print "et: no cut-off gap"; bad = 1 }
+    $1 == "et" && !($c["cutoff_gap_abs"] >= 0 && $c["gate_down_ratio"] > 0) { print "et: no cut-off gap or gate x down ratio"; bad = 1 }
     END { exit bad }' "$t/routers.tsv" || fail "routers.tsv authors metrics"
 [ -s "$t/corpus_austen.tsv" ] || fail "no corpus_austen.tsv"
 for f in curve_et.tsv position_et.tsv position_ec-batch_batch.tsv kind.tsv thr_et.tsv thr_ec-batch.tsv usage.tsv passage.tsv; do
