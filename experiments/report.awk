@@ -198,13 +198,14 @@ BEGIN {
         c = CORP[q]
         cs = INFO["steps_" c]
         if (c == "linux") {
-            printf "- **Data%s: the Linux kernel's English documentation** (GPL text, licence %s), prepared by\n",
+            printf "- **Data%s: the Linux kernel's English documentation** (the kernel's `COPYING`: %s), prepared by\n",
                    q == 1 ? " (main corpus, every arm)" : "", CORPUS[c, "licence"]
             printf "  `run.sh` from Debian's `%s` (`apt-get install linux-source-6.1`; source %s), not shipped:\n",
                    CORPUS[c, "package"], CORPUS[c, "source"]
             print "  `tar -xJf /usr/src/linux-source-6.1.tar.xz --wildcards 'linux-source-6.1/Documentation/*'`, then every"
             print "  `Documentation/` file named `*.rst` or `*.txt` outside `Documentation/translations/`, in C-locale path"
-            printf "  order (`find ... | LC_ALL=C sort`): %s files, %s bytes, no byte budget (all of it); the files\n", CORPUS[c, "files"], CORPUS[c, "bytes"]
+            printf "  order (`find ... | LC_ALL=C sort`): %s files, %s bytes, no byte budget (all of it). The files' own\n", CORPUS[c, "files"], CORPUS[c, "bytes"]
+            printf "  SPDX tags: %s (untagged files fall under the kernel's `COPYING`). The files\n", CORPUS[c, "spdx"]
             printf "  concatenated in that order have sha256 `%s`. Tokenizer: %s\n", CORPUS[c, "sha256"], CORPUS[c, "tokenizer"]
             printf "  (`etmoe tokenizer train --vocab-size 4096`, %s bytes; merges file sha256 `%s`), so it never saw\n",
                    CORPUS[c, "tokenizer_bytes"], CORPUS[c, "tokenizer_sha256"]
@@ -241,8 +242,9 @@ BEGIN {
     printf "  and the data order, so every router sees the same batches in the same order for a given seed.\n"
     printf "- **Validation loss**: token cross-entropy over the whole validation split after training\n"
     printf "  (`etmoe eval`, routing as at inference: ET and EC by their thresholds, TC by top-k), and its\n"
-    printf "  **bits per byte** (total nats / ln 2 / UTF-8 bytes of the evaluated tokens, comparable across\n"
-    printf "  tokenizers and so across corpora' tokenizations; within one corpus a fixed multiple of the loss); the curves\n"
+    printf "  **bits per byte** (nats / ln 2 / UTF-8 bytes of the evaluated targets, leaving out targets with\n"
+    printf "  no bytes, the <|endoftext|> tokens, as nanochat's evaluate_bpb: comparable across tokenizers, so\n"
+    printf "  across the two corpora's; within a corpus it follows the loss closely but not exactly); the curves\n"
     printf "  use the training-time evaluations (the first %d validation batches every %d steps).\n", C["eval_batches"], C["eval_every"]
     print ""
     print "| name | router | settings |"
@@ -363,7 +365,7 @@ BEGIN {
     if (has("dense")) {
         better = 0; resolved = 0; worse = 0
         for (i = 1; i <= nr; i++) {
-            if (R[i, "kind"] == "dense") continue
+            if (R[i, "kind"] == "dense" || R[i, "corpus"] != main_corpus) continue
             paired(R[i, "name"], "dense")
             if (isnum(D_mean) && D_mean < 0) better++
             if (isnum(D_mean) && D_mean > 0) worse++
@@ -375,7 +377,7 @@ BEGIN {
     }
     for (i = 1; i <= nr; i++) {
         if (R[i, "kind"] != "et" || !isnum(R[i, "train_experts"])) continue
-        te = R[i, "train_experts"]; k = C["top_k"]
+        te = R[i, "train_experts"]; k = isnum(R[i, "top_k"]) ? R[i, "top_k"] : C["top_k"]
         if (te < 0.3 * k) {
             printf "- **%s starved its experts**: in the second half of training its thresholds routed %s experts per\n", R[i, "name"], f3(te)
             printf "  token (target %d), with %s of (token, layer) pairs getting none; at inference %s. The\n", k, pct(R[i, "train_no_expert_frac"]), f3(R[i, "eval_experts"])

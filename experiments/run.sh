@@ -232,6 +232,11 @@ prepare_linux() {
         printf 'source\t%s (%s bytes, sha256 %s)\n' "$linux_tar" "$(wc -c <"$linux_tar" | tr -d ' ')" "$(sha256sum "$linux_tar" | cut -d' ' -f1)"
         printf 'package\t%s\n' "$(dpkg-query -W -f '${Package} ${Version}' linux-source-6.1 2>/dev/null || echo 'linux-source-6.1 (version unknown)')"
         printf 'licence\t%s\n' "$(sed -n 's/.*SPDX-License-Identifier: //p' "$k/COPYING" | head -1)"
+        # the files' own SPDX tags (most have none: the kernel's COPYING applies), most frequent first
+        (cd "$k" && xargs grep -h -m1 -o 'SPDX-License-Identifier: .*' <"$c/files.txt") |
+            sed 's/^SPDX-License-Identifier: //; s/ *\(-->\|\*\/\)$//' | sort | uniq -c | sort -k1,1nr -k2 |
+            "$AWK" -v files="$(wc -l <"$c/files.txt")" '{ n = $1; $1 = ""; t += n; s = s (s == "" ? "" : "; ") substr($0, 2) " x " n }
+                END { printf "spdx\t%s; no tag x %d\n", s, files - t }'
         printf 'files\t%s\n' "$(wc -l <"$c/files.txt" | tr -d ' ')"
         printf 'bytes\t%s\n' "$(wc -c <"$c/corpus.txt" | tr -d ' ')"
         printf 'sha256\t%s\n' "$(sha256sum "$c/corpus.txt" | cut -d' ' -f1)"
