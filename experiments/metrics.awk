@@ -14,7 +14,9 @@
 #                       logit_mean, logit_std, capacity_overflow, capacity_underflow,
 #                       cutoff_gap_abs (mean over experts of |cut-off - threshold in force|, the
 #                       authors' cutoff_abs_deviation): the ET authors' routing metrics
-#                       (src/routing_metrics.h), NaN where a run does not define them
+#                       (src/router/routing_metrics.h), then gate_down (mean routed gate x RMS
+#                       of the routed down projections) and gate_down_ratio (that over the
+#                       shared experts' RMS; issue 15), NaN where a run does not define them
 # Exits 1 with a message naming the line on malformed input or a missing key.
 
 function fail(msg) {
@@ -38,7 +40,7 @@ BEGIN {
     routing = out "/routing.tsv"
     thr = out "/thresholds.tsv"
     authors = out "/routing_authors.tsv"
-    print "# step\tlayer\ttokens_0\ttokens_1\ttokens_2plus\tgate_mean\tgate_std\tlogit_mean\tlogit_std\tcapacity_overflow\tcapacity_underflow\tcutoff_gap_abs" > authors
+    print "# step\tlayer\ttokens_0\ttokens_1\ttokens_2plus\tgate_mean\tgate_std\tlogit_mean\tlogit_std\tcapacity_overflow\tcapacity_underflow\tcutoff_gap_abs\tgate_down\tgate_down_ratio" > authors
     print "# step\ttokens\tloss\tval_loss\taux_loss\telapsed\tval_bpb" > curve
     print "# step\tlayer\tmean_experts\tno_expert_frac\tmax_over_mean_load\tmin_over_mean_load\tdropped\tpadded" > routing
     print "# step\tlayer\texpert\tthreshold\tcutoff" > thr
@@ -76,7 +78,7 @@ BEGIN {
             for (e = 0; e < n_routed; e++) { x = num(p "cutoff_gap." e); g += x < 0 ? -x : x }
             gap = sprintf("%.6g", g / n_routed)
         }
-        print line "\t" gap > authors
+        print line "\t" gap "\t" (((p "gate_down") in F) ? F[p "gate_down"] : "NaN") "\t" (((p "gate_down_ratio") in F) ? F[p "gate_down_ratio"] : "NaN") > authors
     }
 
     have = 0

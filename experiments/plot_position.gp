@@ -10,8 +10,8 @@ set logscale x
 set xlabel "position in the sequence (1 = first token; log scale)"
 set ylabel "routed experts per token"
 set grid
-set key below maxrows 3
-set bmargin 8
+set key below maxrows 4
+set bmargin 11
 set title "Experts per token by position (validation set, mean over seeds)"
 set style fill transparent solid 0.15 noborder
 # token choice routes every token to exactly top_k experts: one TC line stands for all of them

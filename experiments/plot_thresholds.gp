@@ -28,7 +28,7 @@ if (file_ok(thr("ec-batch"))) {
     plot for [e=0:E-1] thr("ec-batch") using 1:(column(E + 2 + e)) with points pt 7 ps 0.25 lc rgb ecol(e) notitle, \
          for [e=0:E-1] thr("ec-batch") using 1:(column(2 + e)) with lines lw 1.5 lc rgb ecol(e) title sprintf("expert %d", e)
 } else { plot NaN notitle }
-set title "routed experts per token in each training batch (target: 1)"
+set title "routed experts per token in each training batch (target: top_k, 1; 2 for et-fine and et-noshared)"
 set ylabel "experts per token"
 set arrow 1 from warmup, graph 0 to warmup, graph 1 nohead dt 2 lc rgb "#444444"
 usage_cols = system("awk -F'\t' 'NR == 1 { for (i = 2; i <= NF; i++) printf \"%s \", $i; exit }' '".tables."/usage.tsv'")

@@ -11,11 +11,17 @@ set style line 4 lc rgb "#17becf" lw 2   # tc-lossfree
 set style line 5 lc rgb "#ff7f0e" lw 2   # ec-seq
 set style line 6 lc rgb "#d62728" lw 2   # ec-batch
 set style line 7 lc rgb "#2ca02c" lw 2   # et
-set style line 8 lc rgb "#9467bd" lw 2   # et-nowarm
-all_routers = "dense tc-none tc-aux tc-lossfree ec-seq ec-batch et et-nowarm"
-router_style(name) = (name eq "dense") ? 1 : (name eq "tc-none") ? 2 : (name eq "tc-aux") ? 3 : \
-    (name eq "tc-lossfree") ? 4 : (name eq "ec-seq") ? 5 : (name eq "ec-batch") ? 6 : (name eq "et") ? 7 : 8
-router_color(name) = word("#000000 #8c8c8c #1f77b4 #17becf #ff7f0e #d62728 #2ca02c #9467bd", router_style(name))
+set style line 8 lc rgb "#9467bd" lw 2   # et-nowarm, and any other name
+set style line 9 lc rgb "#8c564b" lw 2   # et-fine
+set style line 10 lc rgb "#e377c2" lw 2  # et-noshared
+set style line 11 lc rgb "#bcbd22" lw 2  # et-softmax-e
+set style line 12 lc rgb "#7f7f00" lw 2  # et-softmax-e-so
+set style line 13 lc rgb "#393b79" lw 2  # et-lr-expert
+set style line 14 lc rgb "#637939" lw 2  # et-wd
+style_names = "dense tc-none tc-aux tc-lossfree ec-seq ec-batch et et-nowarm et-fine et-noshared et-softmax-e et-softmax-e-so et-lr-expert et-wd"
+router_style(name) = (strstrt(" ".style_names." ", " ".name." ") > 0) ? \
+    words(substr(style_names, 1, strstrt(" ".style_names." ", " ".name." ") - 1 + strlen(name))) : 8
+router_color(name) = word("#000000 #8c8c8c #1f77b4 #17becf #ff7f0e #d62728 #2ca02c #9467bd #8c564b #e377c2 #bcbd22 #7f7f00 #393b79 #637939", router_style(name))
 file_ok(f) = system("test -s '".f."' && echo 1 || echo 0") + 0
-# the routers of this experiment, in the order of routers.tsv
-routers = system("awk -F'\t' '!/^#/ { printf \"%s \", $1 }' '".tables."/routers.tsv'")
+# the routers of the main corpus (run.sh's runs_main.tsv; else routers.tsv), in their order
+routers = system("f='".tables."/runs_main.tsv'; [ -s \"$f\" ] || f='".tables."/routers.tsv'; awk -F'\t' '!/^#/ && !s[$1]++ { printf \"%s \", $1 }' \"$f\"")

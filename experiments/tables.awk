@@ -25,3 +25,19 @@ function tcrit(df,    T) {
           "2.045 2.042", T, " ")
     return df >= 1 && df <= 30 ? T[df] + 0 : 1.960
 }
+
+# Reads an etmoe config file (KEY = VALUE lines, sections and comments ignored) into CF (cleared
+# first); 0 when the file is missing or holds no key.
+function read_kv_conf(path, CF,    line, n, f) {
+    split("", CF)
+    n = 0
+    while ((getline line < path) > 0) {
+        sub(/#.*/, "", line)
+        if (split(line, f, " = ") != 2) continue
+        gsub(/^[ \t]+|[ \t]+$/, "", f[1]); gsub(/^[ \t]+|[ \t]+$|"/, "", f[2])
+        CF[f[1]] = f[2]
+        n++
+    }
+    close(path)
+    return n
+}

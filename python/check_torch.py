@@ -136,6 +136,12 @@ STEP_CASES = {
     # the same for et thresholds with scope step (one micro-batch per step: the step's tokens)
     "step-et-cutoff-step": (["router=et", "et_warmup_steps=1", "pool_seqs=1", "et_cutoff_scope=step",
                              "et_beta=0.5", "max_steps=10"], 2, 2),
+    # issue 15: the routed experts' rate scaled, the matrices decayed on their own (the embedding,
+    # head and router at weight_decay), under Muon and under AdamW matrices
+    "step-et-expert-scale-matrix-decay": (["router=et", "et_warmup_steps=1", "lr_expert_scale=0.25",
+                                           "weight_decay=0.02", "matrix_weight_decay=0.1", "max_steps=10"], 2),
+    "step-tc-expert-scale-adamw": (["router=tc", "matrix_optimizer=adamw", "lr_matrix=0.003",
+                                    "lr_expert_scale=3", "matrix_weight_decay=0.2", "max_steps=10"], 2),
     # the step in the learning-rate warm-up, AdamW for the matrices too
     "step-tc-lossfree-adamw": (["router=tc", "tc_balance=lossfree", "lossfree_rate=0.01",
                                 "matrix_optimizer=adamw", "lr_matrix=0.003", "max_steps=10", "warmup_steps=5"], 2),

@@ -202,6 +202,50 @@ START_TEST(configs_without_cutoff_scope_read_as_pool) {
 }
 END_TEST
 
+/* lr_expert_scale and matrix_weight_decay (issue 15) came after checkpoints trained with an
+ * unscaled expert rate and weight_decay on every group: without their lines, 1 and inherit.
+ * "inherit" is printed and read back as itself; a number as the number. */
+START_TEST(configs_without_expert_scale_or_matrix_decay_read_as_before) {
+    etm_hparams hp, back;
+    etm_hparams_defaults(&hp);
+    ck_assert(hp.lr_expert_scale == 1.0f && hp.matrix_weight_decay == ETM_INHERIT);
+    hp.weight_decay = 0.25f;
+    ck_assert(etm_matrix_weight_decay(&hp) == 0.25f);
+    char *text = etm_hparams_to_string(&hp);
+    ck_assert_ptr_nonnull(strstr(text, "\nmatrix_weight_decay = inherit\n"));
+    free(text);
+    hp.lr_expert_scale = 0.5f;
+    hp.matrix_weight_decay = 0.0f; /* a number, even 0, no longer inherits */
+    ck_assert(etm_matrix_weight_decay(&hp) == 0.0f);
+    assert_round_trip(&hp);
+    text = etm_hparams_to_string(&hp);
+    const char *lines[] = {"\nlr_expert_scale = 0.5", "\nmatrix_weight_decay = 0"};
+    for (size_t i = 0; i < ETM_ARRAY_LEN(lines); i++) {
+        char *line = strstr(text, lines[i]);
+        ck_assert_msg(line != NULL, "no line '%s'", lines[i] + 1);
+        memmove(line, line + strlen(lines[i]), strlen(line + strlen(lines[i])) + 1);
+    }
+    ck_assert_ptr_null(strstr(text, "lr_expert_scale"));
+    ck_assert_ptr_null(strstr(text, "matrix_weight_decay"));
+    etm_error err = {{0}};
+    ck_assert_msg(etm_hparams_from_string(&back, text, "old.safetensors", &err) == 0, "%s", err.msg);
+    ck_assert(back.lr_expert_scale == 1.0f);
+    ck_assert(back.matrix_weight_decay == ETM_INHERIT && etm_matrix_weight_decay(&back) == 0.25f);
+    free(text);
+    /* the word, a number, and what is neither */
+    ck_assert_int_eq(etm_hparams_set(&hp, "matrix_weight_decay", "inherit", &err), 0);
+    ck_assert(hp.matrix_weight_decay == ETM_INHERIT);
+    ck_assert_int_eq(etm_hparams_set(&hp, "matrix_weight_decay", "0.1", &err), 0);
+    ck_assert(hp.matrix_weight_decay == 0.1f);
+    ck_assert_int_ne(etm_hparams_set(&hp, "matrix_weight_decay", "inherits", &err), 0);
+    ASSERT_MSG_HAS(err, "matrix_weight_decay: 'inherits' is not a number or inherit");
+    ck_assert_int_ne(etm_hparams_set(&hp, "matrix_weight_decay", "-1", &err), 0);
+    ASSERT_MSG_HAS(err, "matrix_weight_decay: -1 is below 0 (write inherit");
+    ck_assert_int_ne(etm_hparams_set(&hp, "lr_expert_scale", "inherit", &err), 0);
+    ASSERT_MSG_HAS(err, "lr_expert_scale: 'inherit' is not a number");
+}
+END_TEST
+
 START_TEST(print_and_parse_round_trip) {
     const char *presets[] = {"demo", "bench", "d12", "d20"};
     etm_error err = {{0}};
@@ -378,6 +422,9 @@ START_TEST(validate_rejects_inconsistent_settings) {
         {{"dense_layers=5"}, "dense_layers = 5 exceeds n_layer = 4"},
         {{"router=dense", "dense_layers=7"}, "dense_layers = 7 exceeds n_layer = 4"},
         {{"et_beta=1"}, "et_beta = 1 must be in [0, 1)"},
+        {{"lr_expert_scale=0"}, "lr_expert_scale = 0 must be > 0"},
+        {{"lr_expert_scale=-2"}, "lr_expert_scale = -2 must be > 0"},
+        {{"matrix_weight_decay=-0.5"}, "matrix_weight_decay = -0.5 must be >= 0 or inherit"},
         {{"et_beta=-0.5"}, "et_beta = -0.5 must be in [0, 1)"},
         {{"et_capacity=-0.25"}, "et_capacity = -0.25 must be in [0, 1]"},
         {{"capacity_factor=-1"}, "capacity_factor = -1 must be >= 0"},
@@ -571,6 +618,7 @@ static Suite *hparams_suite(void) {
     tcase_add_loop_test(tc, configs_older_than_a_key_keep_its_old_behaviour, 0, (int)ETM_ARRAY_LEN(older_keys));
     tcase_add_test(tc, router_activation_rejects_what_tc_cannot_use);
     tcase_add_test(tc, configs_without_cutoff_scope_read_as_pool);
+    tcase_add_test(tc, configs_without_expert_scale_or_matrix_decay_read_as_before);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);
     tcase_add_test(tc, floats_read_back_bit_identical);

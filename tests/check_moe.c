@@ -596,6 +596,36 @@ START_TEST(layer_matches_reference) {
 }
 END_TEST
 
+/* etm_moe_down_rms (routing_metrics.h's down_rms and shared_down_rms) against a slow double loop
+ * over the host copies of the weights: each routed expert on its own, the shared ones together. */
+START_TEST(down_rms_matches_a_slow_loop) {
+    const moe_case *c = &cases[_i];
+    problem p;
+    problem_init(&p, c, 4000 + (uint64_t)_i);
+    etm_moe_layer *L = problem_layer(&p, c);
+    size_t n = (size_t)p.D * p.Hx;
+    double *got = etm_malloc((size_t)p.E * sizeof *got), shared;
+    etm_moe_down_rms(L, &p.w, got, &shared);
+    for (int e = 0; e < p.E; e++) {
+        double sq = 0;
+        for (size_t i = 0; i < n; i++) sq += (double)p.down[e * n + i] * p.down[e * n + i];
+        ck_assert_msg(fabs(got[e] - sqrt(sq / n)) <= 1e-6 * sqrt(sq / n), "%s: expert %d: %.9g, loop %.9g",
+                      c->name, e, got[e], sqrt(sq / n));
+    }
+    if (p.S == 0) {
+        ck_assert_msg(isnan(shared), "%s: no shared expert, yet shared_down_rms %g", c->name, shared);
+    } else {
+        double sq = 0;
+        for (size_t i = 0; i < (size_t)p.S * n; i++) sq += (double)p.sd[i] * p.sd[i];
+        double want = sqrt(sq / ((double)p.S * n));
+        ck_assert_msg(fabs(shared - want) <= 1e-6 * want, "%s: shared %.9g, loop %.9g", c->name, shared, want);
+    }
+    free(got);
+    etm_moe_free(L);
+    problem_free(&p);
+}
+END_TEST
+
 /* A layer that first routes few pairs, then N*E pairs: the pair buffers grow and the results
  * still match the reference. */
 START_TEST(pair_buffers_grow_to_all_pairs) {
@@ -807,6 +837,7 @@ static Suite *moe_suite(void) {
     TCase *tc = tcase_create("reference");
     tcase_add_loop_test(tc, layer_matches_reference, 0, N_CASES);
     tcase_add_test(tc, pair_buffers_grow_to_all_pairs);
+    tcase_add_loop_test(tc, down_rms_matches_a_slow_loop, 0, N_CASES);
     suite_add_tcase(s, tc);
     tc = tcase_create("gradients");
     tcase_add_loop_test(tc, finite_differences_with_replay, 0, N_CASES);

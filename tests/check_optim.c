@@ -5,7 +5,8 @@
  * Nesterov, shape scale, weight decay, 3-D expert tensors per expert and stacked) against a
  * reference, and both expert layouts' bit-identity across thread counts; the learning-rate
  * and momentum schedules at key steps; clipping; non-finite gradients; and checkpointing of the
- * optimizer state so that a restored run continues bit for bit. */
+ * optimizer state so that a restored run continues bit for bit. lr_expert_scale (the routed
+ * experts' rate alone) and matrix_weight_decay (the matrices alone) are in both references. */
 #include "backend.h"
 #include "checkpoint.h"
 #include "common.h"
@@ -140,18 +141,22 @@ END_TEST
 /* ---- AdamW ----------------------------------------------------------------------------------- */
 
 /* p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p), scalar, in double. */
-static void ref_adamw(double *p, double *m, double *v, const float *g, size_t n, double lr,
+static void ref_adamw(double *p, double *m, double *v, const float *g, size_t n, double lr, double wd,
                       const etm_hparams *hp, int t) {
     double b1 = hp->adam_beta1, b2 = hp->adam_beta2;
     double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
     for (size_t i = 0; i < n; i++) {
         m[i] = b1 * m[i] + (1 - b1) * g[i];
         v[i] = b2 * v[i] + (1 - b2) * (double)g[i] * g[i];
-        p[i] -= lr * (m[i] / bc1 / (sqrt(v[i] / bc2) + hp->adam_eps) + hp->weight_decay * p[i]);
+        p[i] -= lr * (m[i] / bc1 / (sqrt(v[i] / bc2) + hp->adam_eps) + wd * p[i]);
     }
 }
 
-START_TEST(adamw_matches_a_scalar_reference) {
+/* AdamW in every group over a schedule against the reference, with lr_expert_scale and
+ * matrix_weight_decay (ETM_INHERIT: weight_decay): the routed experts' tensor alone gets the
+ * scaled rate; the matrices alone (routed or not) get matrix_weight_decay; embedding, head and
+ * router keep weight_decay and their own rates. */
+static void check_adamw_against_reference(float expert_scale, float matrix_wd) {
     etm_backend *be = test_backend();
     etm_hparams hp;
     etm_hparams_defaults(&hp);
@@ -164,22 +169,29 @@ START_TEST(adamw_matches_a_scalar_reference) {
     hp.adam_beta2 = 0.99f;
     hp.adam_eps = 1e-8f;
     hp.weight_decay = 0.1f;
+    hp.matrix_weight_decay = matrix_wd;
+    hp.lr_expert_scale = expert_scale;
     hp.max_steps = 6;
     hp.warmup_steps = 2;
     hp.decay_fraction = 0.5f;
     hp.final_lr_frac = 0.2f;
     hp.grad_clip = 0.0f;
-    etm_param ps[4] = {
+    enum { NP = 5 };
+    etm_param ps[NP] = {
         make_param(be, "embed", ETM_PARAM_EMBED, 2, 7, 5, 0),
         make_param(be, "head", ETM_PARAM_HEAD, 2, 5, 7, 0),
         make_param(be, "layers.1.moe.up", ETM_PARAM_MATRIX, 3, 3, 4, 5),
         make_param(be, "layers.1.moe.router", ETM_PARAM_ROUTER, 1, 11, 0, 0),
+        make_param(be, "layers.1.moe.shared_up", ETM_PARAM_MATRIX, 3, 1, 4, 5),
     };
-    const float lrs[4] = {0.01f, 0.02f, 0.04f, 0.03f};
+    ps[2].routed_expert = 1;
+    double mwd = matrix_wd == ETM_INHERIT ? 0.1 : matrix_wd;
+    const double lrs[NP] = {0.01f, 0.02f, 0.04f * (double)expert_scale, 0.03f, 0.04f};
+    const double wds[NP] = {0.1f, 0.1f, mwd, 0.1f, mwd};
     etm_rng rng;
     etm_rng_seed(&rng, 11);
-    double *ref_p[4], *ref_m[4], *ref_v[4];
-    for (int i = 0; i < 4; i++) {
+    double *ref_p[NP], *ref_m[NP], *ref_v[NP];
+    for (int i = 0; i < NP; i++) {
         size_t n = numel(&ps[i]);
         float *h = etm_malloc(n * sizeof *h);
         fill_normal(&rng, h, n, 1.0f);
@@ -191,12 +203,12 @@ START_TEST(adamw_matches_a_scalar_reference) {
         free(h);
     }
     etm_error err = {{0}};
-    etm_optim *opt = etm_optim_create(be, &hp, ps, 4, &err);
+    etm_optim *opt = etm_optim_create(be, &hp, ps, NP, &err);
     ck_assert_msg(opt != NULL, "%s", err.msg);
-    ck_assert_int_eq(etm_optim_state_count(opt), 8);
+    ck_assert_int_eq(etm_optim_state_count(opt), 2 * NP);
     for (int step = 0; step < hp.max_steps; step++) {
-        float *g[4];
-        for (int i = 0; i < 4; i++) {
+        float *g[NP];
+        for (int i = 0; i < NP; i++) {
             size_t n = numel(&ps[i]);
             g[i] = etm_malloc(n * sizeof(float));
             fill_normal(&rng, g[i], n, 0.5f);
@@ -207,27 +219,37 @@ START_TEST(adamw_matches_a_scalar_reference) {
         ck_assert_msg(etm_optim_step(opt, step, &st, &err) == 0, "%s", err.msg);
         ck_assert(st.clip_scale == 1.0f);
         ck_assert(st.lr_mult == etm_lr_multiplier(&hp, step));
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < NP; i++) {
             size_t n = numel(&ps[i]);
-            ref_adamw(ref_p[i], ref_m[i], ref_v[i], g[i], n, (double)lrs[i] * etm_lr_multiplier(&hp, step), &hp,
-                      step + 1);
+            ref_adamw(ref_p[i], ref_m[i], ref_v[i], g[i], n, lrs[i] * etm_lr_multiplier(&hp, step), wds[i],
+                      &hp, step + 1);
             float *got = download(be, ps[i].data, n);
             for (size_t j = 0; j < n; j++)
                 ck_assert_msg(fabs(got[j] - ref_p[i][j]) <= 2e-6 * (1 + fabs(ref_p[i][j])),
-                              "%s[%zu] at step %d: %.9g, reference %.9g", ps[i].name, j, step, (double)got[j],
-                              ref_p[i][j]);
+                              "%s[%zu] at step %d (lr_expert_scale %g, matrix_weight_decay %g): %.9g, "
+                              "reference %.9g", ps[i].name, j, step, (double)expert_scale,
+                              (double)matrix_wd, (double)got[j], ref_p[i][j]);
             free(got);
             free(g[i]);
         }
     }
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < NP; i++) {
         free(ref_p[i]);
         free(ref_m[i]);
         free(ref_v[i]);
     }
     etm_optim_free(opt);
-    free_params(be, ps, 4);
+    free_params(be, ps, NP);
     etm_backend_free(be);
+}
+
+START_TEST(adamw_matches_a_scalar_reference) { check_adamw_against_reference(1.0f, ETM_INHERIT); }
+END_TEST
+
+/* Issue 15's options on AdamW matrices: a scaled expert rate and a decay of the matrices only. */
+START_TEST(adamw_expert_scale_and_matrix_decay_match_the_reference) {
+    check_adamw_against_reference(0.25f, 0.3f);
+    check_adamw_against_reference(3.0f, 0.0f); /* matrices undecayed while the rest decays */
 }
 END_TEST
 
@@ -405,9 +427,11 @@ END_TEST
 
 /* ---- Muon ------------------------------------------------------------------------------------ */
 
-/* Four Muon steps on a wide, a tall and a 3-D expert parameter under layout, against a double
- * reference; stacked orthogonalises the (3, 8, 5) experts as one (24, 5) matrix. */
-static void check_muon_against_reference(etm_muon_layout layout) {
+/* Four Muon steps on a wide, a tall, a 3-D routed-expert and a 3-D shared-expert parameter under
+ * layout, against a double reference; stacked orthogonalises the (3, 8, 5) experts as one (24, 5)
+ * matrix. expert_scale (lr_expert_scale) multiplies the routed experts' rate alone, their decay
+ * included; matrix_wd (matrix_weight_decay; ETM_INHERIT: weight_decay 0.2) decays every one. */
+static void check_muon_against_reference(etm_muon_layout layout, float expert_scale, float matrix_wd) {
     etm_backend *be = test_backend();
     etm_hparams hp;
     etm_hparams_defaults(&hp);
@@ -415,6 +439,8 @@ static void check_muon_against_reference(etm_muon_layout layout) {
     hp.muon_expert_layout = layout;
     hp.lr_matrix = 0.05f;
     hp.weight_decay = 0.2f;
+    hp.matrix_weight_decay = matrix_wd;
+    hp.lr_expert_scale = expert_scale;
     hp.muon_momentum_start = 0.8f;
     hp.muon_momentum_end = 0.95f;
     hp.muon_warmup_steps = 3;
@@ -424,15 +450,19 @@ static void check_muon_against_reference(etm_muon_layout layout) {
     hp.decay_fraction = 0.5f;
     hp.final_lr_frac = 0.0f;
     hp.grad_clip = 0.0f;
-    etm_param ps[3] = {
+    enum { NP = 4 };
+    etm_param ps[NP] = {
         make_param(be, "wide", ETM_PARAM_MATRIX, 2, 6, 10, 0),
         make_param(be, "tall", ETM_PARAM_MATRIX, 2, 12, 4, 0),  /* scaled by sqrt(12 / 4) */
         make_param(be, "experts", ETM_PARAM_MATRIX, 3, 3, 8, 5), /* 3 matrices of (8, 5) */
+        make_param(be, "shared", ETM_PARAM_MATRIX, 3, 2, 8, 5),  /* not routed: lr_matrix */
     };
+    ps[2].routed_expert = 1;
+    const double wd = matrix_wd == ETM_INHERIT ? 0.2 : matrix_wd;
     etm_rng rng;
     etm_rng_seed(&rng, 5);
-    double *rp[3], *rm[3];
-    for (int i = 0; i < 3; i++) {
+    double *rp[NP], *rm[NP];
+    for (int i = 0; i < NP; i++) {
         size_t n = numel(&ps[i]);
         float *h = etm_malloc(n * sizeof *h);
         fill_normal(&rng, h, n, 0.3f);
@@ -443,14 +473,14 @@ static void check_muon_against_reference(etm_muon_layout layout) {
         free(h);
     }
     etm_error err = {{0}};
-    etm_optim *opt = etm_optim_create(be, &hp, ps, 3, &err);
+    etm_optim *opt = etm_optim_create(be, &hp, ps, NP, &err);
     ck_assert_msg(opt != NULL, "%s", err.msg);
-    ck_assert_int_eq(etm_optim_state_count(opt), 3);
+    ck_assert_int_eq(etm_optim_state_count(opt), NP);
     ck_assert_str_eq(etm_optim_state_at(opt, 2)->name, "opt.experts.momentum");
     for (int step = 0; step < hp.max_steps; step++) {
         double mu = 0.8 + (0.95 - 0.8) * ETM_MIN(step / 3.0, 1.0);
-        double lr = 0.05 * etm_lr_multiplier(&hp, step);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < NP; i++) {
+            double lr = 0.05 * (ps[i].routed_expert ? (double)expert_scale : 1.0) * etm_lr_multiplier(&hp, step);
             size_t n = numel(&ps[i]);
             float *g = etm_malloc(n * sizeof *g);
             fill_normal(&rng, g, n, 1.0f);
@@ -469,7 +499,7 @@ static void check_muon_against_reference(etm_muon_layout layout) {
             }
             for (int e = 0; e < count; e++) ref_newton_schulz(u + (size_t)e * rows * cols, rows, cols, 5);
             double scale = sqrt(fmax(1.0, (double)rows / cols));
-            for (size_t j = 0; j < n; j++) rp[i][j] = (1 - lr * 0.2) * rp[i][j] - lr * scale * u[j];
+            for (size_t j = 0; j < n; j++) rp[i][j] = (1 - lr * wd) * rp[i][j] - lr * scale * u[j];
             free(u);
             free(g);
         }
@@ -477,28 +507,39 @@ static void check_muon_against_reference(etm_muon_layout layout) {
         ck_assert_msg(etm_optim_step(opt, step, &st, &err) == 0, "%s", err.msg);
         ck_assert_msg(fabs(st.muon_momentum - mu) < 1e-6, "step %d: momentum %g, expected %g", step,
                       (double)st.muon_momentum, mu);
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < NP; i++) {
             size_t n = numel(&ps[i]);
             float *got = download(be, ps[i].data, n);
             for (size_t j = 0; j < n; j++)
-                ck_assert_msg(fabs(got[j] - rp[i][j]) < 2e-5, "%s[%zu] at step %d: %.9g, reference %.9g",
-                              ps[i].name, j, step, (double)got[j], rp[i][j]);
+                ck_assert_msg(fabs(got[j] - rp[i][j]) < 2e-5,
+                              "%s[%zu] at step %d (lr_expert_scale %g, matrix_weight_decay %g): %.9g, "
+                              "reference %.9g", ps[i].name, j, step, (double)expert_scale, (double)matrix_wd,
+                              (double)got[j], rp[i][j]);
             free(got);
         }
     }
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NP; i++) {
         free(rp[i]);
         free(rm[i]);
     }
     etm_optim_free(opt);
-    free_params(be, ps, 3);
+    free_params(be, ps, NP);
     etm_backend_free(be);
 }
 
-START_TEST(muon_matches_a_reference) { check_muon_against_reference(ETM_MUON_PER_EXPERT); }
+START_TEST(muon_matches_a_reference) { check_muon_against_reference(ETM_MUON_PER_EXPERT, 1.0f, ETM_INHERIT); }
 END_TEST
 
-START_TEST(muon_stacked_experts_match_a_reference) { check_muon_against_reference(ETM_MUON_STACKED); }
+START_TEST(muon_stacked_experts_match_a_reference) { check_muon_against_reference(ETM_MUON_STACKED, 1.0f, ETM_INHERIT); }
+END_TEST
+
+/* Issue 15's options under both layouts: the routed experts' rate scaled (down and up), the
+ * matrices decayed by matrix_weight_decay, or not at all while weight_decay stays 0.2. */
+START_TEST(muon_expert_scale_and_matrix_decay_match_a_reference) {
+    check_muon_against_reference(ETM_MUON_PER_EXPERT, 0.25f, 0.05f);
+    check_muon_against_reference(ETM_MUON_STACKED, 0.25f, 0.05f);
+    check_muon_against_reference(ETM_MUON_PER_EXPERT, 4.0f, 0.0f);
+}
 END_TEST
 
 /* Three Muon steps on an expert tensor (8, 48, 32) and a matrix under layout with threads threads;
@@ -873,6 +914,8 @@ static Suite *optim_suite(void) {
     tcase_add_test(tc, newton_schulz_is_thread_count_invariant);
     tcase_add_test(tc, muon_matches_a_reference);
     tcase_add_test(tc, muon_stacked_experts_match_a_reference);
+    tcase_add_test(tc, muon_expert_scale_and_matrix_decay_match_a_reference);
+    tcase_add_test(tc, adamw_expert_scale_and_matrix_decay_match_the_reference);
     tcase_add_test(tc, muon_layouts_are_thread_count_invariant);
     tcase_add_test(tc, clipping_scales_gradients_to_the_limit);
     tcase_add_test(tc, non_finite_gradients_stop_the_step);

@@ -1044,6 +1044,27 @@ START_TEST(routing_metrics_of_a_hand_made_batch) {
 }
 END_TEST
 
+/* etm_expert_scale_of by hand: 3 experts with down RMS 1, 2, 4 and loads 1, 0, 3 (4 pairs):
+ * down_rms = (1 + 12) / 4 = 3.25; gate_down = 0.5 x 3.25; ratio against a shared RMS of 2. The
+ * undefined cases: no pairs, no shared expert, an all-zero shared expert. */
+START_TEST(expert_scale_by_hand) {
+    const double rms[3] = {1, 2, 4};
+    const int64_t load[3] = {1, 0, 3}, none[3] = {0, 0, 0};
+    etm_expert_scale x;
+    etm_expert_scale_of(rms, load, 3, 0.5, 2.0, &x);
+    ck_assert_double_eq_tol(x.down_rms, 3.25, 1e-15);
+    ck_assert_double_eq_tol(x.gate_down, 1.625, 1e-15);
+    ck_assert_double_eq_tol(x.shared_down_rms, 2.0, 1e-15);
+    ck_assert_double_eq_tol(x.gate_down_ratio, 0.8125, 1e-15);
+    etm_expert_scale_of(rms, load, 3, 0.5, NAN, &x);
+    ck_assert(isnan(x.shared_down_rms) && isnan(x.gate_down_ratio) && x.gate_down == 1.625);
+    etm_expert_scale_of(rms, load, 3, 0.5, 0.0, &x);
+    ck_assert(isnan(x.gate_down_ratio));
+    etm_expert_scale_of(rms, none, 3, NAN, 2.0, &x);
+    ck_assert(isnan(x.down_rms) && isnan(x.gate_down) && isnan(x.gate_down_ratio));
+}
+END_TEST
+
 /* TC capacity 2 (cf 1, 4 tokens, E 2, k 1): every token's top-1 is expert 0, 4 > 2: overflow in 1
  * of the 2 (batch, expert) counts; tc has no lower bound: no underflow. */
 START_TEST(tc_capacity_overflow_rate) {
@@ -1092,6 +1113,7 @@ static Suite *router_suite(void) {
     tcase_add_test(tc, cutoff_of_rows_matches_sorting);
     tcase_add_test(tc, step_scope_is_order_free_and_cleared_by_set_state);
     tcase_add_test(tc, routing_metrics_of_a_hand_made_batch);
+    tcase_add_test(tc, expert_scale_by_hand);
     tcase_add_test(tc, tc_capacity_overflow_rate);
     suite_add_tcase(s, tc);
     return s;

@@ -2,7 +2,8 @@
 [optim]): global-norm clipping, AdamW for the embedding, head and routers (and the matrices with
 matrix_optimizer = adamw), Muon with Nesterov momentum and Newton-Schulz orthogonalisation per
 matrix (per expert for stacked (E, rows, cols) tensors), the learning-rate schedule and the Muon
-momentum warm-up."""
+momentum warm-up; lr_expert_scale on the routed experts' matrices and matrix_weight_decay on the
+matrices (issue 15)."""
 import math
 
 import torch
@@ -42,6 +43,20 @@ def newton_schulz(G, steps):
 GROUP_LR = {"embed": "lr_embed", "head": "lr_head", "router": "lr_router", "matrix": "lr_matrix"}
 
 
+def routed_expert(name):
+    """The routed experts' up and down projections, layers.<l>.moe.up / .down (param.h's
+    routed_expert): lr_expert_scale applies to them, not to shared_up / shared_down."""
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "layers" and parts[2] == "moe" and parts[3] in ("up", "down")
+
+
+def decay(hp, group):
+    """matrix_weight_decay for the matrices ("inherit", or a checkpoint without the key: weight_decay);
+    weight_decay for embedding, head and router."""
+    mwd = hp.get("matrix_weight_decay", "inherit")
+    return hp["weight_decay"] if group != "matrix" or mwd == "inherit" else mwd
+
+
 def step(params, grads, groups, opt_state, hp, step_index):
     """One step in place on params (dict of tensors); grads are clipped in place. opt_state:
     dict "opt.<name>.m|v|momentum" -> tensor, updated in place. Returns stats."""
@@ -55,10 +70,11 @@ def step(params, grads, groups, opt_state, hp, step_index):
     mult = lr_multiplier(hp, step_index)
     mu = muon_momentum(hp, step_index)
     t = step_index + 1
-    wd = hp["weight_decay"]
     for n in names:
         p, g, grp = params[n], grads[n], groups[n]
-        lr = hp[GROUP_LR[grp]] * mult
+        wd = decay(hp, grp)
+        lr = hp[GROUP_LR[grp]] * (hp.get("lr_expert_scale", 1.0) if grp == "matrix" and routed_expert(n) else 1.0)
+        lr *= mult
         if grp == "matrix" and hp["matrix_optimizer"] == "muon":
             m = opt_state[f"opt.{n}.momentum"]
             m.mul_(mu).add_((1 - mu) * g)

@@ -20,6 +20,8 @@ const char *etm_param_group_name(etm_param_group g); /* "embed", "head", "matrix
 typedef struct {
     char name[48];         /* checkpoint tensor name, e.g. "layers.3.moe.up" */
     etm_param_group group;
+    int routed_expert;     /* 1: the routed experts' up or down projections of an MoE layer (group
+                              matrix; their rate is lr_matrix * lr_expert_scale); 0 otherwise */
     float *data;           /* (numel) backend memory */
     float *grad;           /* (numel) backend memory, same shape */
     int ndim;              /* 1, 2 or 3; Muon treats (E, rows, cols) as E matrices */

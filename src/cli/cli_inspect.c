@@ -2,7 +2,8 @@
  * (thresholds, EMAs, biases, counters) and, over data routed in evaluation mode, the load of each
  * expert, the experts-per-token histogram, the tokens left without a routed expert, the ET
  * authors' routing metrics (routing_metrics.h: shares of tokens with 0 / 1 / 2+ experts, mean and
- * std of routed gates and of logits) and the tokens each expert takes most often. */
+ * std of routed gates and of logits), the routed experts' down-projection scale against the
+ * shared ones (etm_expert_scale) and the tokens each expert takes most often. */
 #include <config.h>
 
 #include "backend.h"
@@ -81,7 +82,7 @@ static void print_token(const etm_tokenizer *tok, int32_t id) {
     putchar('\'');
 }
 
-static void print_stats(etm_inspect *s, const etm_tokenizer *tok, int top) {
+static void print_stats(etm_inspect *s, const etm_model *m, const etm_tokenizer *tok, int top) {
     int E = s->E;
     int32_t *ids = etm_malloc((size_t)ETM_MAX(top, 1) * sizeof(int32_t));
     int64_t *counts = etm_malloc((size_t)ETM_MAX(top, 1) * sizeof(int64_t));
@@ -101,6 +102,15 @@ static void print_stats(etm_inspect *s, const etm_tokenizer *tok, int top) {
         printf("\n  tokens with 0 / 1 / 2+ experts: %.2f%% / %.2f%% / %.2f%%; routed gates mean %.4g std %.4g;"
                " logits mean %.4g std %.4g", 100 * rm.tokens_0, 100 * rm.tokens_1, 100 * rm.tokens_2plus,
                rm.gate_mean, rm.gate_std, rm.logit_mean, rm.logit_std);
+        /* the routed experts' scale against the shared ones (routing_metrics.h), the checkpoint's
+         * weights weighted by these batches' loads */
+        double *rms = etm_malloc((size_t)E * sizeof *rms), shared;
+        etm_moe_down_rms(m->moe[il->layer], &m->w.layers[il->layer].moe, rms, &shared);
+        etm_expert_scale xs;
+        etm_expert_scale_of(rms, il->load, E, rm.gate_mean, shared, &xs);
+        free(rms);
+        printf("\n  down projection RMS: routed (load-weighted) %.4g, shared %.4g; gate x routed down %.4g,"
+               " %.4g of the shared", xs.down_rms, xs.shared_down_rms, xs.gate_down, xs.gate_down_ratio);
         printf("\n  %-7s %10s %8s %9s  %s\n", "expert", "tokens", "share", "vs mean", top > 0 ? "top tokens (count of n)" : "");
         double fair = (double)il->n_pairs / (double)E;
         for (int e = 0; e < E; e++) {
@@ -195,7 +205,7 @@ int cmd_inspect(int argc, char **argv) {
             goto done;
     printf("\nrouted %ld batch%s of %ld x %d tokens in evaluation mode; loss %.4f\n", batches, batches == 1 ? "" : "es", B,
            hp.seq_len, s->n_valid ? s->loss_sum / (double)s->n_valid : NAN);
-    print_stats(s, tok, (int)top);
+    print_stats(s, m, tok, (int)top);
     rc = ETM_EXIT_OK;
 done:
     if (rc != ETM_EXIT_OK) fprintf(stderr, "etmoe inspect: %s\n", err.msg);

@@ -43,11 +43,15 @@ static const char *const cutoff_scope_names[] = {"pool", "microbatch", "step", N
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
 
+static const char *const inherit_word[] = {"inherit", NULL};
+
 static const char *const sections[] = {"model", "moe", "optim", "run", NULL};
 
 #define OFF(f) offsetof(etm_hparams, f)
 #define INT(f, sec, lo, doc) {#f, sec, KEY_INT, OFF(f), sizeof(int), lo, NULL, doc}
 #define FLT(f, sec, doc) {#f, sec, KEY_FLOAT, OFF(f), sizeof(float), 0, NULL, doc}
+/* a number, or the word names[0] for ETM_INHERIT */
+#define FLTW(f, sec, word, doc) {#f, sec, KEY_FLOAT, OFF(f), sizeof(float), 0, word, doc}
 #define STR(f, sec, doc) {#f, sec, KEY_STR, OFF(f), sizeof(((etm_hparams *)0)->f), 0, NULL, doc}
 #define ENM(f, sec, names, doc) {#f, sec, KEY_ENUM, OFF(f), sizeof(int), 0, names, doc}
 
@@ -98,6 +102,9 @@ static const key_info keys[] = {
     FLT(adam_beta2, "optim", "AdamW beta2, in [0, 1)"),
     FLT(adam_eps, "optim", "AdamW epsilon"),
     FLT(weight_decay, "optim", "decoupled weight decay (AdamW and Muon)"),
+    FLTW(matrix_weight_decay, "optim", inherit_word,
+         "decoupled weight decay of the hidden matrices only (inherit = weight_decay)"),
+    FLT(lr_expert_scale, "optim", "multiplies lr_matrix for the routed experts' up and down projections"),
     FLT(muon_momentum_start, "optim", "Muon momentum at step 0"),
     FLT(muon_momentum_end, "optim", "Muon momentum after muon_warmup_steps"),
     INT(muon_warmup_steps, "optim", 0, "steps of the linear Muon momentum warm-up"),
@@ -168,6 +175,8 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->adam_beta2 = 0.95f;
     hp->adam_eps = 1e-10f;
     hp->weight_decay = 0.0f;
+    hp->matrix_weight_decay = ETM_INHERIT;
+    hp->lr_expert_scale = 1.0f;
     hp->muon_momentum_start = 0.85f;
     hp->muon_momentum_end = 0.95f;
     hp->muon_warmup_steps = 100;
@@ -280,12 +289,20 @@ static int set_value(etm_hparams *hp, int k, const char *value, const char *wher
         return 0;
     }
     case KEY_FLOAT: {
+        if (ki->names && !strcmp(value, ki->names[0])) {
+            *(float *)field(hp, k) = ETM_INHERIT;
+            return 0;
+        }
         errno = 0;
         float v = strtof(value, &end);
         if (end == value || *end != '\0' || isspace((unsigned char)value[0]))
-            return etm_fail(err, "%s%s: '%s' is not a number", where, ki->key, value);
+            return etm_fail(err, "%s%s: '%s' is not a number%s%s", where, ki->key, value,
+                            ki->names ? " or " : "", ki->names ? ki->names[0] : "");
         if (!isfinite(v))
             return etm_fail(err, "%s%s: '%s' is not a finite number", where, ki->key, value);
+        if (ki->names && v == ETM_INHERIT) /* the number that stands for the word: say the word */
+            return etm_fail(err, "%s%s: %s is below 0 (write %s for the inherited value)", where, ki->key,
+                            value, ki->names[0]);
         *(float *)field(hp, k) = v;
         return 0;
     }
@@ -333,7 +350,10 @@ static void format_value(const etm_hparams *hp, int k, int quote, char *buf, siz
     switch (ki->type) {
     case KEY_INT: snprintf(buf, len, "%d", int_of(hp, k)); return;
     case KEY_U64: snprintf(buf, len, "%" PRIu64, *(const uint64_t *)cfield(hp, k)); return;
-    case KEY_FLOAT: format_float(float_of(hp, k), buf, len); return;
+    case KEY_FLOAT:
+        if (ki->names && float_of(hp, k) == ETM_INHERIT) snprintf(buf, len, "%s", ki->names[0]);
+        else format_float(float_of(hp, k), buf, len);
+        return;
     case KEY_ENUM: {
         int v = int_of(hp, k), n = 0;
         while (ki->names[n]) n++;
@@ -458,10 +478,12 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
         {"weight_decay", 0, INFINITY, 0, 0},    {"muon_momentum_start", 0, 1, 0, 1},
         {"muon_momentum_end", 0, 1, 0, 1},      {"decay_fraction", 0, 1, 0, 0},
         {"final_lr_frac", 0, 1, 0, 0},          {"grad_clip", 0, INFINITY, 0, 0},
+        {"matrix_weight_decay", 0, INFINITY, 0, 0}, {"lr_expert_scale", 0, INFINITY, 1, 0},
     };
     for (size_t r = 0; r < ETM_ARRAY_LEN(ranges); r++) {
         int k = find_key(ranges[r].key);
         double v = float_of(hp, k);
+        if (keys[k].names && v == ETM_INHERIT) continue; /* the word, not a number */
         int below = ranges[r].lo_open ? v <= ranges[r].lo : v < ranges[r].lo;
         int above = ranges[r].hi_open ? v >= ranges[r].hi : v > ranges[r].hi;
         if (below || above) {
@@ -473,7 +495,8 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
                          ranges[r].lo, ranges[r].hi, ranges[r].hi_open ? ')' : ']');
             char value[32];
             format_float((float)v, value, sizeof value);
-            return invalid(err, o, ranges[r].key, "%s = %s must be %s", ranges[r].key, value, range);
+            return invalid(err, o, ranges[r].key, "%s = %s must be %s%s%s", ranges[r].key, value, range,
+                           keys[k].names ? " or " : "", keys[k].names ? keys[k].names[0] : "");
         }
     }
 

@@ -99,7 +99,10 @@ typedef struct {
     float lr_head;          /* LM head (AdamW) */
     float lr_router;        /* router weights (AdamW) */
     float adam_beta1, adam_beta2, adam_eps;
-    float weight_decay;
+    float weight_decay;     /* decoupled decay of every group (AdamW and Muon) */
+    float matrix_weight_decay; /* decay of the hidden matrices (group matrix: Muon or AdamW);
+                               ETM_INHERIT (-1, config text "inherit") = weight_decay */
+    float lr_expert_scale;  /* multiplies lr_matrix for the routed experts' up and down projections */
     float muon_momentum_start, muon_momentum_end; /* warmed up linearly over muon_warmup_steps */
     int muon_warmup_steps;
     int ns_steps;           /* Newton-Schulz iterations */
@@ -121,6 +124,9 @@ typedef struct {
     int log_every;          /* steps between progress lines */
     int thresholds_every;   /* steps between threshold records in the metrics */
 } etm_hparams;
+
+/* The value of matrix_weight_decay that means "the same as weight_decay" (written "inherit"). */
+#define ETM_INHERIT (-1.0f)
 
 /* Fills every field with its default (the demo-sized model, identical to data/configs/demo.conf). */
 void etm_hparams_defaults(etm_hparams *hp);
@@ -162,6 +168,10 @@ const char *etm_hparams_first_difference(const etm_hparams *a, const etm_hparams
 void etm_hparams_print_help(FILE *f);
 /* Derived sizes. */
 static inline int etm_head_dim(const etm_hparams *hp) { return hp->d_model / hp->n_head; }
+/* The decay the hidden matrices get: matrix_weight_decay, or weight_decay when it inherits. */
+static inline float etm_matrix_weight_decay(const etm_hparams *hp) {
+    return hp->matrix_weight_decay == ETM_INHERIT ? hp->weight_decay : hp->matrix_weight_decay;
+}
 static inline int etm_is_moe_layer(const etm_hparams *hp, int layer) {
     return hp->router != ETM_ROUTER_DENSE && layer >= hp->dense_layers;
 }

@@ -17,7 +17,8 @@ typedef struct {
     size_t offset;            /* offsetof(etm_hparams, field) */
     size_t size;              /* KEY_STR: capacity including the NUL */
     int min;                  /* KEY_INT: smallest allowed value */
-    const char *const *names; /* KEY_ENUM: value names in enum order, NULL-terminated */
+    const char *const *names; /* KEY_ENUM: value names in enum order, NULL-terminated; KEY_FLOAT:
+                                 NULL, or {word, NULL}: the word stands for ETM_INHERIT (-1) */
     const char *doc;          /* one line for --help */
 } key_info;
 

@@ -251,7 +251,9 @@ void etm_hparams_print_help(FILE *f) {
         switch (ki->type) {
         case KEY_INT: snprintf(type, sizeof type, "integer >= %d", ki->min); break;
         case KEY_U64: snprintf(type, sizeof type, "integer >= 0"); break;
-        case KEY_FLOAT: snprintf(type, sizeof type, "number"); break;
+        case KEY_FLOAT:
+            snprintf(type, sizeof type, "number%s%s", ki->names ? " or " : "", ki->names ? ki->names[0] : "");
+            break;
         case KEY_STR: snprintf(type, sizeof type, "text"); break;
         case KEY_ENUM: etm_hparams_enum_list(ki->names, type, sizeof type); break;
         }

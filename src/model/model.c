@@ -182,6 +182,8 @@ static void walk_params(layout_walk *w) {
             place(w, &lw->moe.up, &lg->moe.up, ETM_PARAM_MATRIX, matrix_std(Hx, D), 3, E, Hx, D,
                   "layers.%d.moe.up", l);
             place(w, &lw->moe.down, &lg->moe.down, ETM_PARAM_MATRIX, 0.0f, 3, E, D, Hx, "layers.%d.moe.down", l);
+            if (!m->params_memory) /* the two just placed: lr_expert_scale applies to them (optim.c) */
+                m->table[w->idx - 1].routed_expert = m->table[w->idx - 2].routed_expert = 1;
             if (S > 0) {
                 place(w, &lw->moe.shared_up, &lg->moe.shared_up, ETM_PARAM_MATRIX, matrix_std(Hx, D), 3, S, Hx,
                       D, "layers.%d.moe.shared_up", l);

@@ -4,6 +4,7 @@
 #include "moe.h"
 
 #include <assert.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -296,6 +297,15 @@ void etm_moe_backward(etm_moe_layer *L, const etm_moe_weights *w, etm_moe_weight
 void etm_moe_step_end(etm_moe_layer *L) { etm_router_step_end(L->router); }
 
 const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *L) { return &L->stats; }
+
+void etm_moe_down_rms(const etm_moe_layer *L, const etm_moe_weights *w, double *routed, double *shared) {
+    etm_backend *be = L->be;
+    const size_t n = (size_t)L->D * (size_t)L->Hx; /* one expert's down projection */
+    for (int e = 0; e < L->E; e++) routed[e] = sqrt(be->sum_squares(be, w->down + (size_t)e * n, n) / (double)n);
+    *shared = L->S > 0 && w->shared_down
+                  ? sqrt(be->sum_squares(be, w->shared_down, (size_t)L->S * n) / ((double)L->S * (double)n))
+                  : NAN;
+}
 
 const uint8_t *etm_moe_mask(const etm_moe_layer *L) { return etm_router_mask(L->router); }
 

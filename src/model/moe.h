@@ -52,6 +52,10 @@ void etm_moe_backward(etm_moe_layer *layer, const etm_moe_weights *w, etm_moe_we
 void etm_moe_step_end(etm_moe_layer *layer);
 
 const etm_moe_stats *etm_moe_last_stats(const etm_moe_layer *layer);
+/* The RMS of the down projections in w (routing_metrics.h, etm_expert_scale): routed[e] =
+ * ||W_down_e||_F / sqrt(D Hx) for each of the E routed experts (host, E doubles), and *shared =
+ * ||W_shared_down||_F / sqrt(S D Hx) over all S shared experts together (NAN when S = 0). */
+void etm_moe_down_rms(const etm_moe_layer *layer, const etm_moe_weights *w, double *routed, double *shared);
 /* The routing mask z (N,E) of the last forward, backend memory: 1 = token n went to expert e. */
 const uint8_t *etm_moe_mask(const etm_moe_layer *layer);
 /* The router logits r = x W_r^T (N,E) of the last forward, backend memory (read-only). */

@@ -254,6 +254,22 @@ static float group_lr(const etm_hparams *hp, etm_param_group g) {
     }
 }
 
+/* A parameter's peak rate: its group's, times lr_expert_scale for the routed experts' matrices
+ * (only in group matrix: a routed_expert flag elsewhere is ignored). The scale is applied to the
+ * peak rate before the schedule's multiplier, so a scale of 1 changes no bit. */
+static float param_lr(const etm_hparams *hp, const etm_param *p) {
+    float lr = group_lr(hp, p->group);
+    if (p->group == ETM_PARAM_MATRIX && p->routed_expert) lr *= hp->lr_expert_scale;
+    return lr;
+}
+
+/* A parameter's decoupled weight decay: matrix_weight_decay (or weight_decay, when it inherits)
+ * for group matrix, weight_decay for the others (the router included: it is its own AdamW group,
+ * and decaying it rescales the logits the thresholds track). */
+static float param_wd(const etm_hparams *hp, const etm_param *p) {
+    return p->group == ETM_PARAM_MATRIX ? etm_matrix_weight_decay(hp) : hp->weight_decay;
+}
+
 static void muon_update(etm_optim *opt, opt_param *op, float lr, float mu) {
     etm_backend *be = opt->be;
     const etm_hparams *hp = &opt->hp;
@@ -268,7 +284,8 @@ static void muon_update(etm_optim *opt, opt_param *op, float lr, float mu) {
     /* The result stays wherever the iteration left it (the update buffer or the workspace): no
      * copy back. */
     u = newton_schulz_into(be, u, op->count, op->rows, op->cols, hp->ns_steps, opt->ns_work);
-    if (hp->weight_decay > 0.0f) be->scale(be, op->p.data, 1.0f - lr * hp->weight_decay, n);
+    const float wd = param_wd(hp, &op->p);
+    if (wd > 0.0f) be->scale(be, op->p.data, 1.0f - lr * wd, n);
     double shape_scale = sqrt(ETM_MAX(1.0, (double)op->rows / op->cols));
     be->axpy(be, op->p.data, (float)(-lr * shape_scale), u, n);
 }
@@ -303,13 +320,13 @@ int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *
     const float bc2 = (float)(1.0 - pow(hp->adam_beta2, t));
     for (int i = 0; i < opt->n; i++) {
         opt_param *op = &opt->params[i];
-        float lr = group_lr(hp, op->p.group) * mult;
+        float lr = param_lr(hp, &op->p) * mult;
         if (op->muon) {
             if (op->owner == opt->rank) muon_update(opt, op, lr, mu); /* else: etm_optim_exchange */
         }
         else
             be->adamw_update(be, op->p.data, op->p.grad, op->m, op->v, op->numel, lr, hp->adam_beta1,
-                             hp->adam_beta2, hp->adam_eps, hp->weight_decay, bc1, bc2);
+                             hp->adam_beta2, hp->adam_eps, param_wd(hp, &op->p), bc1, bc2);
     }
     if (stats) {
         stats->grad_norm = norm;

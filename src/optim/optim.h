@@ -8,7 +8,10 @@
  *      a non-finite norm stops the step with an error before anything changes;
  *   2. clipping: with grad_clip > 0 and norm > grad_clip, every gradient is scaled IN PLACE by
  *      grad_clip / norm;
- *   3. each parameter's update with its group's learning rate times the schedule's multiplier:
+ *   3. each parameter's update with its group's learning rate (lr_matrix * lr_expert_scale for the
+ *      routed experts' matrices, param.h routed_expert) times the schedule's multiplier, and its
+ *      decay wd (matrix_weight_decay, or weight_decay when it inherits, for group matrix;
+ *      weight_decay for embed, head and router):
  *      AdamW: m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
  *             p -= lr (m / (1-b1^t) / (sqrt(v / (1-b2^t)) + eps) + wd p),   t = step + 1;
  *      Muon:  m = mu m + (1-mu) g;  u = (1-mu) g + mu m  (Nesterov);

@@ -31,6 +31,20 @@ static double std_of(double sum, double sq, int64_t n) {
     return sqrt(var > 0 ? var : 0.0);
 }
 
+void etm_expert_scale_of(const double *down_rms, const int64_t *load, int E, double gate_mean,
+                         double shared_down_rms, etm_expert_scale *out) {
+    double sum = 0.0;
+    int64_t pairs = 0;
+    for (int e = 0; e < E; e++) { /* expert order: the same sum whoever computes it */
+        sum += (double)load[e] * down_rms[e];
+        pairs += load[e];
+    }
+    out->down_rms = mean_of(sum, pairs);
+    out->gate_down = gate_mean * out->down_rms; /* NAN when either is */
+    out->shared_down_rms = shared_down_rms;
+    out->gate_down_ratio = shared_down_rms > 0 ? out->gate_down / shared_down_rms : NAN;
+}
+
 void etm_routing_summary_metrics(const etm_routing_summary *s, etm_routing_metrics *out) {
     out->tokens_0 = mean_of((double)s->by_experts[0], s->tokens);
     out->tokens_1 = mean_of((double)s->by_experts[1], s->tokens);

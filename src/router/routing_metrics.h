@@ -16,7 +16,22 @@
  *  - cutoff_gap (router.h etm_router_last_cutoff): per expert, the step's cut-off minus the
  *    threshold in force during the step (the authors' cutoffs - cutoff_ema, whose mean absolute
  *    value they log as cutoff_abs_deviation).
- * The authors average these over layers; etmoe reports each layer. */
+ * The authors average these over layers; etmoe reports each layer.
+ *
+ * Beside them, etmoe's measure of how large the routed experts' contribution is against the shared
+ * experts' (issue 15: with Muon every routed down projection may grow as large as the shared one,
+ * and the gate is then the only brake), from the layer's weights (etm_moe_down_rms) and the same
+ * summed statistics (etm_expert_scale):
+ *  - down_rms: the mean over the routed pairs of rms(W_down_e) = ||W_down_e||_F / sqrt(D Hx), i.e.
+ *    the routed experts' down-projection RMS weighted by their loads;
+ *  - gate_down: gate_mean x down_rms, the routed pairs' mean gate times their mean down RMS (the
+ *    product of the two means, not the mean of the products: that would need each pair's gate in
+ *    the per-micro-batch sums the ranks exchange);
+ *  - shared_down_rms: ||W_shared_down||_F / sqrt(S D Hx) over all shared experts (a shared
+ *    expert's gate is 1 under sigmoid and relu gates; under softmax_e it is the anchor's share);
+ *  - gate_down_ratio: gate_down / shared_down_rms, about the routed pairs' output scale per unit
+ *    of the shared experts' (their up projections not counted). Undefined without a shared expert
+ *    or while its down projection is still all zero (its initialisation). */
 #ifndef ETM_ROUTING_METRICS_H
 #define ETM_ROUTING_METRICS_H
 
@@ -46,5 +61,15 @@ typedef struct {
     double capacity_overflow, capacity_underflow;
 } etm_routing_metrics;
 void etm_routing_summary_metrics(const etm_routing_summary *s, etm_routing_metrics *out);
+
+/* The routed experts' scale against the shared ones (the definitions above); NAN where undefined
+ * (no routed pairs; no shared expert or an all-zero one). */
+typedef struct {
+    double down_rms, gate_down, shared_down_rms, gate_down_ratio;
+} etm_expert_scale;
+/* From E experts' down-projection RMS (etm_moe_down_rms), their loads (routed pairs per expert,
+ * summed like s), the summary's mean gate (gate_mean) and the shared experts' RMS (NAN: none). */
+void etm_expert_scale_of(const double *down_rms, const int64_t *load, int E, double gate_mean,
+                         double shared_down_rms, etm_expert_scale *out);
 
 #endif

@@ -382,9 +382,11 @@ static void set_defined(json_t *o, const char *key, double v) {
     if (!isnan(v)) json_object_set_new(o, key, json_real(v));
 }
 
-/* The authors' routing metrics of one layer's step (routing_metrics.h), and the cut-off's gap to
- * the threshold in force for ec and et (router.h etm_router_last_cutoff). */
-static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_layer *moe, int E) {
+/* The authors' routing metrics of one layer's step (routing_metrics.h), the cut-off's gap to
+ * the threshold in force for ec and et (router.h etm_router_last_cutoff), and the routed experts'
+ * scale against the shared ones (etm_expert_scale) from the weights after the step's update. */
+static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_layer *moe,
+                                const etm_moe_weights *w, int E) {
     etm_routing_metrics rm;
     etm_routing_summary_metrics(&a->summary, &rm);
     set_defined(lo, "tokens_0", rm.tokens_0);
@@ -396,6 +398,15 @@ static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_la
     set_defined(lo, "logit_std", rm.logit_std);
     set_defined(lo, "capacity_overflow", rm.capacity_overflow);
     set_defined(lo, "capacity_underflow", rm.capacity_underflow);
+    double *rms = etm_malloc((size_t)E * sizeof *rms), shared;
+    etm_moe_down_rms(moe, w, rms, &shared);
+    etm_expert_scale xs;
+    etm_expert_scale_of(rms, a->load, E, rm.gate_mean, shared, &xs);
+    free(rms);
+    set_defined(lo, "down_rms", xs.down_rms);
+    set_defined(lo, "gate_down", xs.gate_down);
+    set_defined(lo, "shared_down_rms", xs.shared_down_rms);
+    set_defined(lo, "gate_down_ratio", xs.gate_down_ratio);
     etm_cutoff_step_info ci;
     if (etm_router_last_cutoff(etm_moe_router(moe), &ci)) json_object_set_new(lo, "cutoff_gap", json_float_array(ci.gap, E));
 }
@@ -429,7 +440,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
         json_object_set_new(lo, "no_expert", json_integer(a->no_expert));
         json_object_set_new(lo, "dropped", json_integer(a->dropped));
         json_object_set_new(lo, "padded", json_integer(a->padded));
-        add_routing_metrics(lo, a, r->m->moe[l], E);
+        add_routing_metrics(lo, a, r->m->moe[l], &r->m->w.layers[l].moe, E);
         json_array_append_new(layers, lo);
     }
     json_object_set_new(o, "routing", layers);
