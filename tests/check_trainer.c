@@ -522,6 +522,42 @@ START_TEST(metrics_have_one_object_per_step_with_the_documented_keys) {
         ck_assert(gm > 0 && gm < 1 && gs >= 0 && gs < 0.5);
         ck_assert(isfinite(num(l1, "logit_mean", step)) && num(l1, "logit_std", step) > 0);
         ck_assert_ptr_null(json_object_get(l1, "capacity_overflow")); /* no clamp in this config */
+        /* the routed experts' scale against the shared one (routing_metrics.h): the product of
+         * the two means; the ratio once the shared down projection has moved (not at step 1,
+         * when only the LM head has a gradient) */
+        ck_assert_double_eq_tol(num(l1, "gate_down", step), gm * num(l1, "down_rms", step),
+                                1e-7 * num(l1, "gate_down", step) + 1e-15);
+        double shared_rms = num(l1, "shared_down_rms", step);
+        ck_assert_int_eq(json_object_get(l1, "gate_down_ratio") != NULL, shared_rms > 0);
+        if (shared_rms > 0)
+            ck_assert_double_eq_tol(num(l1, "gate_down_ratio", step), num(l1, "gate_down", step) / shared_rms,
+                                    1e-7 * num(l1, "gate_down_ratio", step)); /* 9 digits each */
+        if (step == n) { /* from the weights after the step: the final checkpoint's */
+            etm_error err = {{0}};
+            char path[1200];
+            snprintf(path, sizeof path, "%s/%s", hp.out_dir, ETM_RUN_CHECKPOINT);
+            etm_st_file *f = etm_st_open(path, &err);
+            ck_assert_msg(f != NULL, "%s", err.msg);
+            int E = hp.n_routed, D = hp.d_model, Hx = hp.expert_hidden, S = hp.n_shared;
+            int64_t shape[3] = {E, D, Hx}, sshape[3] = {S, D, Hx};
+            float *down = malloc((size_t)E * D * Hx * sizeof *down), *sd = malloc((size_t)S * D * Hx * sizeof *sd);
+            ck_assert_msg(etm_st_read(f, "layers.1.moe.down", ETM_ST_F32, 3, shape, down, &err) == 0, "%s", err.msg);
+            ck_assert_msg(etm_st_read(f, "layers.1.moe.shared_down", ETM_ST_F32, 3, sshape, sd, &err) == 0, "%s",
+                          err.msg);
+            etm_st_close(f);
+            double want = 0, sq_shared = 0;
+            for (int e = 0; e < E; e++) {
+                double sq = 0;
+                for (size_t j = 0; j < (size_t)D * Hx; j++) sq += (double)down[(size_t)e * D * Hx + j] * down[(size_t)e * D * Hx + j];
+                want += json_integer_value(json_array_get(load, e)) * sqrt(sq / ((double)D * Hx)) / (double)pairs;
+            }
+            for (size_t j = 0; j < (size_t)S * D * Hx; j++) sq_shared += (double)sd[j] * sd[j];
+            ck_assert_double_eq_tol(num(l1, "down_rms", step), want, 1e-6 * want);
+            ck_assert_double_eq_tol(shared_rms, sqrt(sq_shared / ((double)S * D * Hx)), 1e-6 * shared_rms);
+            ck_assert(want > 0);
+            free(down);
+            free(sd);
+        }
         json_t *gap = json_object_get(l1, "cutoff_gap");
         ck_assert_int_eq(json_array_size(gap), hp.n_routed);
         /* step 1: the threshold in force is 0, so gap1 = cut1; step 2: c1 = cut1, cut2 = c1 + gap2,

@@ -10,7 +10,8 @@
 #        make check TESTS=tests/test_same_results.sh ETM_BASELINE_ETMOE=/tmp/main-build/etmoe
 #    When the files differ, their tensor data (everything after the safetensors header) must
 #    still be the same bytes: a build with new keys records them in the header's config, and
-#    the baseline skips the cases that set keys it does not know.
+#    the baseline skips the cases that set keys it does not know. A checkpoint the baseline wrote
+#    half-way is also resumed by this build (old checkpoints keep their behaviour).
 # Run from the build directory by make check (ETM_TEST_DIR is the source tree's tests/).
 set -u
 : "${ETM_TEST_DIR:?run by make check}"
@@ -84,6 +85,28 @@ for case in "et" "tc router=tc" "dense router=dense" "stacked muon_expert_layout
     runs=$((runs + 1))
 done
 echo "$runs configurations: 1 and 2 threads give byte-identical checkpoints"
+
+# With a baseline: a checkpoint the baseline wrote at step 2 (its config may lack keys this build
+# added), resumed by this build to step 4, holds the tensors of the baseline's own 4 steps. With
+# weight_decay on, so that a missing matrix_weight_decay must read as inherit.
+if [ -n "$base" ]; then
+    train resume-base "$base" 2 weight_decay=0.01
+    rm -rf "$tmp/run"
+    OMP_NUM_THREADS=2 "$base" train "$top/data/configs/demo.conf" train_data="$tmp/data/train_*.bin" \
+        val_data="$tmp/data/val_*.bin" out_dir="$tmp/run" max_steps=4 batch_size=4 eval_every=0 \
+        eval_batches=1 log_every=4 et_warmup_steps=2 weight_decay=0.01 --stop-at 2 >"$tmp/resume.log" 2>&1 ||
+        { cat "$tmp/resume.log"; fail "$base train --stop-at 2 failed"; }
+    OMP_NUM_THREADS=2 "$etmoe" train "$top/data/configs/demo.conf" train_data="$tmp/data/train_*.bin" \
+        val_data="$tmp/data/val_*.bin" out_dir="$tmp/run" max_steps=4 batch_size=4 eval_every=0 \
+        eval_batches=1 log_every=4 et_warmup_steps=2 weight_decay=0.01 --resume >>"$tmp/resume.log" 2>&1 ||
+        { cat "$tmp/resume.log"; fail "$etmoe could not resume $base's checkpoint"; }
+    data_of "$tmp/run/latest.safetensors" >"$tmp/this.data"
+    data_of "$tmp/resume-base.safetensors" >"$tmp/base.data"
+    [ -s "$tmp/this.data" ] || fail "resume: no tensor data read from the checkpoint"
+    cmp "$tmp/base.data" "$tmp/this.data" ||
+        fail "resume: $etmoe resuming $base's step-2 checkpoint gives other tensors than $base's run"
+    echo "resume: $etmoe continues $base's step-2 checkpoint to the tensors of $base's own run"
+fi
 [ -z "$base" ] && echo "(ETM_BASELINE_ETMOE not set: no comparison with another build)"
 [ -n "$base" ] && echo "and $base gives the same bytes as $etmoe"
 exit 0
