@@ -61,6 +61,9 @@ same et-warmup 2 1 "router=et et_warmup_steps=2"
 same et-capacity 2 1 "router=et et_warmup_steps=1 et_capacity=0.5"
 same et-adamw-clip 2 1 "router=et et_warmup_steps=1 matrix_optimizer=adamw grad_clip=0.01"
 same et-uneven 3 1 "router=et et_warmup_steps=1"
+# the step's cut-off over all ranks' tokens (the logits gathered), through threshold routing
+same et-step 2 1 "router=et et_warmup_steps=1 et_cutoff_scope=step"
+same et-step-2x2 2 2 "router=et et_warmup_steps=1 et_cutoff_scope=step"
 same tc-none-2x2 2 2 "router=tc tc_balance=none"
 same tc-none-4x1 4 1 "router=tc tc_balance=none"
 

@@ -556,6 +556,8 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
     if (etm_mb_records_gather(r->recs, r->comm, &e2) != 0)
         return etm_fail(err, "step %d: gathering the micro-batch statistics: %s", s + 1, e2.msg);
     double ce_sum = etm_mb_records_apply(r->recs, m, r->acc);
+    if (r->world > 1 && etm_mb_records_gather_logits(r->recs, m, r->comm, &e2) != 0)
+        return etm_fail(err, "step %d: gathering the router logits (et_cutoff_scope = step): %s", s + 1, e2.msg);
     if (etm_optim_step(r->optim, s, os, &e2) != 0)
         return etm_fail(err, "step %d: %s", s + 1, e2.msg);
     if (etm_optim_exchange(r->optim, r->comm, &e2) != 0) /* distributed Muon (optim.h) */
@@ -598,13 +600,6 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     if (r.local_accum < 1 || (long long)r.local_accum * r.world > INT_MAX / 2)
         return etm_fail(err, "grad_accum=%d on %d ranks: out of range", r.local_accum, r.world);
     r.hp.grad_accum = r.local_accum * r.world;
-    /* et_cutoff_scope = step keeps each micro-batch's logits on its rank's host; across ranks
-     * they would have to be gathered, which is not built yet (doc/distributed.md) */
-    if (r.world > 1 && r.hp.et_cutoff_scope == ETM_CUTOFF_STEP && r.hp.router != ETM_ROUTER_TC &&
-        r.hp.router != ETM_ROUTER_DENSE)
-        return etm_fail(err, "et_cutoff_scope = step runs on one process only (this run has %d ranks); "
-                        "use pool or microbatch, which give the same cut-offs on any number of ranks",
-                        r.world);
 
     int start = run_setup(&r, err);
     /* every rank must set up, or none trains */

@@ -90,6 +90,7 @@ void etm_mb_records_free(etm_mb_records *recs) {
     free(recs->mine);
     free(recs->all);
     free(recs->router_recs);
+    free(recs->logits_all);
     free(recs);
 }
 
@@ -149,6 +150,24 @@ double etm_mb_records_apply(etm_mb_records *recs, etm_model *m, etm_layer_acc *a
         off += layer_rec_len(E);
     }
     return ce_sum;
+}
+
+int etm_mb_records_gather_logits(etm_mb_records *recs, etm_model *m, etm_comm *comm, etm_error *err) {
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        if (!m->moe[l]) continue;
+        etm_router *rt = etm_moe_router_mut(m->moe[l]);
+        const float *mine;
+        size_t rows = etm_router_step_logits(rt, &mine);
+        if (rows == 0) continue;
+        size_t n = rows * (size_t)recs->E, need = n * (size_t)comm->size;
+        if (need > recs->logits_cap) {
+            recs->logits_all = etm_realloc(recs->logits_all, need * sizeof(float));
+            recs->logits_cap = need;
+        }
+        if (comm->allgather(comm, mine, n * sizeof(float), recs->logits_all, err) != 0) return -1;
+        etm_router_set_step_logits(rt, recs->logits_all, rows * (size_t)comm->size, recs->total);
+    }
+    return 0;
 }
 
 /* ---- agreement between the ranks ----------------------------------------------------------- */

@@ -47,6 +47,8 @@ typedef struct {
     double *mine;        /* (local, len) this rank's records */
     double *all;         /* (total, len) every rank's, in global micro-batch order */
     double *router_recs; /* (total * E + 1) one layer's router records, handed to its router */
+    float *logits_all;   /* (logits_cap) et_cutoff_scope = step: one layer's gathered logits */
+    size_t logits_cap;   /* floats logits_all holds */
 } etm_mb_records;
 
 /* Records for model m, local_accum micro-batches on each of world ranks. */
@@ -60,6 +62,12 @@ int etm_mb_records_gather(etm_mb_records *recs, etm_comm *comm, etm_error *err);
  * hands each layer's router the records of every micro-batch (etm_router_set_step_records) and
  * returns the sum of the losses, added in the same order as one process would. */
 double etm_mb_records_apply(etm_mb_records *recs, etm_model *m, etm_layer_acc *acc);
+
+/* et_cutoff_scope = step on more than one rank: every MoE layer's kept TRAIN logits (router.h
+ * etm_router_step_logits) gathered from all ranks in rank order (= global micro-batch order) and
+ * handed back to its router, so that step_end selects over the whole step's tokens. Every rank
+ * keeps the same number of rows (the same micro-batches of the same size). */
+int etm_mb_records_gather_logits(etm_mb_records *recs, etm_model *m, etm_comm *comm, etm_error *err);
 
 /* Before setup: every rank's configuration and build must equal rank 0's; -1 naming the rank. */
 int etm_ranks_check_config(etm_comm *comm, const etm_hparams *hp, etm_error *err);
