@@ -2,7 +2,7 @@
 # test_mpi.sh: data-parallel training over MPI (doc/distributed.md), the contract of issue 11:
 # `mpirun -np N` with grad_accum = A writes the same checkpoint, byte for byte, as one process
 # with grad_accum = N x A, for every router kind, Muon and AdamW, clipping and capacity; np 3 for
-# an uneven split; every rank's parameters, optimizer and router state identical to rank 0's after
+# an uneven split; the metrics, validation (split over the ranks) included, equal; every rank's parameters, optimizer and router state identical to rank 0's after
 # every step (--check-replicas: distributed Muon, router records); resume 2 -> 1 and 1 -> 2 ranks; mismatched configurations refused at start; a
 # rank killed mid-run leaves a loadable latest checkpoint. Skips (77) without MPI or mpirun.
 set -u

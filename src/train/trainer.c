@@ -65,8 +65,15 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
 
 int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                        const int32_t *token_bytes, etm_eval_result *res, etm_error *err) {
+    return etm_evaluate_ranks(m, glob, max_seqs, routing, token_bytes, NULL, res, err);
+}
+
+int etm_evaluate_ranks(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                       const int32_t *token_bytes, etm_comm *comm, etm_eval_result *res, etm_error *err) {
     const etm_hparams *hp = &m->hp;
     int B = m->max_batch, T = hp->seq_len;
+    if (!comm) comm = etm_comm_single();
+    int W = comm->size;
     etm_error lerr;
     etm_loader *ld = etm_loader_open(glob, B, T, hp->seed, 0, hp->vocab_size, &lerr);
     if (!ld) return etm_fail(err, "validation data: %s", lerr.msg);
@@ -77,40 +84,88 @@ int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_ro
      * tc layers as EVAL does, without touching the router state */
     etm_moe_mode mode = routing == ETM_EVAL_BATCH ? ETM_MOE_EVAL_BATCH : ETM_MOE_EVAL;
 
-    int32_t *inputs = etm_malloc((size_t)B * T * sizeof(int32_t));
-    int32_t *targets = etm_malloc((size_t)B * T * sizeof(int32_t));
+    /* a round is W consecutive batches, batch w of the round on rank w; every rank reads all of
+     * them (the targets), and a record per batch carries the forward's per-token losses (B*T, as
+     * doubles: exact), the routed pairs and a status (0 ok, 1 failed) */
+    size_t BT = (size_t)B * T, rec_len = BT + 2;
+    int32_t *inputs = etm_malloc(BT * sizeof(int32_t));
+    int32_t *skipped = etm_malloc(BT * sizeof(int32_t)); /* inputs of the other ranks' batches */
+    int *bw = etm_malloc((size_t)W * sizeof(int));       /* sequences of the round's batches */
+    int32_t *targets = etm_malloc((size_t)W * BT * sizeof(int32_t));
+    double *rec = etm_malloc(rec_len * sizeof(double));
+    double *recs = etm_malloc((size_t)W * rec_len * sizeof(double));
     double sum = 0.0, experts = 0.0, text_nats = 0.0;
     int64_t done = 0, tokens = 0, bytes = 0;
     int n_moe = 0, rc = 0;
     for (int l = 0; l < hp->n_layer; l++) n_moe += m->moe[l] != NULL;
-    while (done < n_seqs) {
-        int b = (int)ETM_MIN((int64_t)B, n_seqs - done);
-        double loss;
-        if (etm_loader_next(ld, inputs, targets, &lerr) != 0 ||
-            etm_model_forward(m, inputs, targets, b, T, mode, &loss, &lerr) != 0) {
-            rc = etm_fail(err, "validation: %s", lerr.msg);
+    while (done < n_seqs && rc == 0) {
+        int nb = 0;
+        int64_t first = done;
+        etm_error own = {{0}};
+        for (int w = 0; w < W && done < n_seqs; w++) {
+            bw[nb] = (int)ETM_MIN((int64_t)B, n_seqs - done);
+            if (etm_loader_next(ld, w == comm->rank ? inputs : skipped, targets + (size_t)w * BT, &lerr) != 0) {
+                rc = etm_fail(err, "validation: %s", lerr.msg);
+                break;
+            }
+            done += bw[nb++];
+        }
+        if (rc != 0) break; /* every rank reads the same data: all fail here together */
+        memset(rec, 0, rec_len * sizeof(double));
+        if (comm->rank < nb) {
+            double loss;
+            if (etm_model_forward(m, inputs, targets + (size_t)comm->rank * BT, bw[comm->rank], T, mode,
+                                  &loss, &own) != 0) {
+                rec[BT + 1] = 1;
+            } else {
+                for (size_t i = 0; i < (size_t)bw[comm->rank] * T; i++) rec[i] = m->host_losses[i];
+                for (int l = 0; l < hp->n_layer; l++)
+                    if (m->moe[l]) rec[BT] += etm_moe_last_stats(m->moe[l])->n_pairs;
+            }
+        }
+        if (comm->allgather(comm, rec, rec_len * sizeof(double), recs, &lerr) != 0) {
+            rc = etm_fail(err, "validation: gathering the losses: %s", lerr.msg);
             break;
         }
-        double s = token_loss_sum(m, b * T);
-        if (!isfinite(s)) {
-            rc = etm_fail(err, "validation: the loss of sequences %lld..%lld of %s is %s",
-                          (long long)done, (long long)(done + b - 1), glob, isnan(s) ? "nan" : "inf");
-            break;
+        int64_t seq0 = first;
+        for (int w = 0; w < nb && rc == 0; w++) {
+            const double *q = recs + (size_t)w * rec_len;
+            const int32_t *tg = targets + (size_t)w * BT;
+            int b = bw[w];
+            if (q[BT + 1] != 0 && w == comm->rank) {
+                rc = etm_fail(err, "validation: %s", own.msg);
+                break;
+            }
+            if (q[BT + 1] != 0) {
+                rc = etm_fail(err, "validation: rank %d failed on sequences %lld..%lld of %s (its message "
+                              "is on its standard error)", w, (long long)seq0, (long long)(seq0 + b - 1), glob);
+                break;
+            }
+            double s = 0.0; /* token_loss_sum's order */
+            for (int i = 0; i < b * T; i++) s += (float)q[i];
+            if (!isfinite(s)) {
+                rc = etm_fail(err, "validation: the loss of sequences %lld..%lld of %s is %s",
+                              (long long)seq0, (long long)(seq0 + b - 1), glob, isnan(s) ? "nan" : "inf");
+                break;
+            }
+            sum += s;
+            if (token_bytes)
+                for (int i = 0; i < b * T; i++)
+                    if (tg[i] >= 0 && token_bytes[tg[i]] > 0) {
+                        text_nats += (float)q[i];
+                        bytes += token_bytes[tg[i]];
+                    }
+            experts += q[BT];
+            tokens += (int64_t)b * T;
+            seq0 += b;
         }
-        sum += s;
-        if (token_bytes)
-            for (int i = 0; i < b * T; i++)
-                if (targets[i] >= 0 && token_bytes[targets[i]] > 0) {
-                    text_nats += m->host_losses[i];
-                    bytes += token_bytes[targets[i]];
-                }
-        for (int l = 0; l < hp->n_layer; l++)
-            if (m->moe[l]) experts += etm_moe_last_stats(m->moe[l])->n_pairs;
-        tokens += (int64_t)b * T;
-        done += b;
     }
     free(inputs);
+    free(skipped);
+    free(bw);
     free(targets);
+    free(rec);
+    free(recs);
     etm_loader_free(ld);
     if (rc != 0) return rc;
     res->tokens = tokens;
@@ -656,8 +711,8 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         double val = NAN, val_bpb = NAN;
         if (hp->val_data[0] && ((hp->eval_every > 0 && done % hp->eval_every == 0) || done == hp->max_steps)) {
             etm_eval_result ev;
-            if (etm_evaluate_bytes(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
-                                   r.token_bytes, &ev, err) != 0) {
+            if (etm_evaluate_ranks(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
+                                   r.token_bytes, r.comm, &ev, err) != 0) {
                 size_t n = strlen(err->msg);
                 snprintf(err->msg + n, sizeof err->msg - n, " (after step %d); stopping: %s", done,
                          kept_note(&r, note, sizeof note));
