@@ -2,7 +2,7 @@
 # test_mpi.sh: data-parallel training over MPI (doc/distributed.md), the contract of issue 11:
 # `mpirun -np N` with grad_accum = A writes the same checkpoint, byte for byte, as one process
 # with grad_accum = N x A, for every router kind, Muon and AdamW, clipping and capacity; np 3 for
-# an uneven split; every rank's parameters, optimizer and router state identical to rank 0's after
+# an uneven split; the metrics, validation (split over the ranks) included, equal; every rank's parameters, optimizer and router state identical to rank 0's after
 # every step (--check-replicas: distributed Muon, router records); resume 2 -> 1 and 1 -> 2 ranks; mismatched configurations refused at start; a
 # rank killed mid-run leaves a loadable latest checkpoint. Skips (77) without MPI or mpirun.
 set -u
@@ -61,6 +61,9 @@ same et-warmup 2 1 "router=et et_warmup_steps=2"
 same et-capacity 2 1 "router=et et_warmup_steps=1 et_capacity=0.5"
 same et-adamw-clip 2 1 "router=et et_warmup_steps=1 matrix_optimizer=adamw grad_clip=0.01"
 same et-uneven 3 1 "router=et et_warmup_steps=1"
+# the step's cut-off over all ranks' tokens (the logits gathered), through threshold routing
+same et-step 2 1 "router=et et_warmup_steps=1 et_cutoff_scope=step"
+same et-step-2x2 2 2 "router=et et_warmup_steps=1 et_cutoff_scope=step"
 same tc-none-2x2 2 2 "router=tc tc_balance=none"
 same tc-none-4x1 4 1 "router=tc tc_balance=none"
 

@@ -335,6 +335,19 @@ void etm_router_set_step_records(etm_router *rt, const double *rec, int n) {
     if (rt->ops->resum) rt->ops->resum(rt);
 }
 
+size_t etm_router_step_logits(const etm_router *rt, const float **logits) {
+    const etm_cutoff_state *cs = rt->ops->cutoff ? rt->ops->cutoff(rt) : NULL;
+    *logits = cs ? cs->step_logits : NULL;
+    return cs && cs->scope == ETM_CUTOFF_STEP ? cs->step_rows : 0;
+}
+
+void etm_router_set_step_logits(etm_router *rt, const float *logits, size_t rows, int n_forwards) {
+    /* the state belongs to rt, which is not const here: ops->cutoff only returns it read-only */
+    etm_cutoff_state *cs = rt->ops->cutoff ? (etm_cutoff_state *)rt->ops->cutoff(rt) : NULL;
+    if (!cs || cs->scope != ETM_CUTOFF_STEP) return;
+    etm_cutoff_set_step_logits(cs, rt, logits, rows, n_forwards);
+}
+
 void etm_router_step_end(etm_router *rt) {
     rt->n_rec = 0;
     if (rt->ops->step_end) rt->ops->step_end(rt);

@@ -206,6 +206,12 @@ etm_route_rule etm_router_rule(const etm_router *rt, etm_moe_mode mode);
  * those forwards would do. */
 int etm_router_step_records(const etm_router *rt, const double **rec);
 void etm_router_set_step_records(etm_router *rt, const double *rec, int n);
+/* et_cutoff_scope = step (ec, et): the TRAIN logits this step's forwards kept for step_end, rows
+ * x E host floats in forward order; 0 rows for other scopes and kinds. set replaces them with the
+ * gathered rows of every rank (global micro-batch order) from n_forwards forwards, so that the
+ * cut-off is the k_target-th largest over the whole step's tokens, as in one process. */
+size_t etm_router_step_logits(const etm_router *rt, const float **logits);
+void etm_router_set_step_logits(etm_router *rt, const float *logits, size_t rows, int n_forwards);
 
 /* State views (router-owned host arrays) and restore; set also uploads and clears the
  * accumulators of the current step. NULL arguments leave that part unchanged. */

@@ -103,15 +103,20 @@ void etm_cutoff_of_rows(const float *logits, size_t rows, int E, int top_k, floa
     }
 }
 
-/* scope step: keeps the micro-batch's logits (N,E) on the host until step_end */
-static void keep_logits(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N) {
-    size_t E = (size_t)rt->E, need = cs->step_rows + (size_t)N;
+/* scope step: room for need rows of kept logits */
+static void reserve_rows(etm_cutoff_state *cs, size_t E, size_t need) {
     if (need > cs->step_cap) {
         size_t cap = ETM_MAX(need, 2 * cs->step_cap);
         cs->step_logits = etm_realloc(cs->step_logits, cap * E * sizeof(float));
         cs->step_scratch = etm_realloc(cs->step_scratch, cap * sizeof(float));
         cs->step_cap = cap;
     }
+}
+
+/* scope step: keeps the micro-batch's logits (N,E) on the host until step_end */
+static void keep_logits(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N) {
+    size_t E = (size_t)rt->E, need = cs->step_rows + (size_t)N;
+    reserve_rows(cs, E, need);
     rt->be->download(rt->be, cs->step_logits + cs->step_rows * E, logits, (size_t)N * E * sizeof(float));
     cs->step_rows = need;
 }
@@ -144,10 +149,18 @@ void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits
     }
 }
 
+void etm_cutoff_set_step_logits(etm_cutoff_state *cs, etm_router *rt, const float *logits, size_t rows, int n_forwards) {
+    size_t E = (size_t)rt->E;
+    reserve_rows(cs, E, rows);
+    memmove(cs->step_logits, logits, rows * E * sizeof(float));
+    cs->step_rows = rows;
+    cs->cut_batches = n_forwards;
+}
+
 void etm_cutoff_resum(etm_cutoff_state *cs, etm_router *rt) {
     int E = rt->E;
-    /* scope step keeps the step's logits instead of records (one process only: the trainer
-     * refuses it on more than one rank) */
+    /* scope step keeps the step's logits instead of records: the trainer gathers them over the
+     * ranks (etm_cutoff_set_step_logits) */
     if (cs->scope == ETM_CUTOFF_STEP) return;
     for (int e = 0; e < E; e++) cs->cut_sum[e] = 0;
     for (int b = 0; b < rt->n_rec; b++)

@@ -124,6 +124,8 @@ int etm_cutoff_rule_fixed(const etm_router *rt, etm_moe_mode mode, etm_route_rul
  * the micro-batch's floor(N k / E)-th largest, step keeps the logits on the host. */
 void etm_cutoff_record(etm_cutoff_state *cs, etm_router *rt, const float *logits, int N);
 void etm_cutoff_step_end(etm_cutoff_state *cs, etm_router *rt);
+/* scope step: replaces the kept logits with rows x E (router.h etm_router_set_step_logits). */
+void etm_cutoff_set_step_logits(etm_cutoff_state *cs, etm_router *rt, const float *logits, size_t rows, int n_forwards);
 void etm_cutoff_resum(etm_cutoff_state *cs, etm_router *rt); /* ops->resum for ec and et */
 void etm_cutoff_get_state(const etm_cutoff_state *cs, etm_router_state *out);
 void etm_cutoff_set_state(etm_cutoff_state *cs, etm_router *rt, const float *threshold, const float *ema);

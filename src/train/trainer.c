@@ -20,6 +20,7 @@
 #include "rng.h"
 #include "routing_metrics.h"
 #include "tokenizer.h"
+#include "trainer_ranks.h"
 
 void etm_train_options_init(etm_train_options *o) { memset(o, 0, sizeof *o); }
 
@@ -64,8 +65,15 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
 
 int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                        const int32_t *token_bytes, etm_eval_result *res, etm_error *err) {
+    return etm_evaluate_ranks(m, glob, max_seqs, routing, token_bytes, NULL, res, err);
+}
+
+int etm_evaluate_ranks(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                       const int32_t *token_bytes, etm_comm *comm, etm_eval_result *res, etm_error *err) {
     const etm_hparams *hp = &m->hp;
     int B = m->max_batch, T = hp->seq_len;
+    if (!comm) comm = etm_comm_single();
+    int W = comm->size;
     etm_error lerr;
     etm_loader *ld = etm_loader_open(glob, B, T, hp->seed, 0, hp->vocab_size, &lerr);
     if (!ld) return etm_fail(err, "validation data: %s", lerr.msg);
@@ -76,40 +84,88 @@ int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_ro
      * tc layers as EVAL does, without touching the router state */
     etm_moe_mode mode = routing == ETM_EVAL_BATCH ? ETM_MOE_EVAL_BATCH : ETM_MOE_EVAL;
 
-    int32_t *inputs = etm_malloc((size_t)B * T * sizeof(int32_t));
-    int32_t *targets = etm_malloc((size_t)B * T * sizeof(int32_t));
+    /* a round is W consecutive batches, batch w of the round on rank w; every rank reads all of
+     * them (the targets), and a record per batch carries the forward's per-token losses (B*T, as
+     * doubles: exact), the routed pairs and a status (0 ok, 1 failed) */
+    size_t BT = (size_t)B * T, rec_len = BT + 2;
+    int32_t *inputs = etm_malloc(BT * sizeof(int32_t));
+    int32_t *skipped = etm_malloc(BT * sizeof(int32_t)); /* inputs of the other ranks' batches */
+    int *bw = etm_malloc((size_t)W * sizeof(int));       /* sequences of the round's batches */
+    int32_t *targets = etm_malloc((size_t)W * BT * sizeof(int32_t));
+    double *rec = etm_malloc(rec_len * sizeof(double));
+    double *recs = etm_malloc((size_t)W * rec_len * sizeof(double));
     double sum = 0.0, experts = 0.0, text_nats = 0.0;
     int64_t done = 0, tokens = 0, bytes = 0;
     int n_moe = 0, rc = 0;
     for (int l = 0; l < hp->n_layer; l++) n_moe += m->moe[l] != NULL;
-    while (done < n_seqs) {
-        int b = (int)ETM_MIN((int64_t)B, n_seqs - done);
-        double loss;
-        if (etm_loader_next(ld, inputs, targets, &lerr) != 0 ||
-            etm_model_forward(m, inputs, targets, b, T, mode, &loss, &lerr) != 0) {
-            rc = etm_fail(err, "validation: %s", lerr.msg);
+    while (done < n_seqs && rc == 0) {
+        int nb = 0;
+        int64_t first = done;
+        etm_error own = {{0}};
+        for (int w = 0; w < W && done < n_seqs; w++) {
+            bw[nb] = (int)ETM_MIN((int64_t)B, n_seqs - done);
+            if (etm_loader_next(ld, w == comm->rank ? inputs : skipped, targets + (size_t)w * BT, &lerr) != 0) {
+                rc = etm_fail(err, "validation: %s", lerr.msg);
+                break;
+            }
+            done += bw[nb++];
+        }
+        if (rc != 0) break; /* every rank reads the same data: all fail here together */
+        memset(rec, 0, rec_len * sizeof(double));
+        if (comm->rank < nb) {
+            double loss;
+            if (etm_model_forward(m, inputs, targets + (size_t)comm->rank * BT, bw[comm->rank], T, mode,
+                                  &loss, &own) != 0) {
+                rec[BT + 1] = 1;
+            } else {
+                for (size_t i = 0; i < (size_t)bw[comm->rank] * T; i++) rec[i] = m->host_losses[i];
+                for (int l = 0; l < hp->n_layer; l++)
+                    if (m->moe[l]) rec[BT] += etm_moe_last_stats(m->moe[l])->n_pairs;
+            }
+        }
+        if (comm->allgather(comm, rec, rec_len * sizeof(double), recs, &lerr) != 0) {
+            rc = etm_fail(err, "validation: gathering the losses: %s", lerr.msg);
             break;
         }
-        double s = token_loss_sum(m, b * T);
-        if (!isfinite(s)) {
-            rc = etm_fail(err, "validation: the loss of sequences %lld..%lld of %s is %s",
-                          (long long)done, (long long)(done + b - 1), glob, isnan(s) ? "nan" : "inf");
-            break;
+        int64_t seq0 = first;
+        for (int w = 0; w < nb && rc == 0; w++) {
+            const double *q = recs + (size_t)w * rec_len;
+            const int32_t *tg = targets + (size_t)w * BT;
+            int b = bw[w];
+            if (q[BT + 1] != 0 && w == comm->rank) {
+                rc = etm_fail(err, "validation: %s", own.msg);
+                break;
+            }
+            if (q[BT + 1] != 0) {
+                rc = etm_fail(err, "validation: rank %d failed on sequences %lld..%lld of %s (its message "
+                              "is on its standard error)", w, (long long)seq0, (long long)(seq0 + b - 1), glob);
+                break;
+            }
+            double s = 0.0; /* token_loss_sum's order */
+            for (int i = 0; i < b * T; i++) s += (float)q[i];
+            if (!isfinite(s)) {
+                rc = etm_fail(err, "validation: the loss of sequences %lld..%lld of %s is %s",
+                              (long long)seq0, (long long)(seq0 + b - 1), glob, isnan(s) ? "nan" : "inf");
+                break;
+            }
+            sum += s;
+            if (token_bytes)
+                for (int i = 0; i < b * T; i++)
+                    if (tg[i] >= 0 && token_bytes[tg[i]] > 0) {
+                        text_nats += (float)q[i];
+                        bytes += token_bytes[tg[i]];
+                    }
+            experts += q[BT];
+            tokens += (int64_t)b * T;
+            seq0 += b;
         }
-        sum += s;
-        if (token_bytes)
-            for (int i = 0; i < b * T; i++)
-                if (targets[i] >= 0 && token_bytes[targets[i]] > 0) {
-                    text_nats += m->host_losses[i];
-                    bytes += token_bytes[targets[i]];
-                }
-        for (int l = 0; l < hp->n_layer; l++)
-            if (m->moe[l]) experts += etm_moe_last_stats(m->moe[l])->n_pairs;
-        tokens += (int64_t)b * T;
-        done += b;
     }
     free(inputs);
+    free(skipped);
+    free(bw);
     free(targets);
+    free(rec);
+    free(recs);
     etm_loader_free(ld);
     if (rc != 0) return rc;
     res->tokens = tokens;
@@ -185,14 +241,6 @@ static int trim_metrics(const char *path, int start_step, etm_error *err) {
 
 /* ---- the run ------------------------------------------------------------------------------- */
 
-/* Routing statistics of one MoE layer summed over one step's micro-batches. */
-typedef struct {
-    int64_t tokens, pairs, no_expert, dropped, padded;
-    int64_t *load; /* (E) */
-    double aux, z; /* summed over micro-batches */
-    etm_routing_summary summary; /* the authors' routing metrics (routing_metrics.h) */
-} layer_acc;
-
 typedef struct {
     etm_hparams hp;
     const etm_train_options *opt;
@@ -202,7 +250,7 @@ typedef struct {
     etm_loader *train;
     etm_rng rng;              /* the trainer's RNG, saved in checkpoints for what may need it */
     int32_t *inputs, *targets; /* host (B*T) */
-    layer_acc *acc;            /* (L), used for MoE layers */
+    etm_layer_acc *acc;        /* (L), used for MoE layers */
     FILE *metrics;
     char ckpt_path[1100], metrics_path[1100];
     int last_saved;            /* step of the last checkpoint written or resumed from; -1: none */
@@ -217,114 +265,20 @@ typedef struct {
                                   (world > 1), folded by comm->fold_sum */
     float *grad_sum;           /* (n_params) host: their ordered sum over all ranks (world > 1,
                                   host memory only; NCCL folds into the gradients directly) */
-    int rec_len;               /* doubles of one micro-batch record (mb_record) */
-    double *rec, *rec_all;     /* (local_accum, rec_len), (world, local_accum, rec_len) */
+    etm_mb_records *recs;      /* the step's micro-batch records (trainer_ranks.h) */
     int stop_agreed;           /* some rank saw the stop flag during the last step */
     int32_t *token_bytes;      /* (V) UTF-8 bytes of each token (bits per byte); NULL: no tokenizer */
 } run;
 
-/* Per micro-batch: the loss and the routing statistics the metrics sum, then the routers' step
- * records, as doubles (the integers are exact), so that the ranks can gather them and every rank
- * sums them in global micro-batch order: [ce, per MoE layer (aux, z, tokens, pairs, no_expert,
- * dropped, padded, load[E], router record[E], a 0/1 "has a router record", then the MB_SUMMARY
- * values etm_routing_summary_add reads: experts_hist[0..1], gate_sum, gate_sq, logit_sum,
- * logit_sq, cap_groups, cap_over, cap_under)]. */
-#define MB_SUMMARY 9
-static int mb_record_len(const run *r) {
-    int n = 1, E = r->hp.n_routed;
-    for (int l = 0; l < r->hp.n_layer; l++)
-        if (r->m->moe[l]) n += 7 + 2 * E + 1 + MB_SUMMARY;
-    return n;
-}
-
 static void layer_acc_reset(run *r) {
     int E = r->hp.n_routed;
     for (int l = 0; l < r->hp.n_layer; l++) {
-        layer_acc *a = &r->acc[l];
+        etm_layer_acc *a = &r->acc[l];
         int64_t *load = a->load;
         memset(a, 0, sizeof *a);
         a->load = load;
         if (load) memset(load, 0, E * sizeof(int64_t));
     }
-}
-
-/* This micro-batch's record (mb_record_len): its loss ce, its statistics and router records. */
-static void mb_record_fill(run *r, double *rec, double ce) {
-    int E = r->hp.n_routed;
-    *rec++ = ce;
-    for (int l = 0; l < r->hp.n_layer; l++) {
-        if (!r->m->moe[l]) continue;
-        const etm_moe_stats *st = etm_moe_last_stats(r->m->moe[l]);
-        *rec++ = st->aux_loss;
-        *rec++ = st->z_loss;
-        *rec++ = st->n_tokens;
-        *rec++ = st->n_pairs;
-        *rec++ = st->tokens_no_expert;
-        *rec++ = st->dropped;
-        *rec++ = st->padded;
-        for (int e = 0; e < E; e++) *rec++ = st->expert_load[e];
-        const double *rr;
-        int n = etm_router_step_records(etm_moe_router(r->m->moe[l]), &rr);
-        /* a TRAIN forward adds at most one record, the last one; none for kinds without any */
-        for (int e = 0; e < E; e++) *rec++ = n > 0 ? rr[(size_t)(n - 1) * E + e] : 0.0;
-        *rec++ = n > 0;
-        /* the authors' routing metrics (routing_metrics.h): what etm_routing_summary_add reads */
-        *rec++ = st->experts_hist[0];
-        *rec++ = st->experts_hist[1];
-        *rec++ = st->gate_sum;
-        *rec++ = st->gate_sq;
-        *rec++ = st->logit_sum;
-        *rec++ = st->logit_sq;
-        *rec++ = st->cap_groups;
-        *rec++ = st->cap_over;
-        *rec++ = st->cap_under;
-    }
-}
-
-/* Adds the statistics of n micro-batch records (global order) to the step's sums, hands the
- * routers the records of every micro-batch (etm_router_set_step_records) and returns the sum of
- * the losses, added in the same order as one process would. */
-static double mb_records_apply(run *r, const double *recs, int n) {
-    int E = r->hp.n_routed, L = r->hp.n_layer;
-    double ce_sum = 0.0;
-    double *rr = etm_malloc(((size_t)n * E + 1) * sizeof(double));
-    for (int i = 0; i < n; i++) ce_sum += recs[(size_t)i * r->rec_len];
-    int off = 1;
-    for (int l = 0; l < L; l++) {
-        if (!r->m->moe[l]) continue;
-        layer_acc *a = &r->acc[l];
-        int nr = 0;
-        for (int i = 0; i < n; i++) {
-            const double *p = recs + (size_t)i * r->rec_len + off;
-            a->aux += p[0];
-            a->z += p[1];
-            a->tokens += (int64_t)p[2];
-            a->pairs += (int64_t)p[3];
-            a->no_expert += (int64_t)p[4];
-            a->dropped += (int64_t)p[5];
-            a->padded += (int64_t)p[6];
-            for (int e = 0; e < E; e++) a->load[e] += (int64_t)p[7 + e];
-            if (p[7 + 2 * E] != 0) memcpy(rr + (size_t)nr++ * E, p + 7 + E, (size_t)E * sizeof(double));
-            const double *q = p + 7 + 2 * E + 1;
-            int hist[2] = {(int)q[0], (int)q[1]}; /* summary_add reads entries 0 and 1 only */
-            etm_moe_stats st = {0};
-            st.n_tokens = (int)p[2];
-            st.n_pairs = (int)p[3];
-            st.experts_hist = hist;
-            st.gate_sum = q[2];
-            st.gate_sq = q[3];
-            st.logit_sum = q[4];
-            st.logit_sq = q[5];
-            st.cap_groups = (int)q[6];
-            st.cap_over = (int)q[7];
-            st.cap_under = (int)q[8];
-            etm_routing_summary_add(&a->summary, &st, E);
-        }
-        etm_router_set_step_records(etm_moe_router_mut(r->m->moe[l]), rr, nr);
-        off += 7 + 2 * E + 1 + MB_SUMMARY;
-    }
-    free(rr);
-    return ce_sum;
 }
 
 /* Routed experts per token this step, averaged over the MoE layers (0 for a dense model). */
@@ -385,7 +339,7 @@ static void set_defined(json_t *o, const char *key, double v) {
 /* The authors' routing metrics of one layer's step (routing_metrics.h), the cut-off's gap to
  * the threshold in force for ec and et (router.h etm_router_last_cutoff), and the routed experts'
  * scale against the shared ones (etm_expert_scale) from the weights after the step's update. */
-static void add_routing_metrics(json_t *lo, const layer_acc *a, const etm_moe_layer *moe,
+static void add_routing_metrics(json_t *lo, const etm_layer_acc *a, const etm_moe_layer *moe,
                                 const etm_moe_weights *w, int E) {
     etm_routing_metrics rm;
     etm_routing_summary_metrics(&a->summary, &rm);
@@ -432,7 +386,7 @@ static int write_metrics(run *r, int step, double lr, const etm_optim_stats *os,
     json_t *layers = json_array();
     for (int l = 0; l < hp->n_layer; l++) {
         if (!r->m->moe[l]) continue;
-        const layer_acc *a = &r->acc[l];
+        const etm_layer_acc *a = &r->acc[l];
         json_t *lo = json_object();
         json_object_set_new(lo, "layer", json_integer(l));
         json_object_set_new(lo, "load", json_int64_array(a->load, E));
@@ -482,8 +436,7 @@ static void run_free(run *r) {
         free(r->grad_host);
     }
     free(r->grad_sum);
-    free(r->rec);
-    free(r->rec_all);
+    etm_mb_records_free(r->recs);
     if (r->grad_fold) r->be->free(r->be, r->grad_fold);
     etm_loader_free(r->train);
     etm_optim_free(r->optim);
@@ -548,9 +501,7 @@ static int run_setup(run *r, etm_error *err) {
     for (int l = 0; l < hp->n_layer; l++)
         if (r->m->moe[l]) r->acc[l].load = etm_calloc(hp->n_routed, sizeof(int64_t));
     etm_optim_share(r->optim, r->rank, r->world); /* distributed Muon */
-    r->rec_len = mb_record_len(r);
-    r->rec = etm_malloc((size_t)r->local_accum * r->rec_len * sizeof(double));
-    r->rec_all = etm_malloc((size_t)hp->grad_accum * r->rec_len * sizeof(double));
+    r->recs = etm_mb_records_create(r->m, r->local_accum, r->world);
     if (r->world > 1 && r->comm->device_memory) {
         r->grad_host = r->be->alloc(r->be, (size_t)r->local_accum * r->m->n_params * sizeof(float));
     } else if (r->world > 1) {
@@ -599,76 +550,6 @@ static int run_setup(run *r, etm_error *err) {
     return start;
 }
 
-/* Every rank's status after its micro-batches: whether it failed, and whether it saw the stop
- * flag. Returns the first failed rank, or -1 when none did; *stop: some rank saw the flag. */
-static int agree_status(run *r, int failed, int *stop, etm_error *err) {
-    int mine[2] = {failed, r->opt->stop_flag && *r->opt->stop_flag};
-    int *all = etm_malloc((size_t)r->world * sizeof mine);
-    etm_error e2;
-    if (r->comm->allgather(r->comm, mine, sizeof mine, all, &e2) != 0) {
-        free(all);
-        return etm_fail(err, "%s", e2.msg), -2;
-    }
-    int bad = -1;
-    *stop = 0;
-    for (int k = 0; k < r->world; k++) {
-        if (all[2 * k] && bad < 0) bad = k;
-        if (all[2 * k + 1]) *stop = 1;
-    }
-    free(all);
-    return bad;
-}
-
-static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
-    const unsigned char *c = data;
-    for (size_t i = 0; i < bytes; i++) h = (h ^ c[i]) * 1099511628211ull;
-    return h;
-}
-
-/* --check-replicas: every rank must hold the same parameters, optimizer state and router state
- * after step s; a fingerprint of each is compared with rank 0's. */
-static int check_replicas(run *r, int s, etm_error *err) {
-    etm_model *m = r->m;
-    uint64_t h[3] = {1469598103934665603ull, 1469598103934665603ull, 1469598103934665603ull};
-    float *host = etm_malloc(m->n_params * sizeof(float));
-    r->be->download(r->be, host, m->params_memory, m->n_params * sizeof(float));
-    h[0] = fnv1a(h[0], host, m->n_params * sizeof(float));
-    free(host);
-    for (int i = 0; i < etm_optim_state_count(r->optim); i++) {
-        const etm_optim_state *st = etm_optim_state_at(r->optim, i);
-        size_t n = 1;
-        for (int d = 0; d < st->ndim; d++) n *= (size_t)st->shape[d];
-        float *buf = etm_malloc(n * sizeof(float) + 1);
-        r->be->download(r->be, buf, st->data, n * sizeof(float));
-        h[1] = fnv1a(h[1], buf, n * sizeof(float));
-        free(buf);
-    }
-    int E = r->hp.n_routed;
-    for (int l = 0; l < r->hp.n_layer; l++) {
-        if (!m->moe[l]) continue;
-        etm_router_state st;
-        etm_moe_get_state(m->moe[l], &st);
-        h[2] = fnv1a(h[2], st.threshold, (size_t)E * sizeof(float));
-        h[2] = fnv1a(h[2], st.ema, (size_t)E * sizeof(float));
-        h[2] = fnv1a(h[2], st.bias, (size_t)E * sizeof(float));
-        h[2] = fnv1a(h[2], st.counters, 2 * sizeof(int64_t));
-    }
-    uint64_t *all = etm_malloc((size_t)r->world * sizeof h);
-    etm_error e2;
-    int rc = 0;
-    if (r->comm->allgather(r->comm, h, sizeof h, all, &e2) != 0) {
-        rc = etm_fail(err, "step %d: checking the replicas: %s", s + 1, e2.msg);
-    } else {
-        static const char *const what[3] = {"parameters differ", "optimizer state differs", "router state differs"};
-        for (int k = 1; k < r->world && rc == 0; k++)
-            for (int p = 0; p < 3 && rc == 0; p++)
-                if (all[3 * k + p] != all[p])
-                    rc = etm_fail(err, "step %d: rank %d's %s from rank 0's (--check-replicas)", s + 1, k, what[p]);
-    }
-    free(all);
-    return rc;
-}
-
 /* One optimizer step s (0-based). Returns 0, or -1 naming the step when something is not finite
  * (nothing of the step is then kept: the optimizer refuses a non-finite gradient norm). Rank k
  * runs the global micro-batches j = k x local_accum + a; every rank reads all of them from the
@@ -705,8 +586,7 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
             failed = 1;
             continue;
         }
-        mb_record_fill(r, r->rec + (size_t)a * r->rec_len,
-                       token_loss_sum(m, B * T) / (double)(m->n_valid > 0 ? m->n_valid : 1));
+        etm_mb_records_fill(r->recs, m, a, token_loss_sum(m, B * T) / (double)(m->n_valid > 0 ? m->n_valid : 1));
         if (etm_model_backward(m, 1.0f / (float)A, &e2) != 0) {
             etm_fail(err, "step %d: %s", s + 1, e2.msg);
             failed = 1;
@@ -722,7 +602,7 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         else if (A > 1)
             be->axpy(be, r->grad_fold, 1.0f, m->grads_memory, P); /* 1 x g is exact: a float add */
     }
-    int bad = agree_status(r, failed, &r->stop_agreed, err);
+    int bad = etm_ranks_agree(r->comm, failed, r->opt->stop_flag && *r->opt->stop_flag, &r->stop_agreed, err);
     if (bad == -2) return -1;
     if (bad >= 0) {
         if (!failed) etm_fail(err, "step %d: rank %d failed (its message is on its standard error)", s + 1, bad);
@@ -739,9 +619,11 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
     } else if (A > 1) {
         be->copy(be, m->grads_memory, r->grad_fold, P * sizeof(float));
     }
-    if (r->comm->allgather(r->comm, r->rec, (size_t)LA * r->rec_len * sizeof(double), r->rec_all, &e2) != 0)
+    if (etm_mb_records_gather(r->recs, r->comm, &e2) != 0)
         return etm_fail(err, "step %d: gathering the micro-batch statistics: %s", s + 1, e2.msg);
-    double ce_sum = mb_records_apply(r, r->rec_all, A);
+    double ce_sum = etm_mb_records_apply(r->recs, m, r->acc);
+    if (r->world > 1 && etm_mb_records_gather_logits(r->recs, m, r->comm, &e2) != 0)
+        return etm_fail(err, "step %d: gathering the router logits (et_cutoff_scope = step): %s", s + 1, e2.msg);
     if (etm_optim_step(r->optim, s, os, &e2) != 0)
         return etm_fail(err, "step %d: %s", s + 1, e2.msg);
     if (etm_optim_exchange(r->optim, r->comm, &e2) != 0) /* distributed Muon (optim.h) */
@@ -751,7 +633,7 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         return etm_fail(err, "step %d: the parameters are no longer finite after the update (gradient "
                         "norm %.4g; is the learning rate too high?)", s + 1, os->grad_norm);
     etm_model_step_end(m);
-    if (r->opt->check_replicas && check_replicas(r, s, err) != 0) return -1;
+    if (r->opt->check_replicas && etm_ranks_check_replicas(r->comm, be, m, r->optim, s, err) != 0) return -1;
     *ce = ce_sum / A;
     *aux = *z = 0.0;
     for (int l = 0; l < hp->n_layer; l++) {
@@ -759,37 +641,6 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         *z += r->acc[l].z / A;
     }
     return 0;
-}
-
-/* FNV-1a of the per-rank configuration and the build, so that ranks refuse to train together
- * when they were given different settings or are different programs. */
-static uint64_t config_fingerprint(const etm_hparams *hp) {
-    char *text = etm_hparams_to_string(hp);
-    uint64_t h = 1469598103934665603ull;
-    const char *parts[2] = {text, "etmoe " PACKAGE_VERSION};
-    for (int p = 0; p < 2; p++)
-        for (const unsigned char *c = (const unsigned char *)parts[p]; *c; c++) h = (h ^ *c) * 1099511628211ull;
-    free(text);
-    return h;
-}
-
-/* Before setup: the ranks' configurations and builds must be the same. */
-static int check_same_config(run *r, etm_error *err) {
-    uint64_t mine = config_fingerprint(&r->hp);
-    uint64_t *all = etm_malloc((size_t)r->world * sizeof mine);
-    etm_error e2;
-    int rc = 0;
-    if (r->comm->allgather(r->comm, &mine, sizeof mine, all, &e2) != 0) {
-        rc = etm_fail(err, "%s", e2.msg);
-    } else {
-        for (int k = 1; k < r->world && rc == 0; k++)
-            if (all[k] != all[0])
-                rc = etm_fail(err, "rank %d was started with a configuration or an etmoe build that differs "
-                              "from rank 0's: every rank must run the same program with the same "
-                              "configuration and overrides", k);
-    }
-    free(all);
-    return rc;
 }
 
 int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_train_result *result,
@@ -809,25 +660,18 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
     r.rank = r.comm->rank;
     r.world = r.comm->size;
     r.writer = r.rank == 0;
-    if (check_same_config(&r, err) != 0) return -1;
+    if (etm_ranks_check_config(r.comm, &r.hp, err) != 0) return -1;
     /* from here on hp.grad_accum counts the micro-batches of the whole step (doc/distributed.md) */
     r.local_accum = hp_in->grad_accum;
     if (r.local_accum < 1 || (long long)r.local_accum * r.world > INT_MAX / 2)
         return etm_fail(err, "grad_accum=%d on %d ranks: out of range", r.local_accum, r.world);
     r.hp.grad_accum = r.local_accum * r.world;
-    /* et_cutoff_scope = step keeps each micro-batch's logits on its rank's host; across ranks
-     * they would have to be gathered, which is not built yet (doc/distributed.md) */
-    if (r.world > 1 && r.hp.et_cutoff_scope == ETM_CUTOFF_STEP && r.hp.router != ETM_ROUTER_TC &&
-        r.hp.router != ETM_ROUTER_DENSE)
-        return etm_fail(err, "et_cutoff_scope = step runs on one process only (this run has %d ranks); "
-                        "use pool or microbatch, which give the same cut-offs on any number of ranks",
-                        r.world);
 
     int start = run_setup(&r, err);
     /* every rank must set up, or none trains */
     int stop_unused;
     etm_error e3;
-    int bad = agree_status(&r, start < 0, &stop_unused, start < 0 ? &e3 : err);
+    int bad = etm_ranks_agree(r.comm, start < 0, 0, &stop_unused, start < 0 ? &e3 : err);
     if (start < 0 || bad != -1) {
         if (start >= 0 && bad >= 0) etm_fail(err, "rank %d could not start (its message is on its standard error)", bad);
         run_free(&r);
@@ -878,8 +722,8 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
         double val = NAN, val_bpb = NAN;
         if (hp->val_data[0] && ((hp->eval_every > 0 && done % hp->eval_every == 0) || done == hp->max_steps)) {
             etm_eval_result ev;
-            if (etm_evaluate_bytes(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
-                                   r.token_bytes, &ev, err) != 0) {
+            if (etm_evaluate_ranks(r.m, hp->val_data, hp->eval_batches * hp->batch_size, ETM_EVAL_THRESHOLD,
+                                   r.token_bytes, r.comm, &ev, err) != 0) {
                 size_t n = strlen(err->msg);
                 snprintf(err->msg + n, sizeof err->msg - n, " (after step %d); stopping: %s", done,
                          kept_note(&r, note, sizeof note));
@@ -897,7 +741,7 @@ int etm_train(const etm_hparams *hp_in, const etm_train_options *opt_in, etm_tra
             rc = -1;
             break;
         }
-        int stopping = r.stop_agreed; /* the same on every rank (agree_status) */
+        int stopping = r.stop_agreed; /* the same on every rank (etm_ranks_agree) */
         if (log && ((hp->log_every > 0 && done % hp->log_every == 0) || done == end || s == start ||
                     !isnan(val) || stopping)) {
             double eta = (elapsed / (done - start)) * (end - done);

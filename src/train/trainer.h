@@ -106,5 +106,11 @@ int etm_evaluate(etm_model *m, const char *glob, int max_seqs, etm_eval_routing 
  * no bits per byte (NAN). */
 int etm_evaluate_bytes(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
                        const int32_t *token_bytes, etm_eval_result *result, etm_error *err);
+/* The same split over the ranks of comm (NULL: one process; doc/distributed.md): batch i is
+ * evaluated by rank i mod size, the per-token losses are all-gathered and every rank sums them in
+ * batch and token order, so the result has the same bits as one process. Collective: every rank
+ * calls it with the same arguments. */
+int etm_evaluate_ranks(etm_model *m, const char *glob, int max_seqs, etm_eval_routing routing,
+                       const int32_t *token_bytes, etm_comm *comm, etm_eval_result *result, etm_error *err);
 
 #endif
