@@ -8,6 +8,10 @@
 #include "common.h"
 #include "hparams.h"
 
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,12 @@ static void usage(void) {
            "The optimizer counts Newton-Schulz products: ns_steps * (4 s^2 l + 2 s^3) per Muon\n"
            "matrix, s and l its smaller and larger side.\n"
            "\n"
+           "Under mpirun (a build with MPI) every rank runs the configured batch and a step is the\n"
+           "data-parallel step of doc/distributed.md: the gradient reduce, the router records'\n"
+           "all-gather, the optimizer on the rank's share of the Muon matrices and the Muon\n"
+           "exchange; rank 0 prints, with every rank's figures (min / max over ranks), the total\n"
+           "tokens/s and the time spent inside the communication calls.\n"
+           "\n"
            "ET layers route by expert choice during the first et_warmup_steps steps: pass\n"
            "et_warmup_steps=1 to time threshold routing after the one warm-up step.\n"
            "\n"
@@ -41,7 +51,8 @@ static void usage(void) {
            "  --help           this text\n"
            "\n"
            "example (`make bench`): etmoe bench bench et_warmup_steps=1\n"
-           "                        etmoe bench bench router=dense\n");
+           "                        etmoe bench bench router=dense\n"
+           "                        mpirun -np 2 etmoe bench bench router=dense\n");
 }
 
 static int parse_int(const char *text, long lo, long hi, int *out) {
@@ -113,9 +124,31 @@ int cmd_bench(int argc, char **argv) {
         rc = cli_usage_error("bench", "%s", err.msg);
         goto done;
     }
+#ifdef ETM_HAVE_MPI
+    /* under mpirun every rank runs the configured batch (bench.h); without it, one rank */
+    opt.comm = etm_comm_mpi_create(NULL, NULL, &err);
+    if (!opt.comm) {
+        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        goto done;
+    }
+#endif
+    int rank = opt.comm ? opt.comm->rank : 0, ranks = opt.comm ? opt.comm->size : 1;
     etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
     if (!be) {
-        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        fprintf(stderr, "etmoe bench: rank %d: %s\n", rank, err.msg);
+        if (ranks > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        goto done;
+    }
+    if (rank != 0) { /* rank 0 prints; the others' figures reach it in etm_bench_run */
+        etm_bench_result *r = etm_malloc(sizeof *r);
+        if (etm_bench_run(be, &hp, &opt, r, &err) != 0) {
+            fprintf(stderr, "etmoe bench: rank %d: %s\n", rank, err.msg);
+            fflush(stderr);
+            opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        }
+        free(r);
+        etm_backend_free(be);
+        rc = ETM_EXIT_OK;
         goto done;
     }
     printf("etmoe bench %s", config);
@@ -131,9 +164,15 @@ int cmd_bench(int argc, char **argv) {
         printf(" %s=%s", env[i], getenv(env[i]) ? getenv(env[i]) : "(unset)");
     printf("\n");
     fflush(stdout);
+    if (ranks > 1)
+        printf("  MPI: %d ranks, each runs batch_size %d x seq_len %d (doc/distributed.md)\n", ranks,
+               hp.batch_size, hp.seq_len);
+    fflush(stdout);
     etm_bench_result *r = etm_malloc(sizeof *r);
     if (etm_bench_run(be, &hp, &opt, r, &err) != 0) {
         fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        fflush(stderr);
+        if (ranks > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
     } else {
         etm_bench_print(stdout, r);
         if (hp.router == ETM_ROUTER_ET && r->timed_threshold_steps < r->steps)
@@ -146,6 +185,7 @@ int cmd_bench(int argc, char **argv) {
     free(r);
     etm_backend_free(be);
 done:
+    if (opt.comm) opt.comm->destroy(opt.comm);
     free(overrides);
     return rc;
 }

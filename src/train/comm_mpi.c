@@ -22,13 +22,6 @@ static int mpi_fail(etm_error *err, const char *what, int rc) {
     return etm_fail(err, "MPI: %s failed: %s", what, text);
 }
 
-/* Shard r of n floats over size ranks: [lo, lo + len). */
-static void shard(size_t n, int size, int r, size_t *lo, size_t *len) {
-    size_t base = n / (size_t)size, rem = n % (size_t)size;
-    *lo = (size_t)r * base + ((size_t)r < rem ? (size_t)r : rem);
-    *len = base + ((size_t)r < rem ? 1 : 0);
-}
-
 static int mpi_allgather(etm_comm *c, const void *send, size_t bytes, void *recv, etm_error *err) {
     (void)c;
     if (bytes > INT_MAX) return etm_fail(err, "MPI: allgather of %zu bytes is over INT_MAX", bytes);
@@ -40,7 +33,7 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     int P = c->size, me = c->rank;
     if (n / (size_t)P + 1 > INT_MAX) return etm_fail(err, "MPI: a shard of %zu floats is over INT_MAX", n);
     size_t my_lo, my_len;
-    shard(n, P, me, &my_lo, &my_len);
+    etm_comm_shard(n, P, me, &my_lo, &my_len);
     size_t total = (size_t)P * A;
     float *recv = etm_malloc((total * my_len + 1) * sizeof(float));
     MPI_Request *req = etm_malloc(2 * total * sizeof(MPI_Request));
@@ -52,7 +45,7 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
                            MPI_COMM_WORLD, &req[nreq++]);
     for (int dst = 0; dst < P && rc == MPI_SUCCESS; dst++) {
         size_t lo, len;
-        shard(n, P, dst, &lo, &len);
+        etm_comm_shard(n, P, dst, &lo, &len);
         for (int a = 0; a < A && rc == MPI_SUCCESS; a++)
             rc = MPI_Isend(local + (size_t)a * n + lo, (int)len, MPI_FLOAT, dst, a, MPI_COMM_WORLD,
                            &req[nreq++]);
@@ -70,7 +63,7 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     int ok = 1;
     for (int r = 0; r < P; r++) {
         size_t lo, len;
-        shard(n, P, r, &lo, &len);
+        etm_comm_shard(n, P, r, &lo, &len);
         if (lo > INT_MAX) ok = 0;
         counts[r] = (int)len;
         displs[r] = (int)lo;

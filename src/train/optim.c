@@ -394,6 +394,10 @@ void etm_optim_share(etm_optim *opt, int rank, int size) {
     free(load);
 }
 
+int etm_optim_muon_owner(const etm_optim *opt, int i) {
+    return i >= 0 && i < opt->n && opt->params[i].muon ? opt->params[i].owner : -1;
+}
+
 int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
     if (c->size == 1) return 0;
     etm_backend *be = opt->be;

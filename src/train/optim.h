@@ -70,6 +70,8 @@ int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *
  * the one-process step, bit for bit: the same arithmetic, done once. Default: rank 0 of 1. */
 void etm_optim_share(etm_optim *opt, int rank, int size);
 int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err);
+/* The rank that updates parameter i (etm_optim_share), or -1 when it is not a Muon parameter. */
+int etm_optim_muon_owner(const etm_optim *opt, int i);
 
 /* The learning-rate multiplier of step (0-based): linear warm-up (step + 1) / warmup_steps, then 1,
  * then over the last W = round(decay_fraction * max_steps) steps linear decay: at step s >
