@@ -3,7 +3,7 @@
  * of shard r (point-to-point, no MPI reduction: MPI_Reduce does not promise an order), folds them
  * in global order j = rank x A + a with etm_fold_vectors' arithmetic, and MPI_Allgatherv gives
  * every rank the whole sum. Memory: the receive buffer holds A x n / size floats per rank for
- * each of the size senders, A x n in all. */
+ * each of the size senders, A x n in all, kept between calls. */
 #include "comm_mpi.h"
 
 #include <limits.h>
@@ -13,6 +13,10 @@
 
 typedef struct {
     int initialised_here; /* 1: MPI_Finalize at destroy */
+    float *recv;          /* (recv_cap) fold_sum's receive buffer, kept from call to call: a fresh
+                             buffer of A x n floats every step costs its page faults every step
+                             (seconds per GiB on a loaded VM, doc/distributed.md) */
+    size_t recv_cap;      /* floats */
 } mpi_ctx;
 
 static int mpi_fail(etm_error *err, const char *what, int rc) {
@@ -35,7 +39,13 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     size_t my_lo, my_len;
     etm_comm_shard(n, P, me, &my_lo, &my_len);
     size_t total = (size_t)P * A;
-    float *recv = etm_malloc((total * my_len + 1) * sizeof(float));
+    mpi_ctx *ctx = c->ctx;
+    if (ctx->recv_cap < total * my_len + 1) {
+        free(ctx->recv);
+        ctx->recv_cap = total * my_len + 1;
+        ctx->recv = etm_malloc(ctx->recv_cap * sizeof(float));
+    }
+    float *recv = ctx->recv;
     MPI_Request *req = etm_malloc(2 * total * sizeof(MPI_Request));
     int nreq = 0, rc = MPI_SUCCESS;
     /* receives first: vector j = src x A + a lands at recv + j x my_len, global order */
@@ -52,13 +62,9 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     }
     if (rc == MPI_SUCCESS) rc = MPI_Waitall(nreq, req, MPI_STATUSES_IGNORE);
     free(req);
-    if (rc != MPI_SUCCESS) {
-        free(recv);
-        return mpi_fail(err, "the gradient reduce-scatter", rc);
-    }
+    if (rc != MPI_SUCCESS) return mpi_fail(err, "the gradient reduce-scatter", rc);
     /* this rank's shard of the sum, then everybody's */
     etm_fold_vectors(recv, (int)total, my_len, out + my_lo);
-    free(recv);
     int *counts = etm_malloc((size_t)P * sizeof(int)), *displs = etm_malloc((size_t)P * sizeof(int));
     int ok = 1;
     for (int r = 0; r < P; r++) {
@@ -100,6 +106,7 @@ static void mpi_abort(etm_comm *c, int code) {
 static void mpi_destroy(etm_comm *c) {
     mpi_ctx *ctx = c->ctx;
     if (ctx->initialised_here) MPI_Finalize();
+    free(ctx->recv);
     free(ctx);
     free(c);
 }

@@ -377,20 +377,42 @@ int etm_optim_load(etm_optim *opt, etm_st_file *f, etm_error *err) {
 
 /* ---- distributed Muon ------------------------------------------------------------------------ */
 
+/* Newton-Schulz FLOPs of one Muon parameter's update (its count matrices of rows x cols), the
+ * cost etm_optim_share balances: ns_steps (4 s^2 l + 2 s^3) per matrix, s <= l its sides. */
+static double muon_cost(const opt_param *op, int ns_steps) {
+    double s = ETM_MIN(op->rows, op->cols), l = ETM_MAX(op->rows, op->cols);
+    return (double)op->count * ns_steps * (4.0 * s * s * l + 2.0 * s * s * s);
+}
+
 void etm_optim_share(etm_optim *opt, int rank, int size) {
-    size_t *load = etm_calloc((size_t)size, sizeof *load);
+    /* Longest first: the costliest parameter goes to the least loaded rank (by Newton-Schulz
+     * FLOPs, which grow with min(rows, cols): elements alone would give a rank all the cheap
+     * thin matrices), the lowest rank on a tie, ties between parameters in parameter order.
+     * Every rank computes the same shares; which rank updates a parameter never changes its
+     * bits. */
+    double *load = etm_calloc((size_t)size, sizeof *load);
+    int *order = etm_malloc((size_t)(opt->n ? opt->n : 1) * sizeof *order);
+    int n = 0;
     opt->rank = rank;
-    for (int i = 0; i < opt->n; i++) {
-        opt_param *op = &opt->params[i];
-        if (!op->muon) continue;
-        /* the least loaded rank so far (by elements: Newton-Schulz costs about rows x cols x
-         * min(rows, cols) per matrix, so elements are a rough balance), the lowest on a tie */
+    for (int i = 0; i < opt->n; i++)
+        if (opt->params[i].muon) {
+            int j = n++; /* insertion sort by decreasing cost, stable */
+            double c = muon_cost(&opt->params[i], opt->hp.ns_steps);
+            while (j > 0 && muon_cost(&opt->params[order[j - 1]], opt->hp.ns_steps) < c) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = i;
+        }
+    for (int k = 0; k < n; k++) {
+        opt_param *op = &opt->params[order[k]];
         int best = 0;
         for (int r = 1; r < size; r++)
             if (load[r] < load[best]) best = r;
         op->owner = best;
-        load[best] += op->numel;
+        load[best] += muon_cost(op, opt->hp.ns_steps);
     }
+    free(order);
     free(load);
 }
 

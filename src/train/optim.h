@@ -63,8 +63,8 @@ void etm_optim_free(etm_optim *opt);
  * stats may be NULL. Fails, changing nothing, when the gradient norm is not finite. */
 int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *err);
 
-/* Distributed Muon (doc/distributed.md): each Muon parameter gets an owner rank (the least
- * loaded by elements, in parameter order); etm_optim_step on rank `rank` then updates only the
+/* Distributed Muon (doc/distributed.md): each Muon parameter gets an owner rank (costliest
+ * first, to the rank least loaded by Newton-Schulz FLOPs); etm_optim_step on rank `rank` then updates only the
  * Muon parameters it owns (AdamW ones everywhere), and etm_optim_exchange, called by every rank
  * after the step, broadcasts each Muon parameter and its momentum from its owner. The result is
  * the one-process step, bit for bit: the same arithmetic, done once. Default: rank 0 of 1. */
