@@ -189,6 +189,7 @@ static int gather_figures(etm_comm *comm, etm_bench_result *r, etm_error *err) {
     for (int k = 0; k < ETM_COMM_N_OPS; k++) mine[ETM_BENCH_FIG_COMM_S] += r->comm_s[k];
     mine[ETM_BENCH_FIG_STEP_S] = r->fwd_s + r->bwd_s + r->reduce_s + r->records_s + r->opt_s;
     mine[ETM_BENCH_FIG_OPTIM_FLOPS] = r->optim_flops_owned;
+    mine[ETM_BENCH_FIG_MUON_OWNED] = r->muon_owned;
     int P = comm->size;
     double *all = etm_malloc((size_t)P * sizeof mine);
     if (comm->allgather(comm, mine, sizeof mine, all, err) != 0) {
@@ -459,7 +460,10 @@ static void print_ranks(FILE *f, const etm_bench_result *r) {
         fprintf(f, "    %-9s %-28s %8.3f s, sent %.0f bytes, received %.0f bytes\n",
                 etm_comm_op_name((etm_comm_op)k), kind[k], r->comm_s[k], r->comm_sent[k],
                 r->comm_received[k]);
-    fprintf(f, "  this rank updates %.0f Muon elements of %.0f parameters\n", r->muon_owned, r->params);
+    fprintf(f, "  Muon elements: %.0f in all (sum over ranks), %.0f to %.0f per rank; this rank updates %.0f "
+               "of %.0f parameters\n",
+            r->fig_sum[ETM_BENCH_FIG_MUON_OWNED], r->fig_min[ETM_BENCH_FIG_MUON_OWNED],
+            r->fig_max[ETM_BENCH_FIG_MUON_OWNED], r->muon_owned, r->params);
 }
 
 void etm_bench_print(FILE *f, const etm_bench_result *r) {

@@ -64,6 +64,7 @@ typedef enum {
     ETM_BENCH_FIG_COMM_S,       /* inside all comm calls, s */
     ETM_BENCH_FIG_STEP_S,       /* whole step, s */
     ETM_BENCH_FIG_OPTIM_FLOPS,  /* Newton-Schulz FLOPs owned */
+    ETM_BENCH_FIG_MUON_OWNED,   /* Muon elements owned */
     ETM_BENCH_N_FIGURES
 } etm_bench_figure;
 

@@ -5,6 +5,7 @@
 #include "backend.h"
 #include "bench.h"
 #include "cli.h"
+#include "comm_model.h"
 #include "common.h"
 #include "hparams.h"
 
@@ -20,6 +21,7 @@
 static void usage(void) {
     printf("usage: etmoe bench CONFIG [key=value...] [--steps N] [--warmup N] [--profile]\n"
            "                   [--backend NAME]\n"
+           "       etmoe bench CONFIG [key=value...] --comm-model [--ranks N]\n"
            "\n"
            "Times training steps of the model CONFIG describes (a config file or a preset name such\n"
            "as 'bench' or 'demo'; key=value overrides any setting) on random tokens: batch_size\n"
@@ -48,6 +50,12 @@ static void usage(void) {
            "  --profile        also time every backend operation, for forward + backward and for\n"
            "                   the optimizer (synchronises after each operation)\n"
            "  --backend NAME   compute backend (default: the config's backend)\n"
+           "  --comm-model     runs nothing: prints, on paper, the bytes one data-parallel step moves\n"
+           "                   per rank (gradient reduce, Muon exchange, router records) for the\n"
+           "                   config's grad_accum micro-batches split over N ranks, and their time\n"
+           "                   over NVLink and InfiniBand against the step's compute at 40%% MFU of\n"
+           "                   an H100 (src/bench/comm_model.h states the assumptions)\n"
+           "  --ranks N        ranks for --comm-model (default 8; must divide grad_accum)\n"
            "  --help           this text\n"
            "\n"
            "example (`make bench`): etmoe bench bench et_warmup_steps=1\n"
@@ -66,6 +74,8 @@ static int parse_int(const char *text, long lo, long hi, int *out) {
 
 int cmd_bench(int argc, char **argv) {
     const char *config = NULL, *backend = NULL, *steps_text = NULL, *warmup_text = NULL;
+    const char *ranks_text = NULL;
+    int comm_model = 0;
     etm_bench_options opt;
     etm_bench_default_options(&opt);
     char **overrides = etm_malloc((size_t)(argc > 0 ? argc : 1) * sizeof *overrides);
@@ -82,9 +92,14 @@ int cmd_bench(int argc, char **argv) {
             opt.profile = 1;
             continue;
         }
+        if (!strcmp(a, "--comm-model")) {
+            comm_model = 1;
+            continue;
+        }
         if (cli_option_value(argc, argv, &i, "--steps", &steps_text, &missing) ||
             cli_option_value(argc, argv, &i, "--warmup", &warmup_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing) ||
+            cli_option_value(argc, argv, &i, "--ranks", &ranks_text, &missing)) {
             if (missing) {
                 rc = cli_usage_error("bench", "option '%s' needs a value", a);
                 goto done;
@@ -122,6 +137,27 @@ int cmd_bench(int argc, char **argv) {
     etm_hparams hp;
     if (etm_hparams_configure(&hp, config, n_overrides, overrides, &err) != 0) {
         rc = cli_usage_error("bench", "%s", err.msg);
+        goto done;
+    }
+    if (ranks_text && !comm_model) {
+        rc = cli_usage_error("bench", "--ranks goes with --comm-model (under mpirun the ranks are mpirun's)");
+        goto done;
+    }
+    if (comm_model) {
+        int ranks = 8;
+        if (ranks_text && parse_int(ranks_text, 1, 1000000, &ranks) != 0) {
+            rc = cli_usage_error("bench", "--ranks must be a positive integer, not '%s'", ranks_text);
+            goto done;
+        }
+        etm_comm_machine mc;
+        etm_comm_machine_default(&mc);
+        etm_comm_model cm;
+        if (etm_comm_model_compute(&hp, ranks, &mc, &cm, &err) != 0) {
+            rc = cli_usage_error("bench", "%s", err.msg);
+            goto done;
+        }
+        etm_comm_model_print(stdout, config, &cm, &mc);
+        rc = ETM_EXIT_OK;
         goto done;
     }
 #ifdef ETM_HAVE_MPI
