@@ -4,8 +4,8 @@
 # prints every rank's figures (min <= max), the step's tokens (np x each rank's batch), the
 # Newton-Schulz FLOPs split over the ranks, the Muon elements summed over the ranks, and its own
 # communication, whose bytes follow from the counts it prints: the gradient reduce moves rank 0's
-# shard of the parameters (etm_comm_fold_bytes), the Muon exchange sends 2 x 4 bytes per Muon
-# element rank 0 owns to each other rank and receives the rest (a gather that kept rank 0's own
+# shard of the parameters (etm_comm_fold_bytes), the Muon exchange sends the 4 bytes of each Muon
+# element rank 0 owns to each other rank and receives the rest (parameters; the momenta stay) (a gather that kept rank 0's own
 # figures fails the np 3 case, whose ranks own 15360 to 24576 Muon elements).
 # A one-rank run under mpirun prints no data-parallel part. Skips (77) without MPI or mpirun.
 set -u
@@ -65,8 +65,8 @@ for case in "2 router=et et_warmup_steps=1" "3 router=dense n_layer=2"; do
             if (sent(fs) != 4 * (params - mine + mine * (np - 1)) || received(fs) != 4 * ((np - 1) * mine + params - mine))
                 bad("gradient reduce sent " sent(fs) ", received " received(fs) " bytes; " params " parameters, shard " mine)
             # rank 0 sends what it owns to each other rank and receives every other Muon element
-            if (sent(bc) != 8 * owned * (np - 1)) bad("Muon exchange sent " sent(bc) " bytes; rank 0 owns " owned " elements")
-            if (received(bc) != 8 * (muon - owned)) bad("Muon exchange received " received(bc) " bytes; " muon - owned " elements of " muon " are not rank 0'"'"'s")
+            if (sent(bc) != 4 * owned * (np - 1)) bad("Muon exchange sent " sent(bc) " bytes; rank 0 owns " owned " elements")
+            if (received(bc) != 4 * (muon - owned)) bad("Muon exchange received " received(bc) " bytes; " muon - owned " elements of " muon " are not rank 0'"'"'s")
             # the shares make up the whole optimizer (printed to 0.001 and 0.1 GFLOP)
             if (ns_total == "") bad("no Newton-Schulz total")
             if (rmin["Newton-Schulz owned"] * np > ns_total + 0.051 || rmax["Newton-Schulz owned"] * np < ns_total - 0.051)

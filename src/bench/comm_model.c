@@ -63,7 +63,7 @@ int etm_comm_model_compute(const etm_hparams *hp, int ranks, const etm_comm_mach
 
     if (N > 1) {
         etm_comm_fold_bytes((size_t)out->params, A, N, 0, &out->reduce_sent, &out->reduce_received);
-        out->muon_received = out->muon_sent = 2.0 * out->muon_params * sizeof(float) * (N - 1) / N;
+        out->muon_received = out->muon_sent = out->muon_params * sizeof(float) * (N - 1) / N;
         out->records_received = (double)A * out->moe_layers * (E + 1) * sizeof(double) * (N - 1);
     }
     out->sent = out->reduce_sent + out->muon_sent + out->records_received / (N > 1 ? N - 1 : 1);
@@ -71,11 +71,12 @@ int etm_comm_model_compute(const etm_hparams *hp, int ranks, const etm_comm_mach
     double moved = ETM_MAX(out->sent, out->received);
     out->nvlink_s = moved / mc->nvlink_bps;
     out->network_s = moved / mc->network_bps;
-    if (N > 1) { /* expert parallelism: the same for the non-expert parameters, plus the tokens */
+    out->ep_possible = N > 1 && N <= hp->n_routed && out->moe_layers > 0;
+    if (out->ep_possible) { /* expert parallelism: the same for the non-expert parameters, plus the tokens */
         double rs, rr, rest = out->params - out->expert_params;
         double muon_rest = muon ? matrix - out->expert_params : 0.0;
         etm_comm_fold_bytes((size_t)rest, A, N, 0, &rs, &rr);
-        double mx = 2.0 * muon_rest * sizeof(float) * (N - 1) / N;
+        double mx = muon_rest * sizeof(float) * (N - 1) / N;
         out->ep_dense_bytes = ETM_MAX(rs, rr) + mx;
         double k = hp->router == ETM_ROUTER_DENSE ? 0.0 : hp->top_k;
         out->ep_alltoall_bytes = 4.0 * (out->tokens_per_step / N) * k * D * sizeof(float) *
@@ -84,6 +85,10 @@ int etm_comm_model_compute(const etm_hparams *hp, int ranks, const etm_comm_mach
         out->ep_nvlink_s = ep / mc->nvlink_bps;
         out->ep_network_s = ep / mc->network_bps;
     }
+    out->adamw_state = 2.0 * out->adamw_params * sizeof(float);
+    out->muon_state = out->muon_params * sizeof(float);
+    out->zero1_saved = (out->adamw_state + out->muon_state) * (N - 1) / N;
+    out->zero1_bytes = ETM_MAX(out->reduce_sent, out->reduce_received);
     double rate = mc->mfu * mc->peak_flops;
     out->fwdbwd_s = out->step_flops / N / rate;
     out->optim_s = out->optim_flops / N / rate;
@@ -94,15 +99,15 @@ int etm_comm_model_compute(const etm_hparams *hp, int ranks, const etm_comm_mach
 void etm_comm_model_print(FILE *f, const char *name, const etm_comm_model *cm, const etm_comm_machine *mc) {
     const double G = 1e9;
     fprintf(f, "| %s on %d ranks | |\n|---|---|\n", name, cm->ranks);
-    fprintf(f, "| tokens per step | %.0f (%d micro-batches per rank) |\n", cm->tokens_per_step,
-            cm->accum_per_rank);
+    fprintf(f, "| tokens per step | %.0f (%d micro-batch%s per rank) |\n", cm->tokens_per_step,
+            cm->accum_per_rank, cm->accum_per_rank == 1 ? "" : "es");
     fprintf(f, "| parameters: all, Muon, AdamW | %.0f, %.0f, %.0f |\n", cm->params, cm->muon_params,
             cm->adamw_params);
     fprintf(f, "| training FLOPs per step (forward + backward) | %.1f TFLOP |\n", cm->step_flops * 1e-12);
     fprintf(f, "| Newton-Schulz FLOPs per step | %.1f TFLOP |\n", cm->optim_flops * 1e-12);
     fprintf(f, "| gradient reduce per rank: sent, received | %.2f GB, %.2f GB |\n", cm->reduce_sent / G,
             cm->reduce_received / G);
-    fprintf(f, "| Muon exchange per rank: sent, received | %.2f GB, %.2f GB |\n", cm->muon_sent / G,
+    fprintf(f, "| Muon exchange (parameters) per rank: sent, received | %.2f GB, %.2f GB |\n", cm->muon_sent / G,
             cm->muon_received / G);
     fprintf(f, "| router records per rank: received | %.0f bytes |\n", cm->records_received);
     fprintf(f, "| per rank per step: sent, received | %.2f GB, %.2f GB |\n", cm->sent / G, cm->received / G);
@@ -116,7 +121,15 @@ void etm_comm_model_print(FILE *f, const char *name, const etm_comm_model *cm, c
     fprintf(f, "| communication / compute: NVLink, InfiniBand | %.2f, %.2f |\n",
             cm->compute_s > 0 ? cm->nvlink_s / cm->compute_s : 0.0,
             cm->compute_s > 0 ? cm->network_s / cm->compute_s : 0.0);
+    fprintf(f, "| optimizer state per rank: AdamW m + v, Muon momentum | %.2f GB, %.2f GB |\n",
+            cm->adamw_state / G, cm->muon_state / G);
+    fprintf(f, "| ZeRO-1 by parameter owner (not built): state saved per rank, bytes per rank per step | "
+               "%.2f GB, %.2f GB |\n", cm->zero1_saved / G, cm->zero1_bytes / G);
     fprintf(f, "| expert parallelism (not built): routed experts' parameters | %.0f |\n", cm->expert_params);
+    if (!cm->ep_possible) {
+        fprintf(f, "| expert parallelism over all ranks | n/a: needs 2 to n_routed ranks and MoE layers |\n");
+        return;
+    }
     fprintf(f, "| expert parallelism per rank: the rest's reduce + exchange, token all-to-all | %.2f GB, "
                "%.2f GB |\n", cm->ep_dense_bytes / G, cm->ep_alltoall_bytes / G);
     fprintf(f, "| expert parallelism: communication over NVLink, InfiniBand | %.1f ms, %.1f ms |\n",

@@ -8,9 +8,10 @@
  *  - gradient reduce (comm fold_sum): the float32 gradient cut into N shards; each rank sends its A
  *    micro-batch gradients' slices of the other shards, receives the other ranks' slices of its
  *    own, then receives the other shards of the sum (etm_comm_fold_bytes, rank 0's count);
- *  - Muon exchange: every Muon matrix and its momentum from its owner, float32: each rank
- *    receives those it does not own, about (N - 1) / N of 2 x the Muon elements (shares balanced
- *    by Newton-Schulz FLOPs), and a pipelined broadcast sends about as much as it receives;
+ *  - Muon exchange: every Muon matrix from its owner, float32 (the momenta stay with their
+ *    owners until a checkpoint): each rank receives those it does not own, about (N - 1) / N of
+ *    the Muon elements (shares balanced by Newton-Schulz FLOPs), and a pipelined broadcast sends
+ *    about as much as it receives;
  *  - router records: per micro-batch and MoE layer n_routed + 1 doubles from every other rank
  *    (the trainer adds 2.5 x as many statistics; either is kilobytes).
  * Time: max(bytes sent, bytes received) / the link's bandwidth per GPU and direction (a lower
@@ -19,10 +20,17 @@
  * aim at) and the Newton-Schulz FLOPs, both split evenly over the ranks, at mfu x peak.
  *
  * Expert parallelism, the next design (not built): the routed experts split over the ranks
- * (n_routed / N per rank and layer), so their gradients and Muon updates stay on their rank;
+ * (n_routed / N per rank and layer; modelled only for N <= n_routed), so their gradients and Muon updates stay on their rank;
  * the other parameters are reduced and exchanged as above; each MoE layer sends every token's
  * activation (d_model floats) to its top_k experts' ranks and back, forward and backward: 4 x
- * (tokens per rank) x top_k x d_model floats per layer, (N - 1) / N of them leaving the rank. */
+ * (tokens per rank) x top_k x d_model floats per layer, (N - 1) / N of them leaving the rank.
+ *
+ * Optimizer state per rank: AdamW's m and v (2 floats per AdamW element), Muon's momentum (1 per
+ * Muon element), each allocated on every rank today. ZeRO-1 (not built) would keep each
+ * parameter's state on its owner only: it saves (N - 1) / N of it; if the gradient reduce then
+ * delivered each parameter's sum to its owner only and the owners all-gathered the updated
+ * parameters, a step would move the reduce-scatter and one all-gather (etm_comm_fold_bytes'
+ * count) and no separate Muon exchange. */
 #ifndef ETM_COMM_MODEL_H
 #define ETM_COMM_MODEL_H
 
@@ -61,11 +69,16 @@ typedef struct {
     double nvlink_s, network_s;            /* communication over each link */
     double compute_s;                      /* per rank: (step_flops + optim_flops) / N at mfu x peak */
     double fwdbwd_s, optim_s;              /* its two parts */
-    /* expert parallelism (above): bytes per rank per step and their time */
+    /* expert parallelism (above), modelled for 2 <= N <= n_routed: bytes per rank per step, time */
+    int ep_possible;
     double expert_params;                  /* the routed experts' parameters */
     double ep_dense_bytes;                 /* max(sent, received) of the reduce + exchange of the rest */
     double ep_alltoall_bytes;              /* the tokens' all-to-all, sent (= received) */
     double ep_nvlink_s, ep_network_s;
+    /* optimizer state (bytes per rank) and ZeRO-1 (above) */
+    double adamw_state, muon_state;        /* today, on every rank */
+    double zero1_saved;                    /* (N - 1) / N of both */
+    double zero1_bytes;                    /* max(sent, received) per rank per step */
 } etm_comm_model;
 
 /* The model of hp on N ranks. -1 with a message when grad_accum is not a multiple of N or the

@@ -41,6 +41,8 @@ struct etm_optim {
     float *update;           /* Muon: the update of the largest Muon parameter (backend) */
     float *ns_work;          /* Muon: Newton-Schulz workspace (backend) */
     int rank;                /* this rank: it updates the Muon parameters it owns (etm_optim_share) */
+    int momentum_stale;      /* 1: the momenta of Muon parameters other ranks own are out of date
+                                (etm_optim_exchange; etm_optim_sync_state brings them) */
 };
 
 /* ---- schedules ------------------------------------------------------------------------------- */
@@ -420,8 +422,8 @@ int etm_optim_muon_owner(const etm_optim *opt, int i) {
     return i >= 0 && i < opt->n && opt->params[i].muon ? opt->params[i].owner : -1;
 }
 
-int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
-    if (c->size == 1) return 0;
+/* Every Muon parameter's tensor (parameter data or momentum) from its owner to the other ranks. */
+static int bcast_from_owners(etm_optim *opt, etm_comm *c, int momentum, etm_error *err) {
     etm_backend *be = opt->be;
     size_t max = 0;
     for (int i = 0; i < opt->n; i++)
@@ -431,19 +433,32 @@ int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
     for (int i = 0; i < opt->n && rc == 0; i++) {
         opt_param *op = &opt->params[i];
         if (!op->muon) continue;
-        float *parts[2] = {op->p.data, op->momentum};
-        for (int k = 0; k < 2 && rc == 0; k++) {
-            size_t bytes = op->numel * sizeof(float);
-            if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
-                be->synchronize(be);
-                rc = c->bcast(c, parts[k], bytes, op->owner, err);
-                continue;
-            }
-            if (op->owner == opt->rank) be->download(be, host, parts[k], bytes);
-            rc = c->bcast(c, host, bytes, op->owner, err);
-            if (rc == 0 && op->owner != opt->rank) be->upload(be, parts[k], host, bytes);
+        float *part = momentum ? op->momentum : op->p.data;
+        size_t bytes = op->numel * sizeof(float);
+        if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
+            be->synchronize(be);
+            rc = c->bcast(c, part, bytes, op->owner, err);
+            continue;
         }
+        if (op->owner == opt->rank) be->download(be, host, part, bytes);
+        rc = c->bcast(c, host, bytes, op->owner, err);
+        if (rc == 0 && op->owner != opt->rank) be->upload(be, part, host, bytes);
     }
     free(host);
     return rc;
+}
+
+int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
+    if (c->size == 1) return 0;
+    /* the parameters only: a rank reads only the momenta of the parameters it owns, so the
+     * others' copies are brought up to date when someone reads them (etm_optim_sync_state) */
+    opt->momentum_stale = 1;
+    return bcast_from_owners(opt, c, 0, err);
+}
+
+int etm_optim_sync_state(etm_optim *opt, etm_comm *c, etm_error *err) {
+    if (c->size == 1 || !opt->momentum_stale) return 0;
+    if (bcast_from_owners(opt, c, 1, err) != 0) return -1;
+    opt->momentum_stale = 0;
+    return 0;
 }

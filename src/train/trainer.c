@@ -340,6 +340,9 @@ static double mean_experts(const run *r) {
 }
 
 static int save_checkpoint(run *r, int step, etm_error *err) {
+    etm_error e2;
+    if (etm_optim_sync_state(r->optim, r->comm, &e2) != 0) /* the Muon momenta to rank 0 too */
+        return etm_fail(err, "step %d: gathering the optimizer state: %s", step, e2.msg);
     if (!r->writer) { /* rank 0 writes; the others know the step is saved */
         r->last_saved = step;
         return 0;
@@ -348,7 +351,6 @@ static int save_checkpoint(run *r, int step, etm_error *err) {
     extra.step = step;
     extra.rng = r->rng;
     etm_loader_get_pos(r->train, &extra.loader);
-    etm_error e2;
     if (etm_checkpoint_save(r->ckpt_path, r->m, r->optim, &extra, &e2) != 0)
         return etm_fail(err, "step %d: saving the checkpoint failed: %s", step, e2.msg);
     r->last_saved = step;
@@ -618,6 +620,7 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t bytes) {
  * after step s; a fingerprint of each is compared with rank 0's. */
 static int check_replicas(run *r, int s, etm_error *err) {
     etm_model *m = r->m;
+    if (etm_optim_sync_state(r->optim, r->comm, err) != 0) return -1; /* the momenta everywhere */
     uint64_t h[3] = {1469598103934665603ull, 1469598103934665603ull, 1469598103934665603ull};
     float *host = etm_malloc(m->n_params * sizeof(float));
     r->be->download(r->be, host, m->params_memory, m->n_params * sizeof(float));
