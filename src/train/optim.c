@@ -43,6 +43,9 @@ struct etm_optim {
     int rank;                /* this rank: it updates the Muon parameters it owns (etm_optim_share) */
     int momentum_stale;      /* 1: the momenta of Muon parameters other ranks own are out of date
                                 (etm_optim_exchange; etm_optim_sync_state brings them) */
+    float *xhost;            /* (xhost_cap) host staging of the Muon exchange, kept between steps:
+                                a fresh buffer costs its page faults every step */
+    size_t xhost_cap;        /* floats */
 };
 
 /* ---- schedules ------------------------------------------------------------------------------- */
@@ -239,6 +242,7 @@ void etm_optim_free(etm_optim *opt) {
     for (int i = 0; i < opt->n_states; i++) free(opt->states[i].name);
     if (opt->update) be->free(be, opt->update);
     if (opt->ns_work) be->free(be, opt->ns_work);
+    free(opt->xhost);
     free(opt->params);
     free(opt->states);
     free(opt);
@@ -443,7 +447,12 @@ static int bcast_from_owners(etm_optim *opt, etm_comm *c, int momentum, etm_erro
     for (int i = 0; i < opt->n; i++)
         if (opt->params[i].muon) owned[opt->params[i].owner] += opt->params[i].numel;
     for (int r = 0; r < c->size; r++) max = ETM_MAX(max, owned[r]);
-    float *host = etm_malloc((max + 1) * sizeof(float));
+    if (opt->xhost_cap < max + 1) {
+        free(opt->xhost);
+        opt->xhost_cap = max + 1;
+        opt->xhost = etm_malloc(opt->xhost_cap * sizeof(float));
+    }
+    float *host = opt->xhost;
     int rc = 0;
     for (int root = 0; root < c->size && rc == 0; root++) {
         if (!owned[root]) continue;
@@ -464,7 +473,6 @@ static int bcast_from_owners(etm_optim *opt, etm_comm *c, int momentum, etm_erro
             off += op->numel;
         }
     }
-    free(host);
     free(owned);
     return rc;
 }
