@@ -1,7 +1,9 @@
 /* check_bench.c: tests of the training-step benchmark (src/bench/bench.h) and the `etmoe bench` verb:
  * one timed step of tiny dense and ET models, whose reported FLOPs must equal the documented
  * formula recomputed here from the shapes, whose numbers must be finite and positive, and whose
- * profile must count the operations the model is known to call; the verb's usage errors.
+ * profile must count the operations the model is known to call; the verb's usage errors. The
+ * communication model (comm_model.h) against real models' parameter tables, the byte counts of
+ * fold_sum (comm_timed.h) and the Muon shares (etm_optim_share) of data parallelism.
  * No timing thresholds: only what holds whatever the machine's speed. */
 #include <config.h>
 
@@ -14,6 +16,10 @@
 #endif
 
 #include "bench.h"
+#include "comm_model.h"
+#include "comm_timed.h"
+#include "model.h"
+#include "optim.h"
 #include "testutil.h"
 
 /* V 61, T 8, D 32, 4 heads over 2 KV heads (head_dim 8), 2 layers (layer 0 dense, MLP 64),
@@ -260,6 +266,147 @@ START_TEST(test_verb_runs) {
 }
 END_TEST
 
+/* The comm model's counts, from the hyperparameters alone, against the model etm_model_create
+ * builds: parameters, Muon and AdamW elements, the routed experts', Newton-Schulz and training
+ * FLOPs. */
+static void check_comm_model(etm_hparams hp) {
+    etm_error err = {{0}};
+    etm_backend *be = etm_backend_create("cpu", &err);
+    ck_assert_msg(be != NULL, "%s", err.msg);
+    etm_model *m = etm_model_create(be, &hp, hp.batch_size, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    double all = 0, muon = 0, experts = 0;
+    for (int i = 0; i < m->n_tensors; i++) {
+        const etm_param *p = &m->table[i];
+        double n = 1;
+        for (int d = 0; d < p->ndim; d++) n *= (double)p->shape[d];
+        all += n;
+        if (p->group == ETM_PARAM_MATRIX && hp.matrix_optimizer == ETM_OPT_MUON) muon += n;
+        if (strstr(p->name, ".moe.up") || strstr(p->name, ".moe.down")) experts += n;
+    }
+    ck_assert(all == (double)etm_model_num_params(m));
+    etm_comm_machine mc;
+    etm_comm_machine_default(&mc);
+    for (int ranks = 1; ranks <= 2; ranks++) {
+        hp.grad_accum = 4;
+        etm_comm_model cm;
+        ck_assert_msg(etm_comm_model_compute(&hp, ranks, &mc, &cm, &err) == 0, "%s", err.msg);
+        ck_assert_msg(cm.params == all, "comm model %.0f parameters, the model %.0f", cm.params, all);
+        ck_assert_msg(cm.muon_params == muon, "Muon %.0f, the model %.0f", cm.muon_params, muon);
+        ck_assert(cm.adamw_params == all - muon);
+        ck_assert_msg(cm.expert_params == experts, "experts %.0f, the model %.0f", cm.expert_params, experts);
+        double k = hp.router == ETM_ROUTER_DENSE ? 0 : hp.top_k;
+        ck_assert(cm.flops_per_token == etm_model_train_flops_per_token(m, hp.seq_len, k));
+        if (hp.muon_expert_layout == ETM_MUON_PER_EXPERT) /* bench's optimizer count is per expert */
+            ck_assert_msg(fabs(cm.optim_flops - etm_bench_optim_flops(&hp, m->table, m->n_tensors)) <=
+                              1e-12 * cm.optim_flops, "NS FLOPs %g", cm.optim_flops);
+        ck_assert(cm.tokens_per_step == 4.0 * hp.batch_size * hp.seq_len);
+        ck_assert_int_eq(cm.accum_per_rank, 4 / ranks);
+        if (ranks == 1) {
+            ck_assert(cm.sent == 0 && cm.received == 0 && cm.nvlink_s == 0);
+        } else { /* 2 ranks, 2 micro-batches each: rank 0 sends 2 halves, gets 2 halves + a half */
+            double half = ceil(all / 2) * sizeof(float), other = all * sizeof(float) - half;
+            ck_assert(cm.reduce_sent == 2 * other + half);
+            ck_assert(cm.reduce_received == 2 * half + other);
+            ck_assert(cm.muon_received == muon * sizeof(float) / 2); /* the half rank 1 owns */
+            ck_assert_positive(cm.compute_s);
+            ck_assert_positive(cm.network_s);
+        }
+    }
+    hp.grad_accum = 3;
+    etm_comm_model cm;
+    ck_assert_int_eq(etm_comm_model_compute(&hp, 2, &mc, &cm, &err), -1);
+    ck_assert_msg(strstr(err.msg, "multiple") != NULL, "%s", err.msg);
+    etm_model_free(m);
+    etm_backend_free(be);
+}
+
+START_TEST(test_comm_model_counts) {
+    etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
+    check_comm_model(hp);
+    hp.muon_expert_layout = ETM_MUON_STACKED;
+    check_comm_model(hp);
+    hp = tiny_hp(ETM_ROUTER_DENSE);
+    check_comm_model(hp);
+    hp = tiny_hp(ETM_ROUTER_TC);
+    hp.n_shared = 0;
+    hp.matrix_optimizer = ETM_OPT_ADAMW;
+    check_comm_model(hp);
+}
+END_TEST
+
+/* fold_sum's byte counts: whatever the split, what the ranks send is what they receive, and each
+ * rank's figures follow the shards. */
+START_TEST(test_fold_bytes) {
+    const size_t ns[] = {1, 7, 1000, 1001};
+    for (size_t i = 0; i < ETM_ARRAY_LEN(ns); i++)
+        for (int P = 1; P <= 5; P++)
+            for (int A = 1; A <= 3; A++) {
+                double sent = 0, received = 0;
+                for (int r = 0; r < P; r++) {
+                    double s, v;
+                    etm_comm_fold_bytes(ns[i], A, P, r, &s, &v);
+                    size_t lo, len;
+                    etm_comm_shard(ns[i], P, r, &lo, &len);
+                    ck_assert(v == sizeof(float) * ((double)(P - 1) * A * len + (double)(ns[i] - len)));
+                    sent += s;
+                    received += v;
+                }
+                ck_assert_msg(sent == received, "n %zu, %d ranks x %d: sent %g, received %g", ns[i], P, A,
+                              sent, received);
+                if (P == 1) ck_assert(sent == 0);
+            }
+}
+END_TEST
+
+/* The Muon shares: every Muon parameter has one owner among the ranks, the rest none; the shares
+ * are balanced by Newton-Schulz FLOPs within the largest single parameter's cost (longest first). */
+START_TEST(test_muon_shares) {
+    etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
+    hp.n_layer = 4;
+    etm_error err = {{0}};
+    etm_backend *be = etm_backend_create("cpu", &err);
+    etm_model *m = etm_model_create(be, &hp, hp.batch_size, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    etm_optim *opt = etm_optim_create(be, &hp, m->table, m->n_tensors, &err);
+    ck_assert_msg(opt != NULL, "%s", err.msg);
+    for (int P = 1; P <= 5; P++) {
+        double load[5] = {0}, largest = 0;
+        etm_optim_share(opt, 0, P);
+        for (int i = 0; i < m->n_tensors; i++) {
+            int o = etm_optim_muon_owner(opt, i);
+            double c = etm_bench_optim_flops(&hp, &m->table[i], 1);
+            if (m->table[i].group != ETM_PARAM_MATRIX) {
+                ck_assert_int_eq(o, -1);
+                continue;
+            }
+            ck_assert(o >= 0 && o < P);
+            load[o] += c;
+            largest = c > largest ? c : largest;
+        }
+        double lo = load[0], hi = load[0];
+        for (int r = 1; r < P; r++) {
+            lo = load[r] < lo ? load[r] : lo;
+            hi = load[r] > hi ? load[r] : hi;
+        }
+        ck_assert_msg(hi - lo <= largest, "%d ranks: Newton-Schulz loads %g to %g, largest parameter %g", P,
+                      lo, hi, largest);
+    }
+    etm_optim_free(opt);
+    etm_model_free(m);
+    etm_backend_free(be);
+}
+END_TEST
+
+START_TEST(test_verb_comm_model) {
+    ck_assert_int_eq(run_etmoe("d12 --comm-model"), 0);
+    ck_assert_int_eq(run_etmoe("d20 --comm-model --ranks 16"), 0);
+    ck_assert_int_eq(run_etmoe("d12 --comm-model --ranks 3"), 2); /* 8 micro-batches */
+    ck_assert_int_eq(run_etmoe("d12 --comm-model --ranks 0"), 2);
+    ck_assert_int_eq(run_etmoe("demo --ranks 2"), 2);              /* without --comm-model */
+}
+END_TEST
+
 static Suite *bench_suite(void) {
     Suite *s = suite_create("bench");
     TCase *tc = tcase_create("bench");
@@ -270,6 +417,10 @@ static Suite *bench_suite(void) {
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_verb_usage);
     tcase_add_test(tc, test_verb_runs);
+    tcase_add_test(tc, test_comm_model_counts);
+    tcase_add_test(tc, test_fold_bytes);
+    tcase_add_test(tc, test_muon_shares);
+    tcase_add_test(tc, test_verb_comm_model);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -30,6 +30,7 @@
 #include <stdio.h>
 
 #include "backend.h"
+#include "comm_timed.h"
 #include "common.h"
 #include "hparams.h"
 #include "param.h"
@@ -40,10 +41,32 @@ typedef struct {
     int warmup;       /* untimed steps before them, >= 0 */
     int profile;      /* 1: time every backend operation (synchronising after each) */
     int ceiling_reps; /* sgemm calls per ceiling measurement, >= 1 */
+    etm_comm *comm;   /* NULL or a job of one rank: one process; else every rank of a data-parallel
+                         job calls etm_bench_run with the same settings (below) */
 } etm_bench_options;
 
-/* steps 3, warmup 1, no profile, ceiling_reps 5 */
+/* steps 3, warmup 1, no profile, ceiling_reps 5, comm NULL */
 void etm_bench_default_options(etm_bench_options *opt);
+
+/* The per-rank figures a data-parallel run gathers (min, max and sum over ranks; bench.c's
+ * figure table names them). Each is a mean per timed step on one rank. */
+typedef enum {
+    ETM_BENCH_FIG_TOKENS_PER_S, /* forward + backward tokens/s */
+    ETM_BENCH_FIG_GFLOPS,       /* forward + backward GFLOP/s */
+    ETM_BENCH_FIG_RATIO,        /* of the ceiling around each step */
+    ETM_BENCH_FIG_CEILING,      /* the ceiling, GFLOP/s */
+    ETM_BENCH_FIG_FWDBWD_S,     /* forward + backward, s */
+    ETM_BENCH_FIG_REDUCE_S,     /* gradient reduce, s */
+    ETM_BENCH_FIG_RECORDS_S,    /* router records, s */
+    ETM_BENCH_FIG_OPT_COMPUTE_S,/* optimizer compute, s */
+    ETM_BENCH_FIG_EXCHANGE_S,   /* Muon exchange, s */
+    ETM_BENCH_FIG_OPT_S,        /* optimizer step = compute + exchange, s */
+    ETM_BENCH_FIG_COMM_S,       /* inside all comm calls, s */
+    ETM_BENCH_FIG_STEP_S,       /* whole step, s */
+    ETM_BENCH_FIG_OPTIM_FLOPS,  /* Newton-Schulz FLOPs owned */
+    ETM_BENCH_FIG_MUON_OWNED,   /* Muon elements owned */
+    ETM_BENCH_N_FIGURES
+} etm_bench_figure;
 
 typedef struct {
     /* the model and its batch */
@@ -83,15 +106,38 @@ typedef struct {
 
     int profiled;                                /* whether profile[] is filled */
     etm_bench_profile profile[ETM_BENCH_PHASES]; /* forward + backward, optimizer */
+
+    /* data parallelism (ranks > 1; all zero in one process): this rank's mean per timed step */
+    int ranks;               /* ranks of the job (1: one process) */
+    double reduce_s;         /* the gradient reduce: download, comm fold_sum, upload */
+    double records_s;        /* the router records' all-gather and hand-over to the routers */
+    double opt_compute_s;    /* etm_optim_step (own Muon share, all AdamW) + step_end */
+    double exchange_s;       /* etm_optim_exchange: Muon parameters + momenta from their owners */
+    double comm_s[ETM_COMM_N_OPS];        /* inside the comm calls (comm_timed.h), by kind */
+    double comm_sent[ETM_COMM_N_OPS];     /* bytes sent per step, by kind */
+    double comm_received[ETM_COMM_N_OPS]; /* bytes received per step, by kind */
+    double muon_owned;       /* Muon matrices' elements this rank updates */
+    double optim_flops_owned;/* Newton-Schulz FLOPs of those (optim_flops over all ranks) */
+    /* every rank's figures (etm_bench_figure), gathered: least, largest, sum over ranks */
+    double fig_min[ETM_BENCH_N_FIGURES], fig_max[ETM_BENCH_N_FIGURES], fig_sum[ETM_BENCH_N_FIGURES];
 } etm_bench_result;
 
 /* Builds the model hp describes (micro-batches of hp->batch_size sequences of hp->seq_len) and
  * its optimizer on be, runs opt->warmup untimed then opt->steps timed training steps on random
- * tokens (seed hp->seed), and fills out. 0, or -1 with a message (bad settings, a failed step). */
+ * tokens (seed hp->seed), and fills out. 0, or -1 with a message (bad settings, a failed step).
+ *
+ * With opt->comm of N > 1 ranks every rank runs the configured batch (its own random tokens,
+ * seed hp->seed + rank) and a step is the data-parallel step of doc/distributed.md: after the
+ * backward, the gradient reduce (comm fold_sum over host memory), the router records' all-gather
+ * (etm_router_set_step_records), the optimizer step on this rank's Muon share, the Muon exchange
+ * (etm_optim_exchange, Muon shared by etm_optim_share), step_end. The communication is timed
+ * inside the comm calls (comm_timed.h); every rank's figures are gathered into fig_min/max/sum
+ * (collective: all ranks must call this with the same settings and steps). */
 int etm_bench_run(etm_backend *be, const etm_hparams *hp, const etm_bench_options *opt,
                   etm_bench_result *out, etm_error *err);
 
-/* The result as readable text (a few lines; the profile tables when profiled). */
+/* The result as readable text (a few lines; the profile tables when profiled; with ranks > 1 the
+ * ranks' figures, min and max over ranks, and the communication). */
 void etm_bench_print(FILE *f, const etm_bench_result *r);
 
 /* Newton-Schulz FLOPs of one optimizer step over a parameter table (the model's m->table), by

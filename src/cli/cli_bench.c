@@ -5,8 +5,13 @@
 #include "backend.h"
 #include "bench.h"
 #include "cli.h"
+#include "comm_model.h"
 #include "common.h"
 #include "hparams.h"
+
+#ifdef ETM_HAVE_MPI
+#include "comm_mpi.h"
+#endif
 
 #include <errno.h>
 #include <stdio.h>
@@ -16,6 +21,7 @@
 static void usage(void) {
     printf("usage: etmoe bench CONFIG [key=value...] [--steps N] [--warmup N] [--profile]\n"
            "                   [--backend NAME]\n"
+           "       etmoe bench CONFIG [key=value...] --comm-model [--ranks N]\n"
            "\n"
            "Times training steps of the model CONFIG describes (a config file or a preset name such\n"
            "as 'bench' or 'demo'; key=value overrides any setting) on random tokens: batch_size\n"
@@ -30,6 +36,12 @@ static void usage(void) {
            "The optimizer counts Newton-Schulz products: ns_steps * (4 s^2 l + 2 s^3) per Muon\n"
            "matrix, s and l its smaller and larger side.\n"
            "\n"
+           "Under mpirun (a build with MPI) every rank runs the configured batch and a step is the\n"
+           "data-parallel step of doc/distributed.md: the gradient reduce, the router records'\n"
+           "all-gather, the optimizer on the rank's share of the Muon matrices and the Muon\n"
+           "exchange; rank 0 prints, with every rank's figures (min / max over ranks), the total\n"
+           "tokens/s and the time spent inside the communication calls.\n"
+           "\n"
            "ET layers route by expert choice during the first et_warmup_steps steps: pass\n"
            "et_warmup_steps=1 to time threshold routing after the one warm-up step.\n"
            "\n"
@@ -38,10 +50,17 @@ static void usage(void) {
            "  --profile        also time every backend operation, for forward + backward and for\n"
            "                   the optimizer (synchronises after each operation)\n"
            "  --backend NAME   compute backend (default: the config's backend)\n"
+           "  --comm-model     runs nothing: prints, on paper, the bytes one data-parallel step moves\n"
+           "                   per rank (gradient reduce, Muon exchange, router records) for the\n"
+           "                   config's grad_accum micro-batches split over N ranks, and their time\n"
+           "                   over NVLink and InfiniBand against the step's compute at 40%% MFU of\n"
+           "                   an H100 (src/bench/comm_model.h states the assumptions)\n"
+           "  --ranks N        ranks for --comm-model (default 8; must divide grad_accum)\n"
            "  --help           this text\n"
            "\n"
            "example (`make bench`): etmoe bench bench et_warmup_steps=1\n"
-           "                        etmoe bench bench router=dense\n");
+           "                        etmoe bench bench router=dense\n"
+           "                        mpirun -np 2 etmoe bench bench router=dense\n");
 }
 
 static int parse_int(const char *text, long lo, long hi, int *out) {
@@ -55,6 +74,8 @@ static int parse_int(const char *text, long lo, long hi, int *out) {
 
 int cmd_bench(int argc, char **argv) {
     const char *config = NULL, *backend = NULL, *steps_text = NULL, *warmup_text = NULL;
+    const char *ranks_text = NULL;
+    int comm_model = 0;
     etm_bench_options opt;
     etm_bench_default_options(&opt);
     char **overrides = etm_malloc((size_t)(argc > 0 ? argc : 1) * sizeof *overrides);
@@ -71,9 +92,14 @@ int cmd_bench(int argc, char **argv) {
             opt.profile = 1;
             continue;
         }
+        if (!strcmp(a, "--comm-model")) {
+            comm_model = 1;
+            continue;
+        }
         if (cli_option_value(argc, argv, &i, "--steps", &steps_text, &missing) ||
             cli_option_value(argc, argv, &i, "--warmup", &warmup_text, &missing) ||
-            cli_option_value(argc, argv, &i, "--backend", &backend, &missing)) {
+            cli_option_value(argc, argv, &i, "--backend", &backend, &missing) ||
+            cli_option_value(argc, argv, &i, "--ranks", &ranks_text, &missing)) {
             if (missing) {
                 rc = cli_usage_error("bench", "option '%s' needs a value", a);
                 goto done;
@@ -113,9 +139,52 @@ int cmd_bench(int argc, char **argv) {
         rc = cli_usage_error("bench", "%s", err.msg);
         goto done;
     }
+    if (ranks_text && !comm_model) {
+        rc = cli_usage_error("bench", "--ranks goes with --comm-model (under mpirun the ranks are mpirun's)");
+        goto done;
+    }
+    if (comm_model) {
+        int ranks = 8;
+        if (ranks_text && parse_int(ranks_text, 1, 1000000, &ranks) != 0) {
+            rc = cli_usage_error("bench", "--ranks must be a positive integer, not '%s'", ranks_text);
+            goto done;
+        }
+        etm_comm_machine mc;
+        etm_comm_machine_default(&mc);
+        etm_comm_model cm;
+        if (etm_comm_model_compute(&hp, ranks, &mc, &cm, &err) != 0) {
+            rc = cli_usage_error("bench", "%s", err.msg);
+            goto done;
+        }
+        etm_comm_model_print(stdout, config, &cm, &mc);
+        rc = ETM_EXIT_OK;
+        goto done;
+    }
+#ifdef ETM_HAVE_MPI
+    /* under mpirun every rank runs the configured batch (bench.h); without it, one rank */
+    opt.comm = etm_comm_mpi_create(NULL, NULL, &err);
+    if (!opt.comm) {
+        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        goto done;
+    }
+#endif
+    int rank = opt.comm ? opt.comm->rank : 0, ranks = opt.comm ? opt.comm->size : 1;
     etm_backend *be = etm_backend_create(backend ? backend : hp.backend, &err);
     if (!be) {
-        fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        fprintf(stderr, "etmoe bench: rank %d: %s\n", rank, err.msg);
+        if (ranks > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        goto done;
+    }
+    if (rank != 0) { /* rank 0 prints; the others' figures reach it in etm_bench_run */
+        etm_bench_result *r = etm_malloc(sizeof *r);
+        if (etm_bench_run(be, &hp, &opt, r, &err) != 0) {
+            fprintf(stderr, "etmoe bench: rank %d: %s\n", rank, err.msg);
+            fflush(stderr);
+            opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
+        }
+        free(r);
+        etm_backend_free(be);
+        rc = ETM_EXIT_OK;
         goto done;
     }
     printf("etmoe bench %s", config);
@@ -131,9 +200,15 @@ int cmd_bench(int argc, char **argv) {
         printf(" %s=%s", env[i], getenv(env[i]) ? getenv(env[i]) : "(unset)");
     printf("\n");
     fflush(stdout);
+    if (ranks > 1)
+        printf("  MPI: %d ranks, each runs batch_size %d x seq_len %d (doc/distributed.md)\n", ranks,
+               hp.batch_size, hp.seq_len);
+    fflush(stdout);
     etm_bench_result *r = etm_malloc(sizeof *r);
     if (etm_bench_run(be, &hp, &opt, r, &err) != 0) {
         fprintf(stderr, "etmoe bench: %s\n", err.msg);
+        fflush(stderr);
+        if (ranks > 1) opt.comm->abort(opt.comm, ETM_EXIT_FAIL);
     } else {
         etm_bench_print(stdout, r);
         if (hp.router == ETM_ROUTER_ET && r->timed_threshold_steps < r->steps)
@@ -146,6 +221,7 @@ int cmd_bench(int argc, char **argv) {
     free(r);
     etm_backend_free(be);
 done:
+    if (opt.comm) opt.comm->destroy(opt.comm);
     free(overrides);
     return rc;
 }

@@ -4,6 +4,12 @@
 
 #include <string.h>
 
+void etm_comm_shard(size_t n, int size, int r, size_t *lo, size_t *len) {
+    size_t base = n / (size_t)size, rem = n % (size_t)size;
+    *lo = (size_t)r * base + ((size_t)r < rem ? (size_t)r : rem);
+    *len = base + ((size_t)r < rem ? 1 : 0);
+}
+
 void etm_fold_vectors(const float *local, int A, size_t n, float *out) {
     memcpy(out, local, n * sizeof(float));
     for (int a = 1; a < A; a++) {

@@ -37,6 +37,10 @@ struct etm_comm {
 /* The one-process communicator (rank 0 of 1); a static object, destroy is a no-op. */
 etm_comm *etm_comm_single(void);
 
+/* Shard r of n floats over size ranks, as fold_sum cuts its vector: [*lo, *lo + *len), the first
+ * n % size shards one float longer. */
+void etm_comm_shard(size_t n, int size, int r, size_t *lo, size_t *len);
+
 /* out (n) = left fold of the A vectors in local (A x n): the reference the MPI fold_sum matches. */
 void etm_fold_vectors(const float *local, int A, size_t n, float *out);
 

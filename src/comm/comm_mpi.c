@@ -3,7 +3,7 @@
  * of shard r (point-to-point, no MPI reduction: MPI_Reduce does not promise an order), folds them
  * in global order j = rank x A + a with etm_fold_vectors' arithmetic, and MPI_Allgatherv gives
  * every rank the whole sum. Memory: the receive buffer holds A x n / size floats per rank for
- * each of the size senders, A x n in all. */
+ * each of the size senders, A x n in all, kept between calls. */
 #include "comm_mpi.h"
 
 #include <limits.h>
@@ -13,6 +13,10 @@
 
 typedef struct {
     int initialised_here; /* 1: MPI_Finalize at destroy */
+    float *recv;          /* (recv_cap) fold_sum's receive buffer, kept from call to call: a fresh
+                             buffer of A x n floats every step costs its page faults every step
+                             (seconds per GiB on a loaded VM, doc/distributed.md) */
+    size_t recv_cap;      /* floats */
 } mpi_ctx;
 
 static int mpi_fail(etm_error *err, const char *what, int rc) {
@@ -20,13 +24,6 @@ static int mpi_fail(etm_error *err, const char *what, int rc) {
     int len = 0;
     if (MPI_Error_string(rc, text, &len) != MPI_SUCCESS) snprintf(text, sizeof text, "code %d", rc);
     return etm_fail(err, "MPI: %s failed: %s", what, text);
-}
-
-/* Shard r of n floats over size ranks: [lo, lo + len). */
-static void shard(size_t n, int size, int r, size_t *lo, size_t *len) {
-    size_t base = n / (size_t)size, rem = n % (size_t)size;
-    *lo = (size_t)r * base + ((size_t)r < rem ? (size_t)r : rem);
-    *len = base + ((size_t)r < rem ? 1 : 0);
 }
 
 static int mpi_allgather(etm_comm *c, const void *send, size_t bytes, void *recv, etm_error *err) {
@@ -40,9 +37,15 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
     int P = c->size, me = c->rank;
     if (n / (size_t)P + 1 > INT_MAX) return etm_fail(err, "MPI: a shard of %zu floats is over INT_MAX", n);
     size_t my_lo, my_len;
-    shard(n, P, me, &my_lo, &my_len);
+    etm_comm_shard(n, P, me, &my_lo, &my_len);
     size_t total = (size_t)P * A;
-    float *recv = etm_malloc((total * my_len + 1) * sizeof(float));
+    mpi_ctx *ctx = c->ctx;
+    if (ctx->recv_cap < total * my_len + 1) {
+        free(ctx->recv);
+        ctx->recv_cap = total * my_len + 1;
+        ctx->recv = etm_malloc(ctx->recv_cap * sizeof(float));
+    }
+    float *recv = ctx->recv;
     MPI_Request *req = etm_malloc(2 * total * sizeof(MPI_Request));
     int nreq = 0, rc = MPI_SUCCESS;
     /* receives first: vector j = src x A + a lands at recv + j x my_len, global order */
@@ -52,25 +55,21 @@ static int mpi_fold_sum(etm_comm *c, const float *local, int A, size_t n, float 
                            MPI_COMM_WORLD, &req[nreq++]);
     for (int dst = 0; dst < P && rc == MPI_SUCCESS; dst++) {
         size_t lo, len;
-        shard(n, P, dst, &lo, &len);
+        etm_comm_shard(n, P, dst, &lo, &len);
         for (int a = 0; a < A && rc == MPI_SUCCESS; a++)
             rc = MPI_Isend(local + (size_t)a * n + lo, (int)len, MPI_FLOAT, dst, a, MPI_COMM_WORLD,
                            &req[nreq++]);
     }
     if (rc == MPI_SUCCESS) rc = MPI_Waitall(nreq, req, MPI_STATUSES_IGNORE);
     free(req);
-    if (rc != MPI_SUCCESS) {
-        free(recv);
-        return mpi_fail(err, "the gradient reduce-scatter", rc);
-    }
+    if (rc != MPI_SUCCESS) return mpi_fail(err, "the gradient reduce-scatter", rc);
     /* this rank's shard of the sum, then everybody's */
     etm_fold_vectors(recv, (int)total, my_len, out + my_lo);
-    free(recv);
     int *counts = etm_malloc((size_t)P * sizeof(int)), *displs = etm_malloc((size_t)P * sizeof(int));
     int ok = 1;
     for (int r = 0; r < P; r++) {
         size_t lo, len;
-        shard(n, P, r, &lo, &len);
+        etm_comm_shard(n, P, r, &lo, &len);
         if (lo > INT_MAX) ok = 0;
         counts[r] = (int)len;
         displs[r] = (int)lo;
@@ -107,6 +106,7 @@ static void mpi_abort(etm_comm *c, int code) {
 static void mpi_destroy(etm_comm *c) {
     mpi_ctx *ctx = c->ctx;
     if (ctx->initialised_here) MPI_Finalize();
+    free(ctx->recv);
     free(ctx);
     free(c);
 }

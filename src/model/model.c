@@ -568,7 +568,14 @@ void etm_model_step_end(etm_model *m) {
 size_t etm_model_num_params(const etm_model *m) { return m->n_params; }
 
 double etm_model_active_matmul_params(const etm_model *m, double routed_per_token) {
-    const etm_hparams *hp = &m->hp;
+    return etm_hparams_active_matmul_params(&m->hp, routed_per_token);
+}
+
+double etm_model_train_flops_per_token(const etm_model *m, int T, double routed_per_token) {
+    return etm_hparams_train_flops_per_token(&m->hp, T, routed_per_token);
+}
+
+double etm_hparams_active_matmul_params(const etm_hparams *hp, double routed_per_token) {
     double D = hp->d_model, hd = etm_head_dim(hp), HD = hp->n_head * hd, KVD = hp->n_kv_head * hd;
     double p = (double)hp->vocab_size * D; /* LM head */
     for (int l = 0; l < hp->n_layer; l++) {
@@ -581,8 +588,7 @@ double etm_model_active_matmul_params(const etm_model *m, double routed_per_toke
     return p;
 }
 
-double etm_model_train_flops_per_token(const etm_model *m, int T, double routed_per_token) {
-    const etm_hparams *hp = &m->hp;
+double etm_hparams_train_flops_per_token(const etm_hparams *hp, int T, double routed_per_token) {
     double attn = (double)hp->n_layer * 2.0 * 2.0 * hp->n_head * etm_head_dim(hp) * (T + 1) / 2.0;
-    return 3.0 * (2.0 * etm_model_active_matmul_params(m, routed_per_token) + attn);
+    return 3.0 * (2.0 * etm_hparams_active_matmul_params(hp, routed_per_token) + attn);
 }

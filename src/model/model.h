@@ -217,6 +217,9 @@ double etm_model_active_matmul_params(const etm_model *m, double routed_per_toke
 /* Training FLOPs per token for sequences of T tokens: 3 * (2 * active matmul parameters +
  * causal attention 2 * 2 * H * hd * (T + 1) / 2 per layer), i.e. forward + twice that backward. */
 double etm_model_train_flops_per_token(const etm_model *m, int T, double routed_per_token);
+/* The same two from the hyperparameters alone (no model needed: `etmoe bench --comm-model`). */
+double etm_hparams_active_matmul_params(const etm_hparams *hp, double routed_per_token);
+double etm_hparams_train_flops_per_token(const etm_hparams *hp, int T, double routed_per_token);
 
 /* ---- KV-cache decoding --------------------------------------------------------------------- */
 /* Keys and values of one sequence for every layer, plus one-token scratch. MoE layers route

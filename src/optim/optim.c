@@ -41,6 +41,11 @@ struct etm_optim {
     float *update;           /* Muon: the update of the largest Muon parameter (backend) */
     float *ns_work;          /* Muon: Newton-Schulz workspace (backend) */
     int rank;                /* this rank: it updates the Muon parameters it owns (etm_optim_share) */
+    int momentum_stale;      /* 1: the momenta of Muon parameters other ranks own are out of date
+                                (etm_optim_exchange; etm_optim_sync_state brings them) */
+    float *xhost;            /* (xhost_cap) host staging of the Muon exchange, kept between steps:
+                                a fresh buffer costs its page faults every step */
+    size_t xhost_cap;        /* floats */
 };
 
 /* ---- schedules ------------------------------------------------------------------------------- */
@@ -237,6 +242,7 @@ void etm_optim_free(etm_optim *opt) {
     for (int i = 0; i < opt->n_states; i++) free(opt->states[i].name);
     if (opt->update) be->free(be, opt->update);
     if (opt->ns_work) be->free(be, opt->ns_work);
+    free(opt->xhost);
     free(opt->params);
     free(opt->states);
     free(opt);
@@ -349,47 +355,111 @@ etm_backend *etm_optim_backend(const etm_optim *opt) { return opt->be; }
 
 /* ---- distributed Muon ------------------------------------------------------------------------ */
 
+/* Newton-Schulz FLOPs of one Muon parameter's update (its count matrices of rows x cols), the
+ * cost etm_optim_share balances: ns_steps (4 s^2 l + 2 s^3) per matrix, s <= l its sides. */
+static double muon_cost(const opt_param *op, int ns_steps) {
+    double s = ETM_MIN(op->rows, op->cols), l = ETM_MAX(op->rows, op->cols);
+    return (double)op->count * ns_steps * (4.0 * s * s * l + 2.0 * s * s * s);
+}
+
 void etm_optim_share(etm_optim *opt, int rank, int size) {
-    size_t *load = etm_calloc((size_t)size, sizeof *load);
+    /* Longest first: the costliest parameter goes to the least loaded rank (by Newton-Schulz
+     * FLOPs, which grow with min(rows, cols): elements alone would give a rank all the cheap
+     * thin matrices), the lowest rank on a tie, ties between parameters in parameter order.
+     * Every rank computes the same shares; which rank updates a parameter never changes its
+     * bits. */
+    double *load = etm_calloc((size_t)size, sizeof *load);
+    int *order = etm_malloc((size_t)(opt->n ? opt->n : 1) * sizeof *order);
+    int n = 0;
     opt->rank = rank;
-    for (int i = 0; i < opt->n; i++) {
-        opt_param *op = &opt->params[i];
-        if (!op->muon) continue;
-        /* the least loaded rank so far (by elements: Newton-Schulz costs about rows x cols x
-         * min(rows, cols) per matrix, so elements are a rough balance), the lowest on a tie */
+    for (int i = 0; i < opt->n; i++)
+        if (opt->params[i].muon) {
+            int j = n++; /* insertion sort by decreasing cost, stable */
+            double c = muon_cost(&opt->params[i], opt->hp.ns_steps);
+            while (j > 0 && muon_cost(&opt->params[order[j - 1]], opt->hp.ns_steps) < c) {
+                order[j] = order[j - 1];
+                j--;
+            }
+            order[j] = i;
+        }
+    for (int k = 0; k < n; k++) {
+        opt_param *op = &opt->params[order[k]];
         int best = 0;
         for (int r = 1; r < size; r++)
             if (load[r] < load[best]) best = r;
         op->owner = best;
-        load[best] += op->numel;
+        load[best] += muon_cost(op, opt->hp.ns_steps);
     }
+    free(order);
     free(load);
+}
+
+int etm_optim_muon_owner(const etm_optim *opt, int i) {
+    return i >= 0 && i < opt->n && opt->params[i].muon ? opt->params[i].owner : -1;
+}
+
+/* Every Muon parameter's tensor (parameter data or momentum) from its owner to the other ranks.
+ * Host-staged: one broadcast per owner of all its tensors packed in parameter order, not one per
+ * tensor: on a loaded machine each message's handshake waits for both processes to be scheduled
+ * (measured on 2 shared cores: about 2.7 s per step for bench.conf's 120 broadcasts, 0.5 s when
+ * the ranks had cores of their own; doc/distributed.md). GPU memory (NCCL): one per tensor. */
+static int bcast_from_owners(etm_optim *opt, etm_comm *c, int momentum, etm_error *err) {
+    etm_backend *be = opt->be;
+    if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
+        be->synchronize(be);
+        for (int i = 0; i < opt->n; i++) {
+            opt_param *op = &opt->params[i];
+            if (op->muon && c->bcast(c, momentum ? op->momentum : op->p.data, op->numel * sizeof(float),
+                                     op->owner, err) != 0)
+                return -1;
+        }
+        return 0;
+    }
+    size_t *owned = etm_calloc((size_t)c->size, sizeof *owned), max = 0;
+    for (int i = 0; i < opt->n; i++)
+        if (opt->params[i].muon) owned[opt->params[i].owner] += opt->params[i].numel;
+    for (int r = 0; r < c->size; r++) max = ETM_MAX(max, owned[r]);
+    if (opt->xhost_cap < max + 1) {
+        free(opt->xhost);
+        opt->xhost_cap = max + 1;
+        opt->xhost = etm_malloc(opt->xhost_cap * sizeof(float));
+    }
+    float *host = opt->xhost;
+    int rc = 0;
+    for (int root = 0; root < c->size && rc == 0; root++) {
+        if (!owned[root]) continue;
+        size_t off = 0;
+        if (root == opt->rank)
+            for (int i = 0; i < opt->n; i++) {
+                opt_param *op = &opt->params[i];
+                if (!op->muon || op->owner != root) continue;
+                be->download(be, host + off, momentum ? op->momentum : op->p.data, op->numel * sizeof(float));
+                off += op->numel;
+            }
+        rc = c->bcast(c, host, owned[root] * sizeof(float), root, err);
+        if (rc != 0 || root == opt->rank) continue;
+        for (int i = 0; i < opt->n; i++) {
+            opt_param *op = &opt->params[i];
+            if (!op->muon || op->owner != root) continue;
+            be->upload(be, momentum ? op->momentum : op->p.data, host + off, op->numel * sizeof(float));
+            off += op->numel;
+        }
+    }
+    free(owned);
+    return rc;
 }
 
 int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err) {
     if (c->size == 1) return 0;
-    etm_backend *be = opt->be;
-    size_t max = 0;
-    for (int i = 0; i < opt->n; i++)
-        if (opt->params[i].muon) max = ETM_MAX(max, opt->params[i].numel);
-    float *host = etm_malloc((max + 1) * sizeof(float));
-    int rc = 0;
-    for (int i = 0; i < opt->n && rc == 0; i++) {
-        opt_param *op = &opt->params[i];
-        if (!op->muon) continue;
-        float *parts[2] = {op->p.data, op->momentum};
-        for (int k = 0; k < 2 && rc == 0; k++) {
-            size_t bytes = op->numel * sizeof(float);
-            if (c->device_memory) { /* NCCL: from GPU memory, once the backend's work is done */
-                be->synchronize(be);
-                rc = c->bcast(c, parts[k], bytes, op->owner, err);
-                continue;
-            }
-            if (op->owner == opt->rank) be->download(be, host, parts[k], bytes);
-            rc = c->bcast(c, host, bytes, op->owner, err);
-            if (rc == 0 && op->owner != opt->rank) be->upload(be, parts[k], host, bytes);
-        }
-    }
-    free(host);
-    return rc;
+    /* the parameters only: a rank reads only the momenta of the parameters it owns, so the
+     * others' copies are brought up to date when someone reads them (etm_optim_sync_state) */
+    opt->momentum_stale = 1;
+    return bcast_from_owners(opt, c, 0, err);
+}
+
+int etm_optim_sync_state(etm_optim *opt, etm_comm *c, etm_error *err) {
+    if (c->size == 1 || !opt->momentum_stale) return 0;
+    if (bcast_from_owners(opt, c, 1, err) != 0) return -1;
+    opt->momentum_stale = 0;
+    return 0;
 }

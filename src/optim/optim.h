@@ -65,13 +65,19 @@ void etm_optim_free(etm_optim *opt);
  * stats may be NULL. Fails, changing nothing, when the gradient norm is not finite. */
 int etm_optim_step(etm_optim *opt, int step, etm_optim_stats *stats, etm_error *err);
 
-/* Distributed Muon (doc/distributed.md): each Muon parameter gets an owner rank (the least
- * loaded by elements, in parameter order); etm_optim_step on rank `rank` then updates only the
- * Muon parameters it owns (AdamW ones everywhere), and etm_optim_exchange, called by every rank
- * after the step, broadcasts each Muon parameter and its momentum from its owner. The result is
- * the one-process step, bit for bit: the same arithmetic, done once. Default: rank 0 of 1. */
+/* Distributed Muon (doc/distributed.md): each Muon parameter gets an owner rank (costliest
+ * first, to the rank least loaded by Newton-Schulz FLOPs); etm_optim_step on rank `rank` then
+ * updates only the Muon parameters it owns (AdamW ones everywhere), and etm_optim_exchange, called
+ * by every rank after the step, broadcasts each Muon parameter from its owner. The result is the
+ * one-process step, bit for bit: the same arithmetic, done once. The momenta stay with their
+ * owners (the only rank that reads one); etm_optim_sync_state, called by every rank, broadcasts
+ * them too, so that every rank holds the whole state: before a checkpoint is written or the state
+ * compared. Default: rank 0 of 1. */
 void etm_optim_share(etm_optim *opt, int rank, int size);
 int etm_optim_exchange(etm_optim *opt, etm_comm *c, etm_error *err);
+int etm_optim_sync_state(etm_optim *opt, etm_comm *c, etm_error *err);
+/* The rank that updates parameter i (etm_optim_share), or -1 when it is not a Muon parameter. */
+int etm_optim_muon_owner(const etm_optim *opt, int i);
 
 /* The learning-rate multiplier of step (0-based): linear warm-up (step + 1) / warmup_steps, then 1,
  * then over the last W = round(decay_fraction * max_steps) steps linear decay: at step s >

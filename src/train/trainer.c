@@ -294,6 +294,9 @@ static double mean_experts(const run *r) {
 }
 
 static int save_checkpoint(run *r, int step, etm_error *err) {
+    etm_error e2;
+    if (etm_optim_sync_state(r->optim, r->comm, &e2) != 0) /* the Muon momenta to rank 0 too */
+        return etm_fail(err, "step %d: gathering the optimizer state: %s", step, e2.msg);
     if (!r->writer) { /* rank 0 writes; the others know the step is saved */
         r->last_saved = step;
         return 0;
@@ -302,7 +305,6 @@ static int save_checkpoint(run *r, int step, etm_error *err) {
     extra.step = step;
     extra.rng = r->rng;
     etm_loader_get_pos(r->train, &extra.loader);
-    etm_error e2;
     if (etm_checkpoint_save(r->ckpt_path, r->m, r->optim, &extra, &e2) != 0)
         return etm_fail(err, "step %d: saving the checkpoint failed: %s", step, e2.msg);
     r->last_saved = step;
@@ -633,7 +635,11 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
         return etm_fail(err, "step %d: the parameters are no longer finite after the update (gradient "
                         "norm %.4g; is the learning rate too high?)", s + 1, os->grad_norm);
     etm_model_step_end(m);
-    if (r->opt->check_replicas && etm_ranks_check_replicas(r->comm, be, m, r->optim, s, err) != 0) return -1;
+    if (r->opt->check_replicas) {
+        /* the Muon momenta live with their owner rank (optim.h): give every rank all of them first */
+        if (etm_optim_sync_state(r->optim, r->comm, err) != 0) return -1;
+        if (etm_ranks_check_replicas(r->comm, be, m, r->optim, s, err) != 0) return -1;
+    }
     *ce = ce_sum / A;
     *aux = *z = 0.0;
     for (int l = 0; l < hp->n_layer; l++) {
