@@ -459,7 +459,7 @@ BEGIN {
     }
     if (has(et) && isnum(rv(et, "tokens_0")) && rv(et, "tokens_0") > 0.3) {
         printf "- ET leaves %s of the (token, layer) pairs without a routed expert in training: the dynamic compute\n", pct(rv(et, "tokens_0"))
-        print "  the paper describes is there, but it also means a third of the tokens get only the shared expert."
+        print "  the paper describes is there, but in those pairs the token gets only the shared expert."
         nwhy++
     }
     if (has(et) && isnum(rv(et, "cutoff_gap_abs")) && isnum(rv(et, "logit_std")) && rv(et, "logit_std") > 0 &&
@@ -531,7 +531,10 @@ BEGIN {
     print ""
     print "The same contrasts here (difference in final validation loss, paired by seed, with its 95% CI) and"
     print "in the paper's d12 table (our pools are far smaller: the paper's smallest EC pool, 2k tokens, is"
-    printf "one of its sequences, like our ec-seq pool of %d tokens; its largest, 512k, is its whole batch, like\n", C["seq_len"]
+    if (has("ec-seq"))
+        printf "one of its sequences, like our ec-seq pool of %d tokens; its largest, 512k, is its whole batch, like\n", C["seq_len"]
+    else
+        print "one of its sequences; its largest, 512k, is its whole batch, like"
     printf "our ec-batch pool of %s):\n", tokens(tps)
     print ""
     print "| contrast | paper (d12) | here | 95% CI | same sign | resolved |"
