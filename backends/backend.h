@@ -82,6 +82,15 @@ struct etm_backend {
     void (*gemm_grouped)(etm_backend *be, int trans_a, int trans_b, int count,
                          const etm_gemm_group *groups, float alpha, const float *A, int lda,
                          const float *B, int ldb, float beta, float *C, int ldc);
+    /* Symmetric products of count matrices at fixed strides (Muon's Newton-Schulz with
+     * muon_ns_gram = symmetric): C_e(n,n) = alpha * op(A_e) * op(A_e)^T + beta * C_e, op(A_e)
+     * (n,k): A_e = A + e a_stride is (n,k) for ETM_NO_TRANS (C = A A^T), (k,n) for ETM_TRANS
+     * (C = A^T A); C_e = C + e c_stride. Reads only C_e's upper triangle (for beta), computes the
+     * upper triangle (about half a GEMM's FLOPs) and writes the lower one as its mirror, so C_e is
+     * exactly symmetric. Its bits need not equal gemm's. */
+    void (*syrk_batched)(etm_backend *be, int trans, int count, int n, int k, float alpha,
+                         const float *A, int lda, size_t a_stride, float beta, float *C, int ldc,
+                         size_t c_stride);
 
     /* ---- elementwise and reductions --------------------------------------------------------- */
     void (*fill)(etm_backend *be, float *x, float value, size_t n);
@@ -230,6 +239,7 @@ struct etm_backend {
     X(synchronize, ETM_OP_MEMORY)                                                                  \
     X(gemm, ETM_OP_TIMED)                                                                          \
     X(gemm_grouped, ETM_OP_TIMED)                                                                  \
+    X(syrk_batched, ETM_OP_TIMED)                                                                  \
     X(fill, ETM_OP_TIMED)                                                                          \
     X(scale, ETM_OP_TIMED)                                                                         \
     X(axpy, ETM_OP_TIMED)                                                                          \

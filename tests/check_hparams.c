@@ -123,7 +123,7 @@ static void assert_round_trip(const etm_hparams *hp) {
 
 /* A checkpoint written before a key existed has no line for it; it must read back as the value it
  * was trained with. muon_expert_layout came after the first checkpoints, which were per expert;
- * router_activation after those with sigmoid gates. */
+ * router_activation after those with sigmoid gates; muon_ns_gram after those with full GEMMs. */
 static const struct {
     const char *line; /* the key's line with a non-default value, as the printer writes it */
     size_t offset;    /* the enum field */
@@ -131,6 +131,8 @@ static const struct {
 } older_keys[] = {
     {"muon_expert_layout = stacked", offsetof(etm_hparams, muon_expert_layout), ETM_MUON_STACKED,
      ETM_MUON_PER_EXPERT},
+    {"muon_ns_gram = symmetric", offsetof(etm_hparams, muon_ns_gram), ETM_NS_GRAM_SYMMETRIC,
+     ETM_NS_GRAM_FULL},
     {"router_activation = softmax_e", offsetof(etm_hparams, router_activation), ETM_GATE_SOFTMAX_E,
      ETM_GATE_SIGMOID},
 };

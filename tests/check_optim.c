@@ -339,7 +339,7 @@ static float *check_newton_schulz(etm_backend *be, int count, int rows, int cols
     fill_normal(&rng, h, n, 0.02f);
     float *x = dev_alloc(be, n), *work = dev_alloc(be, etm_newton_schulz_work(count, rows, cols));
     upload(be, x, h, n);
-    etm_newton_schulz(be, x, count, rows, cols, 5, work);
+    etm_newton_schulz(be, x, count, rows, cols, 5, ETM_NS_GRAM_FULL, work);
     float *got = download(be, x, n);
     double *ref = etm_malloc(rc * sizeof *ref);
     int s = ETM_MIN(rows, cols);
@@ -409,7 +409,7 @@ START_TEST(newton_schulz_is_thread_count_invariant) {
         for (int t = 0; t < 2; t++) {
             set_threads(t + 1);
             upload(be, x, h, n);
-            etm_newton_schulz(be, x, count, rows, cols, 5, work);
+            etm_newton_schulz(be, x, count, rows, cols, 5, ETM_NS_GRAM_FULL, work);
             res[t] = download(be, x, n);
         }
         set_threads(2);

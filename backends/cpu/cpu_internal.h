@@ -102,6 +102,9 @@ void cpu_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int K, fl
 void cpu_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
                       const etm_gemm_group *groups, float alpha, const float *A, int lda,
                       const float *B, int ldb, float beta, float *C, int ldc);
+void cpu_syrk_batched(etm_backend *be, int trans, int count, int n, int k, float alpha,
+                      const float *A, int lda, size_t a_stride, float beta, float *C, int ldc,
+                      size_t c_stride);
 
 /* cpu_elementwise.c */
 void cpu_fill(etm_backend *be, float *x, float value, size_t n);

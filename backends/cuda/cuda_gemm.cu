@@ -1,4 +1,4 @@
-/* cuda_gemm.cu: row-major GEMM and grouped GEMM on cuBLAS.
+/* cuda_gemm.cu: row-major GEMM, grouped GEMM and batched symmetric products (syrk) on cuBLAS.
  *
  * cuBLAS is column-major. A row-major matrix X with leading dimension ldx is, read column-major,
  * X^T with the same leading dimension, so the row-major C = op(A) op(B) is computed as the
@@ -59,5 +59,42 @@ void etm_cuda_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
         const etm_gemm_group *gr = &groups[g];
         gemm_one(be, trans_a, trans_b, gr->M, gr->N, gr->K, alpha, A + gr->a_off, lda,
                  B + gr->b_off, ldb, beta, C + gr->c_off, ldc);
+    }
+}
+
+/* C(n,n): the lower triangle (row-major) = the mirror of the upper one. */
+__global__ void k_mirror_upper(float *C, int n, int ldc) {
+    size_t total = (size_t)n * n;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / n, col = i % n;
+        if (col < r) C[r * ldc + col] = C[col * ldc + r];
+    }
+}
+
+/* One cublasSsyrk per matrix (fp32 whatever the GEMM precision mode: cuBLAS's syrk has no tensor
+ * core compute type), then the mirror. Row-major (n,k) A read column-major is A^T (k,n), so the
+ * row-major A A^T is syrk with CUBLAS_OP_T, A^T A with CUBLAS_OP_N, and the row-major upper
+ * triangle is the column-major lower one. */
+void etm_cuda_syrk_batched(etm_backend *be, int trans, int count, int n, int k, float alpha,
+                           const float *A, int lda, size_t a_stride, float beta, float *C, int ldc,
+                           size_t c_stride) {
+    etm_cuda_ctx *c = etm_cuda(be);
+    if (n <= 0) return;
+    for (int e = 0; e < count; e++) {
+        float *ce = C + (size_t)e * c_stride;
+        if (k <= 0) {
+            if (beta != 1.0f) {
+                k_scale_matrix<<<etm_cuda_blocks((size_t)n * n), ETM_CUDA_THREADS, 0, c->stream>>>(
+                    ce, n, n, ldc, beta);
+                ETM_CUDA_LAUNCHED();
+            }
+        } else {
+            ETM_CUBLAS_CHECK(cublasSsyrk(c->cublas, CUBLAS_FILL_MODE_LOWER,
+                                         trans == ETM_TRANS ? CUBLAS_OP_N : CUBLAS_OP_T, n, k, &alpha,
+                                         A + (size_t)e * a_stride, lda, &beta, ce, ldc));
+        }
+        k_mirror_upper<<<etm_cuda_blocks((size_t)n * n), ETM_CUDA_THREADS, 0, c->stream>>>(ce, n, ldc);
+        ETM_CUDA_LAUNCHED();
     }
 }

@@ -145,6 +145,9 @@ void etm_cuda_gemm(etm_backend *be, int trans_a, int trans_b, int M, int N, int 
 void etm_cuda_gemm_grouped(etm_backend *be, int trans_a, int trans_b, int count,
                            const etm_gemm_group *groups, float alpha, const float *A, int lda,
                            const float *B, int ldb, float beta, float *C, int ldc);
+void etm_cuda_syrk_batched(etm_backend *be, int trans, int count, int n, int k, float alpha,
+                           const float *A, int lda, size_t a_stride, float beta, float *C, int ldc,
+                           size_t c_stride);
 
 /* cuda_elementwise.cu */
 void etm_cuda_fill(etm_backend *be, float *x, float value, size_t n);

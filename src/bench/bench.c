@@ -41,9 +41,7 @@ double etm_load_average(void) {
 static double tensor_optim_flops(const etm_hparams *hp, const etm_param *p) {
     if (hp->matrix_optimizer != ETM_OPT_MUON || p->group != ETM_PARAM_MATRIX || p->ndim < 2) return 0.0;
     double count = p->ndim == 3 ? (double)p->shape[0] : 1.0;
-    double rows = (double)p->shape[p->ndim - 2], cols = (double)p->shape[p->ndim - 1];
-    double s = ETM_MIN(rows, cols), l = ETM_MAX(rows, cols);
-    return count * hp->ns_steps * (4.0 * s * s * l + 2.0 * s * s * s);
+    return count * etm_newton_schulz_flops(hp, (int)p->shape[p->ndim - 2], (int)p->shape[p->ndim - 1]);
 }
 
 double etm_bench_optim_flops(const etm_hparams *hp, const etm_param *table, int n_tensors) {

@@ -15,7 +15,8 @@
  * average); times 3 for forward + backward (backward = 2 x forward). Norms, RoPE, ReLU^2, softmax,
  * routing and dispatch count nothing. tokens/s and GFLOP/s use the forward + backward time; the
  * optimizer's FLOPs are counted apart: its Newton-Schulz matrix products only, per Muon matrix
- * (rows, cols) with s = min(rows, cols), l = max(rows, cols): ns_steps * (4 s^2 l + 2 s^3).
+ * (rows, cols) with s = min(rows, cols), l = max(rows, cols): ns_steps * (4 s^2 l + 2 s^3), or
+ * ns_steps * (3 s^2 l + s^3) with muon_ns_gram = symmetric (etm_newton_schulz_flops, optim.h).
  *
  * Ceiling: on the CPU backend, cblas_sgemm with the BLAS's own threading over all OpenMP threads
  * (etm_cpu_sgemm_gflops); on another backend, its gemm (etm_backend_gemm_gflops). Shape: the

@@ -7,6 +7,7 @@
 
 #include "comm_timed.h"
 #include "model.h"
+#include "optim.h"
 
 void etm_comm_machine_default(etm_comm_machine *mc) {
     mc->peak_flops = 989e12;
@@ -15,10 +16,9 @@ void etm_comm_machine_default(etm_comm_machine *mc) {
     mc->network_bps = 50e9;
 }
 
-/* Newton-Schulz FLOPs of count matrices (rows, cols): ns_steps (4 s^2 l + 2 s^3) each (bench.h). */
+/* Newton-Schulz FLOPs of count matrices (rows, cols) (etm_newton_schulz_flops, bench.h). */
 static double ns(const etm_hparams *hp, double count, double rows, double cols) {
-    double s = ETM_MIN(rows, cols), l = ETM_MAX(rows, cols);
-    return count * hp->ns_steps * (4.0 * s * s * l + 2.0 * s * s * s);
+    return count * etm_newton_schulz_flops(hp, (int)rows, (int)cols);
 }
 
 int etm_comm_model_compute(const etm_hparams *hp, int ranks, const etm_comm_machine *mc,

@@ -91,6 +91,10 @@ static double prof_sum_squares(etm_backend *be, const float *x, size_t n) {
     return s;
 }
 
+WRAP(syrk_batched,
+     (etm_backend *be, int trans, int count, int n, int k, float alpha, const float *A, int lda,
+      size_t sa, float beta, float *C, int ldc, size_t sc),
+     (pr->orig, trans, count, n, k, alpha, A, lda, sa, beta, C, ldc, sc))
 WRAP(upload, (etm_backend *be, void *d, const void *s, size_t n), (pr->orig, d, s, n))
 WRAP(download, (etm_backend *be, void *d, const void *s, size_t n), (pr->orig, d, s, n))
 WRAP(copy, (etm_backend *be, void *d, const void *s, size_t n), (pr->orig, d, s, n))

@@ -26,7 +26,7 @@ static const char *const resumable_keys[] = {
     "grad_accum", "max_steps", "lr_matrix", "lr_embed", "lr_head", "lr_router", "adam_beta1",
     "adam_beta2", "adam_eps", "weight_decay", "matrix_weight_decay", "lr_expert_scale",
     "muon_momentum_start", "muon_momentum_end",
-    "muon_warmup_steps", "ns_steps", "warmup_steps", "decay_fraction", "final_lr_frac", "grad_clip",
+    "muon_warmup_steps", "ns_steps", "muon_ns_gram", "warmup_steps", "decay_fraction", "final_lr_frac", "grad_clip",
     "train_data", "val_data", "tokenizer", "out_dir", "backend", "eval_every", "eval_batches",
     "ckpt_every", "log_every", "thresholds_every"};
 

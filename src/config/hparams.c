@@ -25,7 +25,8 @@ typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_clamp_mode) == sizeof(int) &&
                                 sizeof(etm_cutoff_scope) == sizeof(int) &&
                                 sizeof(etm_matrix_optimizer) == sizeof(int) &&
-                                sizeof(etm_muon_layout) == sizeof(int)) ? 1 : -1];
+                                sizeof(etm_muon_layout) == sizeof(int) &&
+                                sizeof(etm_ns_gram) == sizeof(int)) ? 1 : -1];
 
 
 static const char *const router_names[] = {"dense", "tc", "ec", "et", NULL};
@@ -42,6 +43,7 @@ static const char *const clamp_names[] = {"positive", "always", NULL};
 static const char *const cutoff_scope_names[] = {"pool", "microbatch", "step", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
+static const char *const ns_gram_names[] = {"full", "symmetric", NULL};
 
 static const char *const inherit_word[] = {"inherit", NULL};
 
@@ -110,6 +112,8 @@ static const key_info keys[] = {
     INT(muon_warmup_steps, "optim", 0, "steps of the linear Muon momentum warm-up"),
     INT(ns_steps, "optim", 1, "Newton-Schulz iterations of Muon"),
     ENM(muon_expert_layout, "optim", muon_layout_names, "Muon over expert tensors: per_expert or stacked"),
+    ENM(muon_ns_gram, "optim", ns_gram_names,
+        "Newton-Schulz's symmetric products: full GEMMs or symmetric (fewer FLOPs, other bits)"),
     INT(warmup_steps, "optim", 0, "steps of linear learning-rate warm-up"),
     FLT(decay_fraction, "optim", "fraction of steps, at the end, of linear decay"),
     FLT(final_lr_frac, "optim", "learning-rate multiplier the decay ends at"),
@@ -182,6 +186,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->muon_warmup_steps = 100;
     hp->ns_steps = 5;
     hp->muon_expert_layout = ETM_MUON_PER_EXPERT;
+    hp->muon_ns_gram = ETM_NS_GRAM_FULL;
     hp->warmup_steps = 10;
     hp->decay_fraction = 0.4f;
     hp->final_lr_frac = 0.0f;

@@ -50,6 +50,11 @@ typedef enum {
     ETM_MUON_PER_EXPERT = 0, /* an (E, rows, cols) expert tensor is E matrices, each orthogonalised */
     ETM_MUON_STACKED         /* ... one (E rows, cols) matrix, as the authors' token-choice code */
 } etm_muon_layout;
+typedef enum {
+    ETM_NS_GRAM_FULL = 0,  /* Newton-Schulz's symmetric products as full GEMMs (the original bits) */
+    ETM_NS_GRAM_SYMMETRIC  /* ... as upper triangles mirrored (backend syrk_batched): fewer FLOPs,
+                              other bits */
+} etm_ns_gram;
 
 typedef struct {
     /* ---- model ---- */
@@ -107,6 +112,7 @@ typedef struct {
     int muon_warmup_steps;
     int ns_steps;           /* Newton-Schulz iterations */
     etm_muon_layout muon_expert_layout; /* Muon over expert tensors: per expert or stacked */
+    etm_ns_gram muon_ns_gram; /* Newton-Schulz's X X^T and A A: full GEMMs or symmetric halves */
     int warmup_steps;       /* linear LR warm-up */
     float decay_fraction;   /* linear decay to final_lr_frac over the last fraction of steps */
     float final_lr_frac;

@@ -22,8 +22,10 @@
  * ns_steps times A = X X^T, B = b A + c A A, X = a X + B X, with (a, b, c) = (3.4445, -4.7750,
  * 2.0315). It maps G = U S V^T to about U V^T (singular values pushed into roughly [0.7, 1.2]).
  * A tall matrix (rows > cols) is iterated as its transpose: A = X^T X, X = a X + X B, the same
- * result without moving memory. A 3-D parameter (E, rows, cols), e.g. the experts of an MoE layer,
- * is E matrices, each orthogonalised on its own (muon_expert_layout = per_expert), or one (E rows,
+ * result without moving memory. muon_ns_gram = symmetric computes A and A A (both symmetric) as
+ * upper triangles mirrored (backend syrk_batched): 3 s^2 l + s^3 FLOPs per iteration instead of
+ * 4 s^2 l + 2 s^3, a result close to the full path's (tests/check_optim.c) but not its bits.
+ * A 3-D parameter (E, rows, cols), e.g. the experts of an MoE layer, is E matrices, each orthogonalised on its own (muon_expert_layout = per_expert), or one (E rows,
  * cols) matrix with shape scale max(1, E rows / cols)^0.5 (stacked, as the authors' TC code). */
 #ifndef ETM_OPTIM_H
 #define ETM_OPTIM_H
@@ -89,10 +91,16 @@ float etm_lr_multiplier(const etm_hparams *hp, int step);
 float etm_muon_momentum(const etm_hparams *hp, int step);
 
 /* Orthogonalises count matrices (rows, cols), stored one after another in X (backend memory), in
- * place, with steps Newton-Schulz iterations. work is backend memory of
- * etm_newton_schulz_work(count, rows, cols) floats. */
-void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols, int steps, float *work);
+ * place, with steps Newton-Schulz iterations, the symmetric products as gram says (muon_ns_gram).
+ * work is backend memory of etm_newton_schulz_work(count, rows, cols) floats. */
+void etm_newton_schulz(etm_backend *be, float *X, int count, int rows, int cols, int steps,
+                       etm_ns_gram gram, float *work);
 size_t etm_newton_schulz_work(int count, int rows, int cols);
+/* Multiply-add FLOPs (2 per multiply-add) of Newton-Schulz on one (rows, cols) matrix under hp's
+ * ns_steps and muon_ns_gram, s <= l its sides: ns_steps (4 s^2 l + 2 s^3) with full products
+ * (X X^T and A A as GEMMs, X' from B X), ns_steps (3 s^2 l + s^3) with symmetric ones (their upper
+ * triangles). The count etmoe bench reports and etm_optim_share balances. */
+double etm_newton_schulz_flops(const etm_hparams *hp, int rows, int cols);
 
 /* The optimizer's state tensors, in a fixed order (parameter order; m before v). */
 int etm_optim_state_count(const etm_optim *opt);

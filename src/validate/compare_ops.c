@@ -25,6 +25,7 @@ int etm_check_backend_ops(etm_backend *ref, etm_backend *test, uint64_t seed, FI
     etm_cmp_memory(&c);
     etm_cmp_gemm(&c);
     etm_cmp_gemm_grouped(&c);
+    etm_cmp_syrk_batched(&c);
     etm_cmp_vec(&c);
     etm_cmp_sum_squares(&c);
     etm_cmp_embedding(&c);

@@ -102,6 +102,7 @@ void etm_cmp_case(chk *c, const char *op, run_fn fn, const void *args, int n_par
 void etm_cmp_memory(chk *c);       /* alloc, free, upload, download, copy, zero, synchronize */
 void etm_cmp_gemm(chk *c);         /* gemm, every transpose, padded leading dimensions */
 void etm_cmp_gemm_grouped(chk *c); /* gemm_grouped, empty groups included */
+void etm_cmp_syrk_batched(chk *c); /* syrk_batched, both transposes, padded strides */
 void etm_cmp_vec(chk *c);          /* fill, scale, axpy, column_sum, add_row_vector, add_scaled_rows */
 void etm_cmp_sum_squares(chk *c);  /* sum_squares */
 void etm_cmp_adamw(chk *c);        /* adamw_update */

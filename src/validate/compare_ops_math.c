@@ -258,3 +258,39 @@ void etm_cmp_adamw(chk *c) {
     free((void *)a.m);
     free((void *)a.v);
 }
+
+/* ---- syrk_batched --------------------------------------------------------------------------- */
+typedef struct {
+    int trans, count, n, k, lda, ldc;
+    size_t sa, sc;
+    float alpha, beta;
+    const float *A, *C;
+    size_t a_n, c_n;
+} syrk_args;
+static void run_syrk(etm_backend *be, const void *va, float *out) {
+    const syrk_args *a = va;
+    float *A = dput(be, a->A, a->a_n * sizeof(float));
+    float *C = dput(be, a->C, a->c_n * sizeof(float));
+    be->syrk_batched(be, a->trans, a->count, a->n, a->k, a->alpha, A, a->lda, a->sa, a->beta, C,
+                     a->ldc, a->sc);
+    dget(be, out, C, a->c_n);
+    be->free(be, A);
+    be->free(be, C);
+}
+void etm_cmp_syrk_batched(chk *c) {
+    /* Newton-Schulz's Gram matrices: 3 matrices of (n, k) (A A^T) or (k, n) (A^T A), padded
+     * leading dimensions and strides; C's lower triangle starts as noise the op must overwrite. */
+    enum { count = 3, n = 37, k = 21 };
+    for (int trans = 0; trans < 2; trans++) {
+        int lda = (trans ? n : k) + 3, ldc = n + 2;
+        size_t sa = (size_t)(trans ? k : n) * lda + 5, sc = (size_t)n * ldc + 1;
+        syrk_args a = {trans, count, n, k, lda, ldc, sa, sc, 0.75f, -1.25f, NULL, NULL,
+                       count * sa, count * sc};
+        a.A = h_normal(c, a.a_n, 1.0f);
+        a.C = h_normal(c, a.c_n, 1.0f);
+        part p = {"C", a.c_n, TOL_GEMM};
+        etm_cmp_case(c, trans ? "syrk_batched T (A^T A)" : "syrk_batched N (A A^T)", run_syrk, &a, 1, &p);
+        free((void *)a.A);
+        free((void *)a.C);
+    }
+}
