@@ -1,7 +1,8 @@
 /* check_ops_gemm.c: tests of the backend's matrix products: gemm against a slow double-precision
  * loop for every transpose combination, padded leading dimensions, beta and K = 0 corner cases;
- * gemm_grouped with empty and uneven groups; and byte-identical results with 1, 2 and 3 threads
- * on transformer shapes and on the K that OpenBLAS's own threading rounds differently. */
+ * gemm_grouped with empty and uneven groups; syrk_batched (Muon's symmetric products) against the
+ * same loop; and byte-identical results with 1, 2 and 3 threads on transformer shapes and on the K
+ * that OpenBLAS's own threading rounds differently. */
 #include "ops_testutil.h"
 
 /* C = alpha op(A) op(B) + beta C in double; also the sum of |terms| per element for the error
@@ -272,6 +273,96 @@ START_TEST(gemm_grouped_is_identical_across_thread_counts) {
 }
 END_TEST
 
+/* ---- syrk_batched ---------------------------------------------------------------------------- */
+
+/* count symmetric products of (n, k) (trans 0: C = A A^T) or (k, n) (trans 1: C = A^T A) matrices
+ * at padded strides, against ref_gemm on C with its lower triangle replaced by the upper one (the
+ * op reads only the upper triangle: the lower one starts as NaN and must be overwritten), the
+ * result exactly symmetric and the padding untouched. */
+static void run_syrk_case(etm_backend *be, etm_rng *rng, int trans, int count, int n, int k, int pad,
+                          float alpha, float beta) {
+    int lda = (trans ? n : k) + pad, ldc = n + pad;
+    size_t sa = (size_t)(trans ? k : n) * lda + 3, sc = (size_t)n * ldc + 2;
+    float *A = ops_uniform(rng, (size_t)count * sa, -1, 1);
+    float *C = ops_uniform(rng, (size_t)count * sc, -1, 1);
+    for (int e = 0; e < count; e++)
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++) C[e * sc + (size_t)i * ldc + j] = NAN;
+    float *C0 = ops_copy(C, (size_t)count * sc);
+    double *want = etm_malloc(((size_t)n * n + 1) * sizeof *want);
+    double *mag = etm_malloc(((size_t)n * n + 1) * sizeof *mag);
+    be->syrk_batched(be, trans, count, n, k, alpha, A, lda, sa, beta, C, ldc, sc);
+    for (int e = 0; e < count; e++) {
+        float *c0 = C0 + e * sc, *c = C + e * sc;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++) c0[(size_t)i * ldc + j] = c0[(size_t)j * ldc + i];
+        ref_gemm(trans, !trans, n, n, k, alpha, A + e * sa, lda, A + e * sa, lda, beta, c0, ldc, want,
+                 mag);
+        for (int i = 0; i < n; i++) /* the NaNs of the lower triangle, for check_product's padding test */
+            for (int j = 0; j < i; j++) c0[(size_t)i * ldc + j] = NAN;
+        char what[128];
+        snprintf(what, sizeof what, "syrk_batched trans=%d n %d k %d matrix %d beta %g", trans, n, k, e, beta);
+        check_product(what, c, c0, n, n, ldc, k, want, mag);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++)
+                OPS_REQUIRE(memcmp(&c[(size_t)i * ldc + j], &c[(size_t)j * ldc + i], sizeof *c) == 0,
+                            "%s: C[%d,%d] != C[%d,%d]", what, i, j, j, i);
+    }
+    /* the gaps between the matrices are not written */
+    for (int e = 0; e < count; e++)
+        for (size_t i = (size_t)n * ldc; i < sc; i++)
+            OPS_REQUIRE(memcmp(&C[e * sc + i], &C0[e * sc + i], sizeof *C) == 0,
+                        "syrk_batched wrote past matrix %d", e);
+    free(A);
+    free(C);
+    free(C0);
+    free(want);
+    free(mag);
+}
+
+START_TEST(syrk_batched_matches_loops) {
+    etm_backend *be = ops_backend();
+    etm_rng rng;
+    etm_rng_seed(&rng, 11);
+    for (int trans = 0; trans < 2; trans++) {
+        run_syrk_case(be, &rng, trans, 3, 5, 7, 2, 1.0f, 0.0f);     /* small, beta 0 */
+        run_syrk_case(be, &rng, trans, 2, 400, 37, 3, 2.0315f, -4.775f); /* 2 x 2 blocks (208, 192) */
+        run_syrk_case(be, &rng, trans, 1, 97, 0, 1, 1.0f, 0.5f);    /* k = 0: the upper triangle scaled */
+    }
+    be->syrk_batched(be, 0, 0, 4, 4, 1.0f, NULL, 4, 16, 0.0f, NULL, 4, 16); /* count 0: nothing */
+    etm_backend_free(be);
+}
+END_TEST
+
+START_TEST(syrk_batched_is_identical_across_thread_counts) {
+    etm_backend *be = ops_backend();
+    etm_rng rng;
+    etm_rng_seed(&rng, 12);
+    const int count = 3, n = 520, k = 300; /* 3 x 3 blocks per matrix */
+    float *A = ops_uniform(&rng, (size_t)count * n * k, -1, 1);
+    size_t nc = (size_t)count * n * n;
+    float *C1 = ops_floats(nc), *C = ops_floats(nc);
+    int saved = ops_max_threads();
+    for (int trans = 0; trans < 2; trans++) {
+        ops_set_threads(1);
+        be->syrk_batched(be, trans, count, n, k, 1.0f, A, trans ? n : k, (size_t)n * k, 0.0f, C1, n,
+                         (size_t)n * n);
+        for (int t = 2; t <= 3; t++) {
+            ops_set_threads(t);
+            be->syrk_batched(be, trans, count, n, k, 1.0f, A, trans ? n : k, (size_t)n * k, 0.0f, C, n,
+                             (size_t)n * n);
+            ck_assert_msg(!memcmp(C1, C, nc * sizeof *C), "syrk_batched trans=%d differs between 1 and %d threads",
+                          trans, t);
+        }
+    }
+    ops_set_threads(saved);
+    free(A);
+    free(C1);
+    free(C);
+    etm_backend_free(be);
+}
+END_TEST
+
 static Suite *gemm_suite(void) {
     Suite *s = suite_create("ops_gemm");
     TCase *tc = tcase_create("gemm");
@@ -282,6 +373,8 @@ static Suite *gemm_suite(void) {
     tcase_add_test(tc, gemm_grouped_weight_gradient_form);
     tcase_add_test(tc, gemm_is_identical_across_thread_counts);
     tcase_add_test(tc, gemm_grouped_is_identical_across_thread_counts);
+    tcase_add_test(tc, syrk_batched_matches_loops);
+    tcase_add_test(tc, syrk_batched_is_identical_across_thread_counts);
     suite_add_tcase(s, tc);
     return s;
 }
