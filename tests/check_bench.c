@@ -56,9 +56,13 @@ static double expected_flops_per_token(const etm_hparams *hp, double routed) {
     return 3.0 * (2.0 * active + attention);
 }
 
-/* ns_steps (4 s^2 l + 2 s^3) per matrix, s and l its smaller and larger side. */
+/* ns_steps (4 s^2 l + 2 s^3) per matrix, s and l its smaller and larger side: X X^T (2 s^2 l),
+ * A A (2 s^3), B X (2 s^2 l); with muon_ns_gram = symmetric the first two are upper triangles,
+ * half: ns_steps (3 s^2 l + s^3). */
 static double ns_flops(const etm_hparams *hp, double count, double rows, double cols) {
     double s = rows < cols ? rows : cols, l = rows < cols ? cols : rows;
+    if (hp->muon_ns_gram == ETM_NS_GRAM_SYMMETRIC)
+        return count * hp->ns_steps * (s * s * l + s * s * s + 2 * s * s * l);
     return count * hp->ns_steps * (4 * s * s * l + 2 * s * s * s);
 }
 
@@ -147,11 +151,12 @@ static const etm_bench_op *find_op(const etm_bench_profile *p, const char *name)
     return NULL;
 }
 
-static void run_one(etm_router_kind router, int profile) {
+static void run_one_gram(etm_router_kind router, int profile, etm_ns_gram gram) {
 #ifdef _OPENMP
     omp_set_num_threads(2);
 #endif
     etm_hparams hp = tiny_hp(router);
+    hp.muon_ns_gram = gram;
     etm_error err = {{0}};
     etm_backend *be = etm_backend_create("cpu", &err);
     ck_assert_msg(be != NULL, "%s", err.msg);
@@ -183,6 +188,13 @@ static void run_one(etm_router_kind router, int profile) {
         ck_assert_msg(o && o->calls == adamw, "adamw_update calls %g, want %d", o ? o->calls : -1.0, adamw);
         ck_assert(find_op(op, "gemm") != NULL);
         ck_assert(find_op(op, "attention_forward") == NULL);
+        /* the symmetric products: two per Newton-Schulz iteration of every Muon tensor */
+        o = find_op(op, "syrk_batched");
+        if (gram == ETM_NS_GRAM_SYMMETRIC)
+            ck_assert_msg(o && o->calls > 0 && fmod(o->calls, 2 * hp.ns_steps) == 0, "syrk_batched calls %g",
+                          o ? o->calls : -1.0);
+        else
+            ck_assert(o == NULL);
         /* operations are timed inside their phase: their sum cannot exceed it */
         ck_assert(fb->ops_s <= fb->step_s + 1e-9 && op->ops_s <= op->step_s + 1e-9);
         ck_assert(fb->step_s == r->fwd_s + r->bwd_s && op->step_s == r->opt_s);
@@ -202,6 +214,8 @@ static void run_one(etm_router_kind router, int profile) {
     etm_backend_free(be);
 }
 
+static void run_one(etm_router_kind router, int profile) { run_one_gram(router, profile, ETM_NS_GRAM_FULL); }
+
 START_TEST(test_dense_one_step) { run_one(ETM_ROUTER_DENSE, 0); }
 END_TEST
 
@@ -209,6 +223,18 @@ START_TEST(test_et_one_step_profiled) { run_one(ETM_ROUTER_ET, 1); }
 END_TEST
 
 START_TEST(test_dense_profiled) { run_one(ETM_ROUTER_DENSE, 1); }
+END_TEST
+
+/* muon_ns_gram = symmetric: the optimizer's FLOP count follows it (check_result's formula) and is
+ * 3 s^2 l + s^3 against 4 s^2 l + 2 s^3 of the default. */
+START_TEST(test_et_symmetric_gram) {
+    run_one_gram(ETM_ROUTER_ET, 1, ETM_NS_GRAM_SYMMETRIC);
+    etm_hparams hp = tiny_hp(ETM_ROUTER_ET);
+    double full = expected_optim_flops(&hp);
+    hp.muon_ns_gram = ETM_NS_GRAM_SYMMETRIC;
+    double sym = expected_optim_flops(&hp);
+    ck_assert_msg(sym < 0.8 * full && sym > 0.6 * full, "symmetric %g, full %g", sym, full);
+}
 END_TEST
 
 START_TEST(test_bad_options) {
@@ -326,6 +352,9 @@ START_TEST(test_comm_model_counts) {
     check_comm_model(hp);
     hp.muon_expert_layout = ETM_MUON_STACKED;
     check_comm_model(hp);
+    hp = tiny_hp(ETM_ROUTER_ET);
+    hp.muon_ns_gram = ETM_NS_GRAM_SYMMETRIC;
+    check_comm_model(hp);
     hp = tiny_hp(ETM_ROUTER_DENSE);
     check_comm_model(hp);
     hp = tiny_hp(ETM_ROUTER_TC);
@@ -414,6 +443,7 @@ static Suite *bench_suite(void) {
     tcase_add_test(tc, test_dense_one_step);
     tcase_add_test(tc, test_et_one_step_profiled);
     tcase_add_test(tc, test_dense_profiled);
+    tcase_add_test(tc, test_et_symmetric_gram);
     tcase_add_test(tc, test_bad_options);
     tcase_add_test(tc, test_verb_usage);
     tcase_add_test(tc, test_verb_runs);
