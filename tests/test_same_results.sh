@@ -1,8 +1,9 @@
 #!/bin/sh
 # test_same_results.sh: byte-identical checkpoints from short training runs of the demo model
 # (ET, TC, dense, Muon's stacked expert layout, AdamW for the matrices, issue 15's expert rate
-# scale and matrix-only decay under both matrix optimizers; 4 steps each, ET's warm-up cut to 2 so
-# that threshold routing runs too):
+# scale and matrix-only decay under both matrix optimizers, Newton-Schulz's symmetric products
+# (muon_ns_gram = symmetric: its own bits, which must differ from et's); 4 steps each, ET's
+# warm-up cut to 2 so that threshold routing runs too):
 #  - always: OMP_NUM_THREADS=1 against 2, whole checkpoint files compared with cmp;
 #  - with ETM_BASELINE_ETMOE=/path/to/another/etmoe (for example a build of main): that program
 #    against this one, same runs, same out_dir, cmp. A speed-up that must not change results
@@ -63,7 +64,8 @@ runs=0
 for case in "et" "tc router=tc" "dense router=dense" "stacked muon_expert_layout=stacked" \
     "adamw matrix_optimizer=adamw" \
     "experts lr_expert_scale=0.5 weight_decay=0.01 matrix_weight_decay=0.1 muon_expert_layout=stacked" \
-    "experts-adamw lr_expert_scale=2 matrix_weight_decay=0.05 matrix_optimizer=adamw"; do
+    "experts-adamw lr_expert_scale=2 matrix_weight_decay=0.05 matrix_optimizer=adamw" \
+    "symmetric muon_ns_gram=symmetric"; do
     set -- $case
     name=$1
     shift
@@ -71,6 +73,12 @@ for case in "et" "tc router=tc" "dense router=dense" "stacked muon_expert_layout
     train "$name-t2" "$etmoe" 2 "$@"
     cmp "$tmp/$name-t1.safetensors" "$tmp/$name-t2.safetensors" ||
         fail "$name: 1 and 2 threads give different checkpoints"
+    if [ "$name" = symmetric ]; then # the option changes the arithmetic: not et's tensors
+        data_of "$tmp/et-t2.safetensors" >"$tmp/et.data"
+        data_of "$tmp/$name-t2.safetensors" >"$tmp/this.data"
+        [ -s "$tmp/this.data" ] || fail "$name: no tensor data read from the checkpoint"
+        ! cmp -s "$tmp/et.data" "$tmp/this.data" || fail "$name: the same tensors as et: the key did nothing"
+    fi
     if [ -n "$base" ] && knows_keys "$base" "$@"; then
         train "$name-base" "$base" 2 "$@"
         if ! cmp -s "$tmp/$name-base.safetensors" "$tmp/$name-t2.safetensors"; then
