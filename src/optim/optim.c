@@ -125,15 +125,16 @@ static float *newton_schulz_into(etm_backend *be, float *X, int count, int rows,
             be->copy(be, B, A, (size_t)count * ss * sizeof *B);
             be->syrk_batched(be, ETM_NO_TRANS, count, s, s, NS_C, A, s, ss, NS_B, B, s, ss);
         } else {
-        if (tall) /* A = X^T X (cols, cols) */
-            batched_gemm(be, ETM_TRANS, ETM_NO_TRANS, count, s, s, rows, 1.0f, cur, cols, rc, cur, cols,
-                         rc, 0.0f, A, s, ss);
-        else /* A = X X^T (rows, rows) */
-            batched_gemm(be, ETM_NO_TRANS, ETM_TRANS, count, s, s, cols, 1.0f, cur, cols, rc, cur, cols,
-                         rc, 0.0f, A, s, ss);
-        /* B = b A + c A A */
-        be->copy(be, B, A, (size_t)count * ss * sizeof *B);
-        batched_gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, count, s, s, s, NS_C, A, s, ss, A, s, ss, NS_B, B, s, ss);
+            if (tall) /* A = X^T X (cols, cols) */
+                batched_gemm(be, ETM_TRANS, ETM_NO_TRANS, count, s, s, rows, 1.0f, cur, cols, rc, cur,
+                             cols, rc, 0.0f, A, s, ss);
+            else /* A = X X^T (rows, rows) */
+                batched_gemm(be, ETM_NO_TRANS, ETM_TRANS, count, s, s, cols, 1.0f, cur, cols, rc, cur,
+                             cols, rc, 0.0f, A, s, ss);
+            /* B = b A + c A A */
+            be->copy(be, B, A, (size_t)count * ss * sizeof *B);
+            batched_gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, count, s, s, s, NS_C, A, s, ss, A, s, ss, NS_B, B,
+                         s, ss);
         }
         /* next = a X + B X (wide) or a X + X B (tall) */
         be->copy(be, next, cur, (size_t)count * rc * sizeof *next);
