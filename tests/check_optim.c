@@ -407,7 +407,7 @@ END_TEST
 START_TEST(newton_schulz_symmetric_matches_the_reference_and_the_full_path) {
     etm_backend *be = test_backend();
     static const int shapes[][3] = {{1, 16, 48}, {1, 48, 16}, {1, 32, 32}, {3, 24, 40}, {1, 96, 192},
-                                    {1, 448, 400}, {1, 160, 400}};
+                                    {1, 800, 400}, {1, 160, 400}};
     for (size_t k = 0; k < ETM_ARRAY_LEN(shapes); k++) {
         int count = shapes[k][0], rows = shapes[k][1], cols = shapes[k][2];
         size_t n = (size_t)count * rows * cols;
@@ -420,7 +420,7 @@ START_TEST(newton_schulz_symmetric_matches_the_reference_and_the_full_path) {
         }
         printf("newton-schulz %d x (%d, %d): max |symmetric - full| %.2e (largest element %.3f)\n", count,
                rows, cols, worst, scale);
-        /* fp32 products in another order, through 5 iterations: measured 4.0e-7 to 7.2e-7 on
+        /* fp32 products in another order, through 5 iterations: measured 3.2e-7 to 7.2e-7 on
          * these shapes (elements up to 0.54); the bound leaves a margin for other BLAS builds
          * and still fails for a Gram matrix with a wrong triangle (differences of order 0.1). */
         ck_assert_msg(worst < 2e-5, "(%d, %d, %d): symmetric and full differ by %g", count, rows, cols, worst);
