@@ -203,7 +203,7 @@ START_TEST(configs_without_cutoff_scope_read_as_pool) {
 END_TEST
 
 /* ec_pool_scope came after checkpoints whose expert choice was per micro-batch: without the line,
- * microbatch; step is taken with ec, and refused (naming where it was set) with the routers and
+ * microbatch; step is taken with ec and et, and refused (naming where it was set) with the routers and
  * settings it is not built for. */
 START_TEST(ec_pool_scope_defaults_reads_and_refusals) {
     etm_hparams hp, back;
@@ -225,10 +225,12 @@ START_TEST(ec_pool_scope_defaults_reads_and_refusals) {
     ck_assert_msg(etm_hparams_from_string(&hp, "router = ec\nec_pool_scope = step\n", "run.conf", &err) == 0,
                   "%s", err.msg);
     ck_assert_int_eq(hp.ec_pool_scope, ETM_EC_POOL_STEP);
+    etm_hparams_defaults(&hp);
+    ck_assert_msg(etm_hparams_from_string(&hp, "router = et\nec_pool_scope = step\n", "run.conf", &err) == 0,
+                  "%s", err.msg);
     const char *bad[][2] = {
         {"router = dense\nec_pool_scope = step\n", "router = dense"},
         {"router = tc\nec_pool_scope = step\n", "router = tc"},
-        {"router = et\nec_pool_scope = step\n", "warm-up"},
         {"router = ec\nec_pool_scope = step\npool_seqs = 1\n", "pool_seqs"},
         {"router = ec\nec_pool_scope = step\nrouter_activation = softmax_k\n", "softmax_k"},
         {"router = ec\nec_pool_scope = global\n", "ec_pool_scope"},

@@ -309,7 +309,8 @@ static void slow_expert_choice(const float *r, int rows, int E, int kt, uint8_t 
  * logits concatenated in order (the logits those forwards computed), and differs from selecting
  * within each micro-batch. Layer 0 is dense and layer 2 sees layer 1's pooled routing. */
 START_TEST(ec_step_pool_selects_over_the_concatenated_logits) {
-    etm_hparams hp = test_tiny_hparams(ETM_ROUTER_EC);
+    /* _i: 0 ec; 1 et, whose first step routes by EC (its warm-up) */
+    etm_hparams hp = test_tiny_hparams(_i == 0 ? ETM_ROUTER_EC : ETM_ROUTER_ET);
     hp.ec_pool_scope = ETM_EC_POOL_STEP;
     hp.grad_accum = 2;
     etm_error err = {{0}};
@@ -326,6 +327,7 @@ START_TEST(ec_step_pool_selects_over_the_concatenated_logits) {
         tokens[i] = (int32_t)etm_rng_below(&rng, (uint32_t)hp.vocab_size);
         targets[i] = (int32_t)etm_rng_below(&rng, (uint32_t)hp.vocab_size);
     }
+    ck_assert(etm_model_step_routing_needed(m));
     ck_assert_msg(etm_model_route_step(m, tokens, A, B, T, 0, A, NULL, NULL, &err) == 0, "%s", err.msg);
     size_t NE = (size_t)N * E;
     float *logits = malloc((size_t)L * A * NE * sizeof(float));
@@ -368,8 +370,8 @@ START_TEST(ec_step_pool_selects_over_the_concatenated_logits) {
 END_TEST
 
 /* _i: 0 the tiny config; 1 and 2 et_cutoff_scope = step and microbatch over pooled micro-batches
- * (two per step), past the warm-up so that the thresholds route; 3 router = ec with
- * ec_pool_scope = step (the routing pass) */
+ * (two per step), past the warm-up so that the thresholds route; 3 router = ec and 4 et with
+ * ec_pool_scope = step (the routing pass; et's during its warm-up) */
 START_TEST(runs_are_deterministic_across_thread_counts) {
     fixture fx;
     fixture_make(&fx);
@@ -379,9 +381,9 @@ START_TEST(runs_are_deterministic_across_thread_counts) {
         set(&hp, "pool_seqs=1");
         set(&hp, "et_warmup_steps=1");
     }
-    if (_i == 3) {
+    if (_i >= 3) {
         set(&hp, "pool_seqs=0");
-        set(&hp, "router=ec");
+        set(&hp, _i == 3 ? "router=ec" : "router=et");
         set(&hp, "ec_pool_scope=step");
     }
     set(&hp, "max_steps=4");
@@ -992,8 +994,8 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, resume_is_byte_exact);
-    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 4);
-    tcase_add_test(tc, ec_step_pool_selects_over_the_concatenated_logits);
+    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 5);
+    tcase_add_loop_test(tc, ec_step_pool_selects_over_the_concatenated_logits, 0, 2);
     tcase_add_test(tc, nan_loss_stops_and_keeps_the_last_good_checkpoint);
     tcase_add_test(tc, huge_learning_rate_stops_before_saving_a_bad_state);
     tcase_add_test(tc, loss_falls_well_below_the_unigram_entropy);

@@ -69,6 +69,8 @@ same tc-none-2x2 2 2 "router=tc tc_balance=none"
 # every rank's logits per layer
 same ec-step 2 1 "router=ec ec_pool_scope=step"
 same ec-step-2x2 2 2 "router=ec ec_pool_scope=step"
+# et's EC warm-up over the whole step (steps 1-2), then thresholds (steps 3-4)
+same et-ec-step 2 1 "router=et et_warmup_steps=2 ec_pool_scope=step"
 same tc-none-4x1 4 1 "router=tc tc_balance=none"
 
 # resume across rank counts: 2 ranks for 2 steps then 1 process (grad_accum 2) for 2 more, and

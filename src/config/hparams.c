@@ -90,7 +90,7 @@ static const key_info keys[] = {
     FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
     ENM(et_capacity_mode, "moe", clamp_names, "et: positive (clamp when et_capacity > 0) or always (0 = exactly k_target)"),
     ENM(et_cutoff_scope, "moe", cutoff_scope_names, "ec, et: cut-off over each pool (mean), the micro-batch, or the optimizer step"),
-    ENM(ec_pool_scope, "moe", ec_pool_scope_names, "ec training: each expert picks its tokens within the micro-batch's pools, or over the whole optimizer step"),
+    ENM(ec_pool_scope, "moe", ec_pool_scope_names, "ec training, et warm-up: each expert picks its tokens within the micro-batch's pools, or over the whole optimizer step"),
 
     {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
     INT(batch_size, "optim", 1, "sequences per micro-batch"),
@@ -552,14 +552,10 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
     /* ec_pool_scope = step: a routing pass before each step selects over every token of the step
      * (router_pool.h); what it cannot do yet is refused rather than silently done otherwise. */
     if (hp->ec_pool_scope == ETM_EC_POOL_STEP) {
-        if (hp->router == ETM_ROUTER_ET)
+        if (hp->router != ETM_ROUTER_EC && hp->router != ETM_ROUTER_ET)
             return invalid(err, o, "ec_pool_scope router",
-                           "ec_pool_scope = step with router = et: not built for ET's EC warm-up "
-                           "yet (use et_cutoff_scope = step for step-wide thresholds)");
-        if (hp->router != ETM_ROUTER_EC)
-            return invalid(err, o, "ec_pool_scope router",
-                           "ec_pool_scope = step needs router = ec (router = %s has no expert-choice pools)",
-                           router_names[hp->router]);
+                           "ec_pool_scope = step needs router = ec or et (router = %s has no "
+                           "expert-choice pools)", router_names[hp->router]);
         if (hp->pool_seqs > 0)
             return invalid(err, o, "ec_pool_scope pool_seqs",
                            "ec_pool_scope = step pools the whole step: pool_seqs = %d must be 0",

@@ -100,7 +100,8 @@ void etm_model_memory_estimate(const etm_hparams *hp, int max_batch, int trainin
          * more ranks the pooled logits, selection and its backend copy grow with the ranks):
          * residual streams, this process's and the pooled logits, the pooled selection on the host
          * and the backend, and every MoE layer's kept selections */
-        if (training && hp->router == ETM_ROUTER_EC && hp->ec_pool_scope == ETM_EC_POOL_STEP) {
+        if (training && (hp->router == ETM_ROUTER_EC || hp->router == ETM_ROUTER_ET) &&
+            hp->ec_pool_scope == ETM_EC_POOL_STEP) {
             double A = hp->grad_accum > 0 ? hp->grad_accum : 1;
             out->routing += A * (N * D * f + 3 * NE * f + 2 * NE + moe_layers * NE);
         }
@@ -563,6 +564,9 @@ int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, i
             be->copy(be, ri, a->resid, ND * sizeof(float));
         }
         if (!m->moe[l]) continue;
+        /* every MoE layer of a model has the same kind and step counts, so the same rule */
+        if (etm_router_rule(etm_moe_router(m->moe[l]), ETM_MOE_TRAIN) != ETM_RULE_EC)
+            return etm_fail(err, "routing pass: layer %d does not route by expert choice now", l);
         if (gather) {
             if (gather(ctx, m->pool_mine, (size_t)n_mb * NE, m->pool_logits, err) != 0) return -1;
         } else {
@@ -583,6 +587,13 @@ int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, i
             be->copy(be, ri, a->resid, ND * sizeof(float));
         }
     }
+    return 0;
+}
+
+int etm_model_step_routing_needed(const etm_model *m) {
+    if (m->hp.ec_pool_scope != ETM_EC_POOL_STEP) return 0;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        if (m->moe[l] && etm_router_rule(etm_moe_router(m->moe[l]), ETM_MOE_TRAIN) == ETM_RULE_EC) return 1;
     return 0;
 }
 

@@ -200,7 +200,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
                       etm_moe_mode mode, double *loss, etm_error *err);
 
 /* ec_pool_scope = step (router_pool.h, doc/distributed.md): the routing pass of one optimizer
- * step. tokens holds this process's n_mb micro-batches of B sequences of T tokens (host,
+ * step, while the MoE layers route by expert choice (etm_model_step_routing_needed; -1 otherwise). tokens holds this process's n_mb micro-batches of B sequences of T tokens (host,
  * n_mb B T), which are micro-batches first_mb .. first_mb + n_mb - 1 of the step's n_all. The
  * micro-batches advance together layer by layer without gradients, keeping only their residual
  * streams; at each MoE layer their router logits (etm_moe_router_logits) are pooled in
@@ -212,6 +212,9 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
 typedef int (*etm_pool_gather_fn)(void *ctx, const float *mine, size_t n_floats, float *all, etm_error *err);
 int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, int T, int first_mb,
                          int n_all, etm_pool_gather_fn gather, void *ctx, etm_error *err);
+/* Whether this step's TRAIN forwards want the routing pass: ec_pool_scope = step and the MoE
+ * layers route by expert choice in TRAIN now (ec always; et during its EC warm-up). */
+int etm_model_step_routing_needed(const etm_model *m);
 /* Arms every MoE layer's router with micro-batch a's (0..n_mb-1 of the last routing pass)
  * selection for the next TRAIN forward (router.h etm_router_use_mask; that forward records for
  * step_end as usual). */

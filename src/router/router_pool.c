@@ -30,13 +30,15 @@ void etm_ec_pool_free(etm_ec_pool *p) {
     free(p);
 }
 
-int etm_ec_pool_k_target(const etm_hparams *hp, size_t rows) {
+static int k_target_of(size_t rows, int top_k, int E) {
     /* in 64 bits: rows x top_k may pass INT_MAX before the division */
-    long long k = (long long)rows * hp->top_k / hp->n_routed;
+    long long k = (long long)rows * top_k / E;
     if (k < 1) k = 1;
     if (k > (long long)rows) k = (long long)rows;
     return (int)k;
 }
+
+int etm_ec_pool_k_target(const etm_hparams *hp, size_t rows) { return k_target_of(rows, hp->top_k, hp->n_routed); }
 
 int etm_ec_pool_select(etm_ec_pool *p, const float *logits, size_t rows, uint8_t *mask, etm_error *err) {
     etm_backend *be = p->be;
@@ -51,8 +53,7 @@ int etm_ec_pool_select(etm_ec_pool *p, const float *logits, size_t rows, uint8_t
         p->cap = rows;
     }
     int n = (int)rows;
-    long long k = (long long)rows * p->top_k / p->E;
-    int kt = (int)(k < 1 ? 1 : k > n ? n : k);
+    int kt = k_target_of(rows, p->top_k, p->E);
     be->upload(be, p->logits, logits, rows * E * sizeof(float));
     be->select_columns(be, p->mask, p->logits, NULL, NULL, n, p->E, n, kt, kt);
     be->download(be, mask, p->mask, rows * E);

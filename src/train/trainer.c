@@ -584,7 +584,7 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
     layer_acc_reset(r);
     /* ec_pool_scope = step: the step's micro-batches are read first (each rank keeping its own)
      * and routed together (model.h etm_model_route_step); the forwards below use that routing */
-    int pooled = hp->ec_pool_scope == ETM_EC_POOL_STEP;
+    int pooled = etm_model_step_routing_needed(m); /* et: during its EC warm-up only */
     size_t BT = (size_t)B * T;
     for (int j = 0; pooled && j < A; j++) {
         int a = j - r->rank * LA, mine = a >= 0 && a < LA;
