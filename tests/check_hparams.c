@@ -204,6 +204,47 @@ START_TEST(configs_without_cutoff_scope_read_as_pool) {
 }
 END_TEST
 
+/* ec_pool_scope came after checkpoints whose expert choice was per micro-batch: without the line,
+ * microbatch; step is taken with ec and et, and refused (naming where it was set) with the routers and
+ * settings it is not built for. */
+START_TEST(ec_pool_scope_defaults_reads_and_refusals) {
+    etm_hparams hp, back;
+    etm_hparams_defaults(&hp);
+    ck_assert_int_eq(hp.ec_pool_scope, ETM_EC_POOL_MICROBATCH);
+    hp.router = ETM_ROUTER_EC;
+    hp.ec_pool_scope = ETM_EC_POOL_STEP;
+    char *text = etm_hparams_to_string(&hp);
+    const char *key = "\nec_pool_scope = step";
+    char *line = strstr(text, key);
+    ck_assert_ptr_nonnull(line);
+    memmove(line, line + strlen(key), strlen(line + strlen(key)) + 1);
+    ck_assert_ptr_null(strstr(text, "ec_pool_scope"));
+    etm_error err = {{0}};
+    ck_assert_msg(etm_hparams_from_string(&back, text, "old.safetensors", &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(back.ec_pool_scope, ETM_EC_POOL_MICROBATCH);
+    free(text);
+    etm_hparams_defaults(&hp);
+    ck_assert_msg(etm_hparams_from_string(&hp, "router = ec\nec_pool_scope = step\n", "run.conf", &err) == 0,
+                  "%s", err.msg);
+    ck_assert_int_eq(hp.ec_pool_scope, ETM_EC_POOL_STEP);
+    etm_hparams_defaults(&hp);
+    ck_assert_msg(etm_hparams_from_string(&hp, "router = et\nec_pool_scope = step\n", "run.conf", &err) == 0,
+                  "%s", err.msg);
+    const char *bad[][2] = {
+        {"router = dense\nec_pool_scope = step\n", "router = dense"},
+        {"router = tc\nec_pool_scope = step\n", "router = tc"},
+        {"router = ec\nec_pool_scope = step\npool_seqs = 1\n", "pool_seqs"},
+        {"router = ec\nec_pool_scope = step\nrouter_activation = softmax_k\n", "softmax_k"},
+        {"router = ec\nec_pool_scope = global\n", "ec_pool_scope"},
+    };
+    for (size_t i = 0; i < ETM_ARRAY_LEN(bad); i++) {
+        etm_hparams_defaults(&hp);
+        ck_assert_int_ne(etm_hparams_from_string(&hp, bad[i][0], "run.conf", &err), 0);
+        ck_assert_msg(strstr(err.msg, bad[i][1]) && strstr(err.msg, "run.conf:2"), "case %zu: %s", i, err.msg);
+    }
+}
+END_TEST
+
 /* lr_expert_scale and matrix_weight_decay (issue 15) came after checkpoints trained with an
  * unscaled expert rate and weight_decay on every group: without their lines, 1 and inherit.
  * "inherit" is printed and read back as itself; a number as the number. */
@@ -620,6 +661,7 @@ static Suite *hparams_suite(void) {
     tcase_add_loop_test(tc, configs_older_than_a_key_keep_its_old_behaviour, 0, (int)ETM_ARRAY_LEN(older_keys));
     tcase_add_test(tc, router_activation_rejects_what_tc_cannot_use);
     tcase_add_test(tc, configs_without_cutoff_scope_read_as_pool);
+    tcase_add_test(tc, ec_pool_scope_defaults_reads_and_refusals);
     tcase_add_test(tc, configs_without_expert_scale_or_matrix_decay_read_as_before);
     tcase_add_test(tc, every_key_is_documented);
     tcase_add_test(tc, set_parses_each_type);

@@ -25,6 +25,8 @@
 #include "checkpoint.h"
 #include "hparams.h"
 #include "loader.h"
+#include "model.h"
+#include "moe.h"
 #include "rng.h"
 #include "safetensors.h"
 #include "shard.h"
@@ -286,8 +288,90 @@ START_TEST(resume_is_byte_exact) {
 }
 END_TEST
 
+/* ---- ec_pool_scope = step ------------------------------------------------------------------ */
+
+/* The slow reference of expert choice over one pool: row t of column e is taken when fewer than kt
+ * rows of the pool come before it (a larger logit, or an equal one earlier). */
+static void slow_expert_choice(const float *r, int rows, int E, int kt, uint8_t *mask) {
+    for (int t = 0; t < rows; t++)
+        for (int e = 0; e < E; e++) {
+            int before = 0;
+            for (int u = 0; u < rows; u++) {
+                float a = r[(size_t)u * E + e], b = r[(size_t)t * E + e];
+                before += a > b || (a == b && u < t);
+            }
+            mask[(size_t)t * E + e] = before < kt;
+        }
+}
+
+/* Two micro-batches routed as one step's pool: each MoE layer's selection (the stored one, and the
+ * mask the training forward then used) is the slow loop's top k_target over both micro-batches'
+ * logits concatenated in order (the logits those forwards computed), and differs from selecting
+ * within each micro-batch. Layer 0 is dense and layer 2 sees layer 1's pooled routing. */
+START_TEST(ec_step_pool_selects_over_the_concatenated_logits) {
+    /* _i: 0 ec; 1 et, whose first step routes by EC (its warm-up) */
+    etm_hparams hp = test_tiny_hparams(_i == 0 ? ETM_ROUTER_EC : ETM_ROUTER_ET);
+    hp.ec_pool_scope = ETM_EC_POOL_STEP;
+    hp.grad_accum = 2;
+    etm_error err = {{0}};
+    ck_assert_msg(etm_hparams_validate(&hp, &err) == 0, "%s", err.msg);
+    etm_backend *be = test_backend();
+    int B = hp.batch_size, T = hp.seq_len, N = B * T, E = hp.n_routed, L = hp.n_layer, A = 2;
+    etm_model *m = etm_model_create(be, &hp, B, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    int32_t tokens[2 * 16], targets[2 * 16];
+    ck_assert_int_le(A * N, 32);
+    etm_rng rng;
+    etm_rng_seed(&rng, 7);
+    for (int i = 0; i < A * N; i++) {
+        tokens[i] = (int32_t)etm_rng_below(&rng, (uint32_t)hp.vocab_size);
+        targets[i] = (int32_t)etm_rng_below(&rng, (uint32_t)hp.vocab_size);
+    }
+    ck_assert(etm_model_step_routing_needed(m));
+    ck_assert_msg(etm_model_route_step(m, tokens, A, B, T, 0, A, NULL, NULL, &err) == 0, "%s", err.msg);
+    size_t NE = (size_t)N * E;
+    float *logits = malloc((size_t)L * A * NE * sizeof(float));
+    uint8_t *used = malloc((size_t)L * A * NE), *want = malloc((size_t)A * NE), *own = malloc(NE);
+    for (int a = 0; a < A; a++) {
+        double loss;
+        etm_model_use_step_routing(m, a);
+        ck_assert_msg(etm_model_forward(m, tokens + a * N, targets + a * N, B, T, ETM_MOE_TRAIN, &loss, &err) == 0,
+                      "%s", err.msg);
+        for (int l = 0; l < L; l++) {
+            if (!m->moe[l]) continue;
+            be->download(be, logits + ((size_t)l * A + a) * NE, etm_moe_logits(m->moe[l]), NE * sizeof(float));
+            be->download(be, used + ((size_t)l * A + a) * NE, etm_moe_mask(m->moe[l]), NE);
+        }
+    }
+    int kt = A * N * hp.top_k / E, kt_mb = N * hp.top_k / E, layers = 0, differs = 0;
+    for (int l = 0; l < L; l++) {
+        if (!m->moe[l]) continue;
+        layers++;
+        slow_expert_choice(logits + (size_t)l * A * NE, A * N, E, kt, want);
+        for (int a = 0; a < A; a++) {
+            const uint8_t *w = want + a * NE;
+            ck_assert_msg(memcmp(etm_model_step_mask(m, l, a), w, NE) == 0,
+                          "layer %d micro-batch %d: the stored selection is not the pooled top-k", l, a);
+            ck_assert_msg(memcmp(used + ((size_t)l * A + a) * NE, w, NE) == 0,
+                          "layer %d micro-batch %d: the forward did not route by the pooled selection", l, a);
+            slow_expert_choice(logits + ((size_t)l * A + a) * NE, N, E, kt_mb, own);
+            differs += memcmp(own, w, NE) != 0;
+        }
+    }
+    ck_assert_int_eq(layers, 2);
+    ck_assert_msg(differs > 0, "the pooled selection equals the per-micro-batch one: the case tests nothing");
+    free(logits);
+    free(used);
+    free(want);
+    free(own);
+    etm_model_free(m);
+    etm_backend_free(be);
+}
+END_TEST
+
 /* _i: 0 the tiny config; 1 and 2 et_cutoff_scope = step and microbatch over pooled micro-batches
- * (two per step), past the warm-up so that the thresholds route */
+ * (two per step), past the warm-up so that the thresholds route; 3 router = ec and 4 et with
+ * ec_pool_scope = step (the routing pass; et's during its warm-up) */
 START_TEST(runs_are_deterministic_across_thread_counts) {
     fixture fx;
     fixture_make(&fx);
@@ -296,6 +380,11 @@ START_TEST(runs_are_deterministic_across_thread_counts) {
         set(&hp, _i == 1 ? "et_cutoff_scope=step" : "et_cutoff_scope=microbatch");
         set(&hp, "pool_seqs=1");
         set(&hp, "et_warmup_steps=1");
+    }
+    if (_i >= 3) {
+        set(&hp, "pool_seqs=0");
+        set(&hp, _i == 3 ? "router=ec" : "router=et");
+        set(&hp, "ec_pool_scope=step");
     }
     set(&hp, "max_steps=4");
     set(&hp, "d_model=64");
@@ -905,7 +994,8 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, resume_is_byte_exact);
-    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 3);
+    tcase_add_loop_test(tc, runs_are_deterministic_across_thread_counts, 0, 5);
+    tcase_add_loop_test(tc, ec_step_pool_selects_over_the_concatenated_logits, 0, 2);
     tcase_add_test(tc, nan_loss_stops_and_keeps_the_last_good_checkpoint);
     tcase_add_test(tc, huge_learning_rate_stops_before_saving_a_bad_state);
     tcase_add_test(tc, loss_falls_well_below_the_unigram_entropy);

@@ -109,6 +109,7 @@ fi
 expect 2 "unknown backend 'nope'" "$etmoe" train demo $tiny out_dir=r2 --backend nope
 no_dir r2
 expect 2 "--help-keys lists the keys" "$etmoe" bench demo foo=1
+expect 1 "ec_pool_scope = step is not measured" "$etmoe" bench demo router=ec ec_pool_scope=step --steps 1 --warmup 0
 expect 2 "--help-keys lists the keys" "$etmoe" train demo foo=1 out_dir=r3
 no_dir r3
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # test_mpi.sh: data-parallel training over MPI (doc/distributed.md), the contract of issue 11:
 # `mpirun -np N` with grad_accum = A writes the same checkpoint, byte for byte, as one process
-# with grad_accum = N x A, for every router kind, Muon and AdamW, clipping and capacity; np 3 for
+# with grad_accum = N x A, for every router kind (ec with ec_pool_scope = step too), Muon and AdamW, clipping and capacity; np 3 for
 # an uneven split; the metrics, validation (split over the ranks) included, equal; every rank's parameters, optimizer and router state identical to rank 0's after
 # every step (--check-replicas: distributed Muon, router records); resume 2 -> 1 and 1 -> 2 ranks; mismatched configurations refused at start; a
 # rank killed mid-run leaves a loadable latest checkpoint. Skips (77) without MPI or mpirun.
@@ -65,6 +65,12 @@ same et-uneven 3 1 "router=et et_warmup_steps=1"
 same et-step 2 1 "router=et et_warmup_steps=1 et_cutoff_scope=step"
 same et-step-2x2 2 2 "router=et et_warmup_steps=1 et_cutoff_scope=step"
 same tc-none-2x2 2 2 "router=tc tc_balance=none"
+# expert choice over the whole step's tokens (ec_pool_scope = step): the routing pass gathers
+# every rank's logits per layer
+same ec-step 2 1 "router=ec ec_pool_scope=step"
+same ec-step-2x2 2 2 "router=ec ec_pool_scope=step"
+# et's EC warm-up over the whole step (steps 1-2), then thresholds (steps 3-4)
+same et-ec-step 2 1 "router=et et_warmup_steps=2 ec_pool_scope=step"
 same tc-none-4x1 4 1 "router=tc tc_balance=none"
 
 # resume across rank counts: 2 ranks for 2 steps then 1 process (grad_accum 2) for 2 more, and

@@ -2,8 +2,10 @@
 # test_same_results.sh: byte-identical checkpoints from short training runs of the demo model
 # (ET, TC, dense, Muon's stacked expert layout, AdamW for the matrices, issue 15's expert rate
 # scale and matrix-only decay under both matrix optimizers, Newton-Schulz's symmetric products
-# (muon_ns_gram = symmetric: its own bits, which must differ from et's); 4 steps each, ET's
-# warm-up cut to 2 so that threshold routing runs too):
+# (muon_ns_gram = symmetric: its own bits, which must differ from et's), EC over two
+# micro-batches with ec_pool_scope = microbatch and step (the routing pass), and ET's EC warm-up
+# with ec_pool_scope = step; 4 steps each, ET's warm-up cut to 2 so that threshold routing runs
+# too):
 #  - always: OMP_NUM_THREADS=1 against 2, whole checkpoint files compared with cmp;
 #  - with ETM_BASELINE_ETMOE=/path/to/another/etmoe (for example a build of main): that program
 #    against this one, same runs, same out_dir, cmp. A speed-up that must not change results
@@ -65,7 +67,9 @@ for case in "et" "tc router=tc" "dense router=dense" "stacked muon_expert_layout
     "adamw matrix_optimizer=adamw" \
     "experts lr_expert_scale=0.5 weight_decay=0.01 matrix_weight_decay=0.1 muon_expert_layout=stacked" \
     "experts-adamw lr_expert_scale=2 matrix_weight_decay=0.05 matrix_optimizer=adamw" \
-    "symmetric muon_ns_gram=symmetric"; do
+    "symmetric muon_ns_gram=symmetric" \
+    "ec router=ec grad_accum=2" "ec-step router=ec ec_pool_scope=step grad_accum=2" \
+    "et-ec-step ec_pool_scope=step grad_accum=2"; do
     set -- $case
     name=$1
     shift

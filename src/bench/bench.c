@@ -215,6 +215,10 @@ int etm_bench_run(etm_backend *be, const etm_hparams *hp, const etm_bench_option
     if (opt->ceiling_reps < 1)
         return etm_fail(err, "bench: ceiling_reps=%d must be >= 1", opt->ceiling_reps);
     if (etm_hparams_validate(hp, err) != 0) return -1;
+    /* bench times one micro-batch's forward and backward; the routing pass is not part of it */
+    if (hp->ec_pool_scope == ETM_EC_POOL_STEP)
+        return etm_fail(err, "bench: ec_pool_scope = step is not measured (its routing pass is not in the "
+                             "bench loop); bench ec_pool_scope = microbatch");
     memset(out, 0, sizeof *out);
     snprintf(out->backend, sizeof out->backend, "%s", be->name);
     out->threads = openmp_threads();

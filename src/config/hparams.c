@@ -24,6 +24,7 @@ typedef char enum_is_int_sized[(sizeof(etm_router_kind) == sizeof(int) &&
                                 sizeof(etm_balance_kind) == sizeof(int) &&
                                 sizeof(etm_clamp_mode) == sizeof(int) &&
                                 sizeof(etm_cutoff_scope) == sizeof(int) &&
+                                sizeof(etm_ec_pool_scope) == sizeof(int) &&
                                 sizeof(etm_matrix_optimizer) == sizeof(int) &&
                                 sizeof(etm_muon_layout) == sizeof(int) &&
                                 sizeof(etm_ns_gram) == sizeof(int)) ? 1 : -1];
@@ -41,6 +42,7 @@ static const char *const gate_names[] = {"sigmoid", "relu", "softmax_e", "softma
 static const char *const balance_names[] = {"none", "aux", "switch", "lossfree", "aux_error", NULL};
 static const char *const clamp_names[] = {"positive", "always", NULL};
 static const char *const cutoff_scope_names[] = {"pool", "microbatch", "step", NULL};
+static const char *const ec_pool_scope_names[] = {"microbatch", "step", NULL};
 static const char *const optimizer_names[] = {"muon", "adamw", NULL};
 static const char *const muon_layout_names[] = {"per_expert", "stacked", NULL};
 static const char *const ns_gram_names[] = {"full", "symmetric", NULL};
@@ -90,6 +92,7 @@ static const key_info keys[] = {
     FLT(et_capacity, "moe", "et: capacity clamp C, loads kept in [(1-C), (1+C)] k_target (0 = off)"),
     ENM(et_capacity_mode, "moe", clamp_names, "et: positive (clamp when et_capacity > 0) or always (0 = exactly k_target)"),
     ENM(et_cutoff_scope, "moe", cutoff_scope_names, "ec, et: cut-off over each pool (mean), the micro-batch, or the optimizer step"),
+    ENM(ec_pool_scope, "moe", ec_pool_scope_names, "ec training, et warm-up: each expert picks its tokens within the micro-batch's pools, or over the whole optimizer step"),
 
     {"seed", "optim", KEY_U64, OFF(seed), sizeof(uint64_t), 0, NULL, "seed of initialisation and data order"},
     INT(batch_size, "optim", 1, "sequences per micro-batch"),
@@ -165,6 +168,7 @@ void etm_hparams_defaults(etm_hparams *hp) {
     hp->et_capacity = 0.0f;
     hp->et_capacity_mode = ETM_CLAMP_POSITIVE;
     hp->et_cutoff_scope = ETM_CUTOFF_POOL;
+    hp->ec_pool_scope = ETM_EC_POOL_MICROBATCH;
 
     hp->seed = 1337;
     hp->batch_size = 16;
@@ -548,6 +552,23 @@ static int validate(const etm_hparams *hp, const origins *o, etm_error *err) {
                                "one token at top_k = %d (k_target = pool * top_k / n_routed < 1)",
                                pool, hp->n_routed, hp->top_k);
         }
+    }
+
+    /* ec_pool_scope = step: a routing pass before each step selects over every token of the step
+     * (router_pool.h); what it cannot do yet is refused rather than silently done otherwise. */
+    if (hp->ec_pool_scope == ETM_EC_POOL_STEP) {
+        if (hp->router != ETM_ROUTER_EC && hp->router != ETM_ROUTER_ET)
+            return invalid(err, o, "ec_pool_scope router",
+                           "ec_pool_scope = step needs router = ec or et (router = %s has no "
+                           "expert-choice pools)", router_names[hp->router]);
+        if (hp->pool_seqs > 0)
+            return invalid(err, o, "ec_pool_scope pool_seqs",
+                           "ec_pool_scope = step pools the whole step: pool_seqs = %d must be 0",
+                           hp->pool_seqs);
+        if (hp->router_activation == ETM_GATE_SOFTMAX_K)
+            return invalid(err, o, "ec_pool_scope router_activation",
+                           "ec_pool_scope = step with router_activation = softmax_k: the gates would "
+                           "be a softmax over one micro-batch while the pool is the step; not built");
     }
 
     /* Strings that must name something. */

@@ -45,6 +45,11 @@ typedef enum {
     ETM_CUTOFF_MICROBATCH, /* the whole micro-batch as one pool (the authors' threshold mode) */
     ETM_CUTOFF_STEP        /* every token of the optimizer step as one pool ("global") */
 } etm_cutoff_scope;
+typedef enum {
+    ETM_EC_POOL_MICROBATCH = 0, /* ec training (et's EC phase) selects within each micro-batch's pools */
+    ETM_EC_POOL_STEP            /* ... selects over every token of the optimizer step (all
+                                   micro-batches, all ranks): src/router/router_pool.h */
+} etm_ec_pool_scope;
 typedef enum { ETM_OPT_MUON = 0, ETM_OPT_ADAMW } etm_matrix_optimizer;
 typedef enum {
     ETM_MUON_PER_EXPERT = 0, /* an (E, rows, cols) expert tensor is E matrices, each orthogonalised */
@@ -92,6 +97,8 @@ typedef struct {
     etm_clamp_mode et_capacity_mode; /* et: positive (clamp when C > 0) | always (C = 0: exactly k_target) */
     etm_cutoff_scope et_cutoff_scope; /* ec, et: the tokens one cut-off is taken over: pool |
                                          microbatch | step (router.h) */
+    etm_ec_pool_scope ec_pool_scope; /* ec, et's EC phase: the tokens an expert picks its k_target from in training:
+                                        microbatch (pools of pool_seqs) | step (router_pool.h) */
 
     /* ---- optimisation ---- */
     uint64_t seed;

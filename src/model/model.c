@@ -4,6 +4,7 @@
 
 #include "model.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "rng.h"
+#include "router_pool.h"
 
 /* ---- settings ------------------------------------------------------------------------------ */
 
@@ -94,6 +96,15 @@ void etm_model_memory_estimate(const etm_hparams *hp, int max_batch, int trainin
                        + 3 * NE * f + 4 * NE            /* router scores, prob, selection; masks */
                        + pairs * (3 * D + 4 * Hx + 2) * f; /* expert pair buffers, forward and backward */
         out->routing = moe_layers * layer;
+        /* ec_pool_scope = step's routing pass over grad_accum micro-batches (one process's; on
+         * more ranks the pooled logits, selection and its backend copy grow with the ranks):
+         * residual streams, this process's and the pooled logits, the pooled selection on the host
+         * and the backend, and every MoE layer's kept selections */
+        if (training && (hp->router == ETM_ROUTER_EC || hp->router == ETM_ROUTER_ET) &&
+            hp->ec_pool_scope == ETM_EC_POOL_STEP) {
+            double A = hp->grad_accum > 0 ? hp->grad_accum : 1;
+            out->routing += A * (N * D * f + 3 * NE * f + 2 * NE + moe_layers * NE);
+        }
     }
     out->total = out->params + out->grads + out->optimizer + out->activations + out->routing;
 }
@@ -381,6 +392,12 @@ void etm_model_free(etm_model *m) {
     free(m->g.layers);
     free(m->table);
     free(m->host_losses);
+    etm_ec_pool_free(m->pool);
+    if (m->pool_resid) be->free(be, m->pool_resid);
+    free(m->pool_mine);
+    free(m->pool_logits);
+    free(m->pool_all_mask);
+    free(m->pool_masks);
     free(m);
 }
 
@@ -400,6 +417,30 @@ static void linear_backward(etm_backend *be, float *dx, float *dW, const float *
     be->gemm(be, ETM_NO_TRANS, ETM_NO_TRANS, N, in, out, 1.0f, dy, out, W, in, dx_beta, dx, in);
 }
 
+/* a->resid += layer l's attention of norm(a->resid), keeping what backward needs in its acts; q and
+ * k before QK-norm live in the (idle) gradient scratch. */
+static void attention_forward(etm_model *m, int l, int B, int T) {
+    const etm_hparams *hp = &m->hp;
+    etm_backend *be = m->be;
+    int N = B * T, D = hp->d_model, hd = etm_head_dim(hp);
+    int H = hp->n_head, Hkv = hp->n_kv_head, HD = H * hd, KVD = Hkv * hd;
+    float eps = hp->norm_eps;
+    const etm_layer_weights *w = &m->w.layers[l];
+    etm_layer_acts *la = &m->acts.layers[l];
+    etm_acts *a = &m->acts;
+    etm_grad_scratch *s = &m->scratch;
+    be->rmsnorm_forward(be, la->ln1, la->ln1_rstd, a->resid, N, D, eps);
+    linear(be, s->dq, la->ln1, w->wq, N, HD, D, 0.0f);
+    be->rope_forward(be, s->dq, m->rope_cos, m->rope_sin, B, T, H, hd, 0);
+    be->rmsnorm_forward(be, la->q, la->q_rstd, s->dq, N * H, hd, eps);
+    linear(be, s->dk, la->ln1, w->wk, N, KVD, D, 0.0f);
+    be->rope_forward(be, s->dk, m->rope_cos, m->rope_sin, B, T, Hkv, hd, 0);
+    be->rmsnorm_forward(be, la->k, la->k_rstd, s->dk, N * Hkv, hd, eps);
+    linear(be, la->v, la->ln1, w->wv, N, KVD, D, 0.0f);
+    be->attention_forward(be, la->att, la->lse, la->q, la->k, la->v, B, T, T, H, Hkv, hd);
+    linear(be, a->resid, la->att, w->wo, N, D, HD, 1.0f);
+}
+
 int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                       etm_moe_mode mode, double *loss, etm_error *err) {
     const etm_hparams *hp = &m->hp;
@@ -408,8 +449,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
         return etm_fail(err, "model forward: batch size %d outside 1..%d", B, m->max_batch);
     if (T < 1 || T > hp->seq_len)
         return etm_fail(err, "model forward: sequence length %d outside 1..%d", T, hp->seq_len);
-    int N = B * T, V = hp->vocab_size, D = hp->d_model, hd = etm_head_dim(hp);
-    int H = hp->n_head, Hkv = hp->n_kv_head, HD = H * hd, KVD = Hkv * hd, F = hp->ffn_hidden;
+    int N = B * T, V = hp->vocab_size, D = hp->d_model, F = hp->ffn_hidden;
     float eps = hp->norm_eps;
     for (int i = 0; i < N; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
@@ -429,7 +469,6 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     m->n_valid = n_valid;
 
     etm_acts *a = &m->acts;
-    etm_grad_scratch *s = &m->scratch;
     be->upload(be, a->tokens, tokens, (size_t)N * sizeof(int32_t));
     if (targets) be->upload(be, a->targets, targets, (size_t)N * sizeof(int32_t));
 
@@ -442,17 +481,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     for (int l = 0; l < hp->n_layer; l++) {
         const etm_layer_weights *w = &m->w.layers[l];
         etm_layer_acts *la = &a->layers[l];
-        /* attention; q and k before QK-norm live in the (idle) gradient scratch */
-        be->rmsnorm_forward(be, la->ln1, la->ln1_rstd, a->resid, N, D, eps);
-        linear(be, s->dq, la->ln1, w->wq, N, HD, D, 0.0f);
-        be->rope_forward(be, s->dq, m->rope_cos, m->rope_sin, B, T, H, hd, 0);
-        be->rmsnorm_forward(be, la->q, la->q_rstd, s->dq, N * H, hd, eps);
-        linear(be, s->dk, la->ln1, w->wk, N, KVD, D, 0.0f);
-        be->rope_forward(be, s->dk, m->rope_cos, m->rope_sin, B, T, Hkv, hd, 0);
-        be->rmsnorm_forward(be, la->k, la->k_rstd, s->dk, N * Hkv, hd, eps);
-        linear(be, la->v, la->ln1, w->wv, N, KVD, D, 0.0f);
-        be->attention_forward(be, la->att, la->lse, la->q, la->k, la->v, B, T, T, H, Hkv, hd);
-        linear(be, a->resid, la->att, w->wo, N, D, HD, 1.0f);
+        attention_forward(m, l, B, T);
         /* MLP */
         be->rmsnorm_forward(be, la->ln2, la->ln2_rstd, a->resid, N, D, eps);
         if (m->moe[l]) {
@@ -477,6 +506,109 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     }
     if (loss) *loss = total;
     return 0;
+}
+
+/* ---- the routing pass of ec_pool_scope = step -------------------------------------------------- */
+
+int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, int T, int first_mb,
+                         int n_all, etm_pool_gather_fn gather, void *ctx, etm_error *err) {
+    const etm_hparams *hp = &m->hp;
+    etm_backend *be = m->be;
+    if (n_mb < 1 || first_mb < 0 || first_mb + n_mb > n_all || (!gather && n_all != n_mb))
+        return etm_fail(err, "routing pass: micro-batches %d..%d of %d", first_mb, first_mb + n_mb - 1, n_all);
+    if (B < 1 || B > m->max_batch || T != hp->seq_len)
+        return etm_fail(err, "routing pass: %d sequences of %d tokens (at most %d of %d)", B, T, m->max_batch,
+                        hp->seq_len);
+    int N = B * T, D = hp->d_model, V = hp->vocab_size, E = hp->n_routed, L = hp->n_layer;
+    for (size_t i = 0; i < (size_t)n_mb * N; i++)
+        if (tokens[i] < 0 || tokens[i] >= V)
+            return etm_fail(err, "routing pass: token %d outside 0..%d", (int)tokens[i], V - 1);
+    size_t ND = (size_t)N * D, NE = (size_t)N * E;
+    if (!m->pool || m->pool_mb != n_mb || m->pool_all != n_all || m->pool_N != N) {
+        if (!m->pool) m->pool = etm_ec_pool_create(be, hp);
+        if (m->pool_resid) be->free(be, m->pool_resid);
+        m->pool_resid = be->alloc(be, (size_t)n_mb * ND * sizeof(float));
+        m->pool_mine = etm_realloc(m->pool_mine, (size_t)n_mb * NE * sizeof(float));
+        m->pool_logits = etm_realloc(m->pool_logits, (size_t)n_all * NE * sizeof(float));
+        m->pool_all_mask = etm_realloc(m->pool_all_mask, (size_t)n_all * NE);
+        m->pool_masks = etm_realloc(m->pool_masks, (size_t)L * n_mb * NE);
+        m->pool_mb = n_mb;
+        m->pool_all = n_all;
+        m->pool_N = N;
+    }
+    etm_acts *a = &m->acts;
+    /* the stream starts as in etm_model_forward */
+    for (int i = 0; i < n_mb; i++) {
+        be->upload(be, a->tokens, tokens + (size_t)i * N, (size_t)N * sizeof(int32_t));
+        be->embedding_forward(be, a->mlp_out, m->w.wte, a->tokens, N, D);
+        be->rmsnorm_forward(be, a->x0, a->x0_rstd, a->mlp_out, N, D, hp->norm_eps);
+        be->copy(be, m->pool_resid + i * ND, a->x0, ND * sizeof(float));
+    }
+    m->last_B = 0; /* the activations no longer belong to one forward */
+    for (int l = 0; l < L; l++) {
+        const etm_layer_weights *w = &m->w.layers[l];
+        etm_layer_acts *la = &a->layers[l];
+        for (int i = 0; i < n_mb; i++) {
+            float *ri = m->pool_resid + i * ND;
+            be->copy(be, a->resid, ri, ND * sizeof(float));
+            attention_forward(m, l, B, T);
+            be->rmsnorm_forward(be, la->ln2, la->ln2_rstd, a->resid, N, D, hp->norm_eps);
+            if (m->moe[l]) {
+                const float *r = etm_moe_router_logits(m->moe[l], &w->moe, la->ln2, N);
+                be->download(be, m->pool_mine + i * NE, r, NE * sizeof(float));
+            } else {
+                linear(be, la->h, la->ln2, w->mlp_up, N, hp->ffn_hidden, D, 0.0f);
+                be->relu2_forward(be, la->a, la->h, (size_t)N * hp->ffn_hidden);
+                linear(be, a->resid, la->a, w->mlp_down, N, D, hp->ffn_hidden, 1.0f);
+            }
+            be->copy(be, ri, a->resid, ND * sizeof(float));
+        }
+        if (!m->moe[l]) continue;
+        /* every MoE layer of a model has the same kind and step counts, so the same rule */
+        if (etm_router_rule(etm_moe_router(m->moe[l]), ETM_MOE_TRAIN) != ETM_RULE_EC)
+            return etm_fail(err, "routing pass: layer %d does not route by expert choice now", l);
+        if (gather) {
+            if (gather(ctx, m->pool_mine, (size_t)n_mb * NE, m->pool_logits, err) != 0) return -1;
+        } else {
+            memcpy(m->pool_logits, m->pool_mine, (size_t)n_mb * NE * sizeof(float));
+        }
+        if (etm_ec_pool_select(m->pool, m->pool_logits, (size_t)n_all * N, m->pool_all_mask, err) != 0) return -1;
+        uint8_t *mine = m->pool_masks + (size_t)l * n_mb * NE;
+        memcpy(mine, m->pool_all_mask + (size_t)first_mb * NE, (size_t)n_mb * NE);
+        /* advance each stream through the layer with the step's selection, recording nothing */
+        etm_router *rt = etm_moe_router_mut(m->moe[l]);
+        for (int i = 0; i < n_mb; i++) {
+            float *ri = m->pool_resid + i * ND;
+            be->copy(be, a->resid, ri, ND * sizeof(float));
+            be->rmsnorm_forward(be, la->ln2, la->ln2_rstd, a->resid, N, D, hp->norm_eps);
+            etm_router_use_mask(rt, mine + i * NE, N, 0);
+            etm_moe_forward(m->moe[l], &w->moe, la->ln2, a->mlp_out, N, ETM_MOE_TRAIN);
+            be->axpy(be, a->resid, 1.0f, a->mlp_out, ND);
+            be->copy(be, ri, a->resid, ND * sizeof(float));
+        }
+    }
+    return 0;
+}
+
+int etm_model_step_routing_needed(const etm_model *m) {
+    if (m->hp.ec_pool_scope != ETM_EC_POOL_STEP) return 0;
+    for (int l = 0; l < m->hp.n_layer; l++)
+        if (m->moe[l] && etm_router_rule(etm_moe_router(m->moe[l]), ETM_MOE_TRAIN) == ETM_RULE_EC) return 1;
+    return 0;
+}
+
+void etm_model_use_step_routing(etm_model *m, int a) {
+    size_t NE = (size_t)m->pool_N * m->hp.n_routed;
+    assert(m->pool_masks && a >= 0 && a < m->pool_mb);
+    for (int l = 0; l < m->hp.n_layer; l++)
+        if (m->moe[l])
+            etm_router_use_mask(etm_moe_router_mut(m->moe[l]), m->pool_masks + ((size_t)l * m->pool_mb + a) * NE,
+                                m->pool_N, 1);
+}
+
+const uint8_t *etm_model_step_mask(const etm_model *m, int l, int a) {
+    size_t NE = (size_t)m->pool_N * m->hp.n_routed;
+    return m->pool_masks + ((size_t)l * m->pool_mb + a) * NE;
 }
 
 int etm_model_logits(etm_model *m, float *out, int first, int rows, etm_error *err) {

@@ -148,6 +148,15 @@ typedef struct {
     int last_has_targets;    /* whether it computed a loss (backward needs one) */
     int n_valid;             /* targets >= 0 in the last forward */
     float *host_losses;      /* host (N) per-token losses of the last forward */
+
+    /* ec_pool_scope = step: the routing pass (etm_model_route_step); NULL until the first */
+    struct etm_ec_pool *pool;  /* the pooled selection (router_pool.h) */
+    float *pool_resid;         /* (pool_mb, N, D) backend: each micro-batch's residual stream */
+    float *pool_mine;          /* host (pool_mb N, E): this process's logits of one layer */
+    float *pool_logits;        /* host (pool_all N, E): the step's logits of one layer */
+    uint8_t *pool_all_mask;    /* host (pool_all N, E): the step's selection of one layer */
+    uint8_t *pool_masks;       /* host (L, pool_mb, N, E): the selections the forwards will use */
+    int pool_mb, pool_all, pool_N; /* micro-batches here, in the step, tokens each (as sized) */
 } etm_model;
 
 /* Builds a model for micro-batches of up to max_batch sequences of hp->seq_len tokens and
@@ -189,6 +198,29 @@ int etm_memory_check(const etm_memory_estimate *est, etm_error *err);
  * or -1 with a message in err (bad shape, token out of range). */
 int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                       etm_moe_mode mode, double *loss, etm_error *err);
+
+/* ec_pool_scope = step (router_pool.h, doc/distributed.md): the routing pass of one optimizer
+ * step, while the MoE layers route by expert choice (etm_model_step_routing_needed; -1 otherwise). tokens holds this process's n_mb micro-batches of B sequences of T tokens (host,
+ * n_mb B T), which are micro-batches first_mb .. first_mb + n_mb - 1 of the step's n_all. The
+ * micro-batches advance together layer by layer without gradients, keeping only their residual
+ * streams; at each MoE layer their router logits (etm_moe_router_logits) are pooled in
+ * micro-batch order (gather, when not NULL, must give every process the n_all micro-batches'
+ * logits in order: all[(first_mb + i) ...] = mine[i ...]; NULL when n_all == n_mb), each expert
+ * takes its top k_target of the pool, and the stream advances through the layer with that
+ * selection. The selections are kept for etm_model_use_step_routing. Returns 0, or -1 with a
+ * message. The activations of the last forward are overwritten. */
+typedef int (*etm_pool_gather_fn)(void *ctx, const float *mine, size_t n_floats, float *all, etm_error *err);
+int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, int T, int first_mb,
+                         int n_all, etm_pool_gather_fn gather, void *ctx, etm_error *err);
+/* Whether this step's TRAIN forwards want the routing pass: ec_pool_scope = step and the MoE
+ * layers route by expert choice in TRAIN now (ec always; et during its EC warm-up). */
+int etm_model_step_routing_needed(const etm_model *m);
+/* Arms every MoE layer's router with micro-batch a's (0..n_mb-1 of the last routing pass)
+ * selection for the next TRAIN forward (router.h etm_router_use_mask; that forward records for
+ * step_end as usual). */
+void etm_model_use_step_routing(etm_model *m, int a);
+/* The selection of micro-batch a at MoE layer l from the last routing pass: (N, E) host. */
+const uint8_t *etm_model_step_mask(const etm_model *m, int l, int a);
 
 /* Accumulates loss_scale * d(loss)/d(params) of the last forward into the gradient block
  * (loss_scale = 1/grad_accum averages micro-batches). The last forward must have had targets.

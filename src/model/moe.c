@@ -235,6 +235,15 @@ float etm_moe_forward(etm_moe_layer *L, const etm_moe_weights *w, const float *x
     return loss;
 }
 
+const float *etm_moe_router_logits(etm_moe_layer *L, const etm_moe_weights *w, const float *x, int N) {
+    etm_backend *be = L->be;
+    assert(N >= 1 && N <= L->max_tokens);
+    /* the same two operations as etm_moe_forward, on the same buffers: the same bits */
+    be->copy(be, L->x, x, (size_t)N * L->D * sizeof(float));
+    be->gemm(be, ETM_NO_TRANS, ETM_TRANS, N, L->E, L->D, 1.0f, L->x, L->D, w->router, L->D, 0.0f, L->logits, L->E);
+    return L->logits;
+}
+
 void etm_moe_backward(etm_moe_layer *L, const etm_moe_weights *w, etm_moe_weights *dw,
                       const float *dy, float *dx, float loss_scale) {
     etm_backend *be = L->be;

@@ -42,6 +42,11 @@ void etm_moe_free(etm_moe_layer *layer);
  * caller may reuse x's buffer). The routing rules per mode are documented in router.h. */
 float etm_moe_forward(etm_moe_layer *layer, const etm_moe_weights *w, const float *x, float *y,
                       int N, etm_moe_mode mode);
+/* The router logits r = x W_r^T (N,E) (backend, layer-owned, valid until the next forward) that
+ * etm_moe_forward would compute from x, by the same operations (the same bits): the routing pass
+ * of ec_pool_scope = step (model.h etm_model_route_step). Overwrites the layer's saved input, so a
+ * backward needs a new forward first. */
+const float *etm_moe_router_logits(etm_moe_layer *layer, const etm_moe_weights *w, const float *x, int N);
 /* dx(N,D) += d/dx; weight gradients in dw accumulate. loss_scale multiplies the gradient of the
  * added loss (1 / grad_accum when the trainer averages micro-batches). */
 void etm_moe_backward(etm_moe_layer *layer, const etm_moe_weights *w, etm_moe_weights *dw,

@@ -354,6 +354,13 @@ void etm_router_step_end(etm_router *rt) {
     rt->counters[1]++;
 }
 
+void etm_router_use_mask(etm_router *rt, const uint8_t *host_mask, int N, int record) {
+    assert(N >= 1 && N <= rt->max_tokens);
+    rt->preset = host_mask;
+    rt->preset_N = N;
+    rt->preset_record = record;
+}
+
 void etm_router_end_warmup(etm_router *rt) {
     if (rt->hp.router == ETM_ROUTER_ET && rt->counters[1] < rt->hp.et_warmup_steps)
         rt->counters[1] = rt->hp.et_warmup_steps;

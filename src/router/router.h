@@ -17,6 +17,9 @@
  *    that is at least the batch, or when the batch is not a whole number of pools (only eval
  *    batches can be; etm_router_check_hparams rejects training batches that are not).
  *  - k_target = floor(pool * k / E), at least 1 and at most the pool (the authors' rounding).
+ *  - ec_pool_scope = step (TRAIN, ec; et while it routes by EC): the pool is every token of the
+ *    optimizer step, all its micro-batches on all ranks in global micro-batch order; a routing
+ *    pass selects it (router_pool.h) and each TRAIN forward takes its rows (etm_router_use_mask).
  *  - cut-off of expert i over a set of R tokens = its kt-th largest logit there, kt =
  *    floor(R k / E) clamped to [1, R] (the k_target of those tokens as one pool). Once per
  *    optimizer step (step_end) the step's cut-off cut updates m = beta m + (1-beta) cut, s += 1,
@@ -234,6 +237,15 @@ int etm_router_last_cutoff(const etm_router *rt, etm_cutoff_step_info *out);
  * [1, rows]; scratch holds rows floats. The whole step's rows in any order give the same values:
  * a caller may gather them from every rank. */
 void etm_cutoff_of_rows(const float *logits, size_t rows, int E, int top_k, float *cut, float *scratch);
+
+/* ec_pool_scope = step (router_pool.h): the next TRAIN forward of an ec router (et: one routing by
+ * EC; a threshold forward drops it) takes host_mask
+ * (N,E host, 1 = routed; the caller keeps it alive until then) as its selection instead of
+ * selecting within its pools; scores, gates, losses and statistics are computed as usual. With
+ * record = 0 that forward also records nothing for step_end (the routing pass); with 1 it
+ * records as any TRAIN forward. Used once, then the router selects again; no effect on tc or
+ * other modes (an EVAL forward leaves it armed). */
+void etm_router_use_mask(etm_router *rt, const uint8_t *host_mask, int N, int record);
 
 /* Ends an et router's EC warm-up now (its optimizer-step count becomes at least
  * et_warmup_steps), so that TRAIN forwards route by thresholds once an EMA exists; no effect on

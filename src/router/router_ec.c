@@ -3,6 +3,7 @@
  * keeps, as the paper evaluates EC models. */
 #include "router_kind.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
 static void ec_create(etm_router *rt) {
@@ -26,11 +27,19 @@ static int ec_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
     etm_backend *be = rt->be;
     etm_cutoff_state *cs = rt->state;
     etm_routing_sizes sz = etm_router_sizes(&rt->hp, N);
-    if (ec_rule(rt, mode) == ETM_RULE_EC)
+    int record = mode == ETM_MOE_TRAIN;
+    if (mode == ETM_MOE_TRAIN && rt->preset) {
+        /* ec_pool_scope = step: the routing pass selected over the whole step (router_pool.h) */
+        assert(rt->preset_N == N);
+        be->upload(be, rt->mask, rt->preset, (size_t)N * rt->E);
+        record = rt->preset_record;
+        rt->preset = NULL;
+    } else if (ec_rule(rt, mode) == ETM_RULE_EC) {
         be->select_columns(be, rt->mask, logits, NULL, NULL, N, rt->E, sz.pool, sz.k_target, sz.k_target);
-    else
+    } else {
         be->select_columns(be, rt->mask, logits, NULL, cs->threshold_dev, N, rt->E, N, 0, N);
-    if (mode == ETM_MOE_TRAIN) etm_cutoff_record(cs, rt, logits, N);
+    }
+    if (record) etm_cutoff_record(cs, rt, logits, N);
     *pool_rows = sz.pool;
     return 0;
 }

@@ -1,8 +1,10 @@
 /* router_et.c: expert threshold, the method (router.h): r >= c_i with c the bias-corrected EMA
  * of the batch cut-offs (router_cutoff.c); EC for the first et_warmup_steps optimizer steps
- * while the EMA already learns; optional capacity clamp per pool in TRAIN. */
+ * while the EMA already learns (over the whole step's tokens with ec_pool_scope = step: the
+ * selection router_pool.h made); optional capacity clamp per pool in TRAIN. */
 #include "router_kind.h"
 
+#include <assert.h>
 #include <stdlib.h>
 
 typedef struct {
@@ -48,7 +50,15 @@ static int et_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
     int E = rt->E, before = 0;
     etm_routing_sizes sz = etm_router_sizes(&rt->hp, N);
     const float *thr = s->cut.threshold_dev;
-    if (et_rule(rt, mode) == ETM_RULE_EC) {
+    int record = mode == ETM_MOE_TRAIN;
+    etm_route_rule rule = et_rule(rt, mode);
+    if (mode == ETM_MOE_TRAIN && rt->preset && rule == ETM_RULE_EC) {
+        /* ec_pool_scope = step during the EC warm-up: the routing pass selected over the whole
+         * step (router_pool.h) */
+        assert(rt->preset_N == N);
+        be->upload(be, rt->mask, rt->preset, (size_t)N * E);
+        record = rt->preset_record;
+    } else if (rule == ETM_RULE_EC) {
         be->select_columns(be, rt->mask, logits, NULL, NULL, N, E, sz.pool, sz.k_target, sz.k_target);
     } else if (s->clamps && mode == ETM_MOE_TRAIN) {
         be->select_columns(be, rt->mask_before, logits, NULL, thr, N, E, N, 0, N);
@@ -57,7 +67,8 @@ static int et_route(etm_router *rt, const float *logits, int N, etm_moe_mode mod
     } else {
         be->select_columns(be, rt->mask, logits, NULL, thr, N, E, N, 0, N);
     }
-    if (mode == ETM_MOE_TRAIN) etm_cutoff_record(&s->cut, rt, logits, N);
+    if (mode == ETM_MOE_TRAIN) rt->preset = NULL; /* used or, past the warm-up, not wanted */
+    if (record) etm_cutoff_record(&s->cut, rt, logits, N);
     *pool_rows = sz.pool;
     return before;
 }

@@ -82,6 +82,10 @@ struct etm_router {
                                   what step_end will use (router.h: etm_router_step_records) */
     int n_rec, cap_rec;        /* records held, room */
 
+    /* etm_router_use_mask: the next TRAIN forward's given selection (ec) */
+    const uint8_t *preset;     /* (preset_N, E) host, or NULL */
+    int preset_N, preset_record;
+
     /* the last forward */
     int N;        /* tokens */
     int routed;   /* a mask exists */

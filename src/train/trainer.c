@@ -250,6 +250,8 @@ typedef struct {
     etm_loader *train;
     etm_rng rng;              /* the trainer's RNG, saved in checkpoints for what may need it */
     int32_t *inputs, *targets; /* host (B*T) */
+    int32_t *step_inputs, *step_targets; /* host (local_accum B*T) ec_pool_scope = step: this rank's
+                                            micro-batches, read before the routing pass */
     etm_layer_acc *acc;        /* (L), used for MoE layers */
     FILE *metrics;
     char ckpt_path[1100], metrics_path[1100];
@@ -432,6 +434,8 @@ static void run_free(run *r) {
     free(r->token_bytes);
     free(r->inputs);
     free(r->targets);
+    free(r->step_inputs);
+    free(r->step_targets);
     if (r->comm && r->comm->device_memory) {
         if (r->grad_host) r->be->free(r->be, r->grad_host);
     } else {
@@ -499,6 +503,10 @@ static int run_setup(run *r, etm_error *err) {
     etm_rng_seed(&r->rng, hp->seed);
     r->inputs = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
     r->targets = etm_malloc((size_t)tokens_per_batch * sizeof(int32_t));
+    if (hp->ec_pool_scope == ETM_EC_POOL_STEP) {
+        r->step_inputs = etm_malloc((size_t)r->local_accum * tokens_per_batch * sizeof(int32_t));
+        r->step_targets = etm_malloc((size_t)r->local_accum * tokens_per_batch * sizeof(int32_t));
+    }
     r->acc = etm_calloc(hp->n_layer, sizeof *r->acc);
     for (int l = 0; l < hp->n_layer; l++)
         if (r->m->moe[l]) r->acc[l].load = etm_calloc(hp->n_routed, sizeof(int64_t));
@@ -552,6 +560,13 @@ static int run_setup(run *r, etm_error *err) {
     return start;
 }
 
+/* ec_pool_scope = step over ranks: every rank's logits of one layer, in rank order (= global
+ * micro-batch order, rank k holding micro-batches k x local_accum ...). */
+static int pool_gather(void *ctx, const float *mine, size_t n_floats, float *all, etm_error *err) {
+    etm_comm *c = ctx;
+    return c->allgather(c, mine, n_floats * sizeof(float), all, err);
+}
+
 /* One optimizer step s (0-based). Returns 0, or -1 naming the step when something is not finite
  * (nothing of the step is then kept: the optimizer refuses a non-finite gradient norm). Rank k
  * runs the global micro-batches j = k x local_accum + a; every rank reads all of them from the
@@ -567,17 +582,43 @@ static int train_step(run *r, int s, double *ce, double *aux, double *z, etm_opt
     etm_error e2;
     int failed = 0;
     layer_acc_reset(r);
+    /* ec_pool_scope = step: the step's micro-batches are read first (each rank keeping its own)
+     * and routed together (model.h etm_model_route_step); the forwards below use that routing */
+    int pooled = etm_model_step_routing_needed(m); /* et: during its EC warm-up only */
+    size_t BT = (size_t)B * T;
+    for (int j = 0; pooled && j < A; j++) {
+        int a = j - r->rank * LA, mine = a >= 0 && a < LA;
+        if (etm_loader_next(r->train, mine ? r->step_inputs + a * BT : r->inputs,
+                            mine ? r->step_targets + a * BT : r->targets, &e2) != 0) {
+            etm_fail(err, "step %d: training data: %s", s + 1, e2.msg);
+            failed = 1;
+            break;
+        }
+    }
+    if (pooled && !failed &&
+        etm_model_route_step(m, r->step_inputs, LA, B, T, r->rank * LA, A, r->world > 1 ? pool_gather : NULL,
+                             r->comm, &e2) != 0) {
+        etm_fail(err, "step %d: routing pass (ec_pool_scope = step): %s", s + 1, e2.msg);
+        failed = 1;
+    }
     for (int j = 0; j < A; j++) {
         double loss;
         int a = j - r->rank * LA;
-        if (etm_loader_next(r->train, r->inputs, r->targets, &e2) != 0) {
+        const int32_t *in = r->inputs, *tg = r->targets;
+        if (pooled) {
+            if (failed) break;
+            if (a < 0 || a >= LA) continue;
+            in = r->step_inputs + a * BT;
+            tg = r->step_targets + a * BT;
+        } else if (etm_loader_next(r->train, r->inputs, r->targets, &e2) != 0) {
             etm_fail(err, "step %d: training data: %s", s + 1, e2.msg);
             failed = 1;
             break;
         }
         if (failed || a < 0 || a >= LA) continue;
         etm_model_zero_grad(m);
-        if (etm_model_forward(m, r->inputs, r->targets, B, T, ETM_MOE_TRAIN, &loss, &e2) != 0) {
+        if (pooled) etm_model_use_step_routing(m, a);
+        if (etm_model_forward(m, in, tg, B, T, ETM_MOE_TRAIN, &loss, &e2) != 0) {
             etm_fail(err, "step %d: %s", s + 1, e2.msg);
             failed = 1;
             continue;
