@@ -4,12 +4,15 @@
  * back. */
 #include "router_pool.h"
 
+#include "router.h"
+
 #include <limits.h>
 #include <stdlib.h>
 
 struct etm_ec_pool {
     etm_backend *be;
-    int E, top_k;
+    etm_hparams hp;  /* the run's: E, top_k for etm_router_sizes */
+    int E;
     size_t cap;      /* rows the buffers hold */
     float *logits;   /* (cap, E) backend */
     uint8_t *mask;   /* (cap, E) backend */
@@ -18,8 +21,8 @@ struct etm_ec_pool {
 etm_ec_pool *etm_ec_pool_create(etm_backend *be, const etm_hparams *hp) {
     etm_ec_pool *p = etm_calloc(1, sizeof(*p));
     p->be = be;
+    p->hp = *hp;
     p->E = hp->n_routed;
-    p->top_k = hp->top_k;
     return p;
 }
 
@@ -29,16 +32,6 @@ void etm_ec_pool_free(etm_ec_pool *p) {
     if (p->mask) p->be->free(p->be, p->mask);
     free(p);
 }
-
-static int k_target_of(size_t rows, int top_k, int E) {
-    /* in 64 bits: rows x top_k may pass INT_MAX before the division */
-    long long k = (long long)rows * top_k / E;
-    if (k < 1) k = 1;
-    if (k > (long long)rows) k = (long long)rows;
-    return (int)k;
-}
-
-int etm_ec_pool_k_target(const etm_hparams *hp, size_t rows) { return k_target_of(rows, hp->top_k, hp->n_routed); }
 
 int etm_ec_pool_select(etm_ec_pool *p, const float *logits, size_t rows, uint8_t *mask, etm_error *err) {
     etm_backend *be = p->be;
@@ -53,7 +46,8 @@ int etm_ec_pool_select(etm_ec_pool *p, const float *logits, size_t rows, uint8_t
         p->cap = rows;
     }
     int n = (int)rows;
-    int kt = k_target_of(rows, p->top_k, p->E);
+    /* one pool of all the rows: router.h's k_target of the whole batch (pool_seqs is 0 here) */
+    int kt = etm_router_sizes(&p->hp, n).k_batch;
     be->upload(be, p->logits, logits, rows * E * sizeof(float));
     be->select_columns(be, p->mask, p->logits, NULL, NULL, n, p->E, n, kt, kt);
     be->download(be, mask, p->mask, rows * E);

@@ -26,9 +26,6 @@ typedef struct etm_ec_pool etm_ec_pool;
 etm_ec_pool *etm_ec_pool_create(etm_backend *be, const etm_hparams *hp);
 void etm_ec_pool_free(etm_ec_pool *p);
 
-/* k_target of a pool of rows tokens: floor(rows top_k / E) clamped to [1, rows]. */
-int etm_ec_pool_k_target(const etm_hparams *hp, size_t rows);
-
 /* mask (rows, E) host (writes; 1 = routed) = each expert's top k_target rows of logits (rows, E)
  * host, row-major, ties to the earlier row. rows must fit an int. Returns 0, or -1 with a
  * message when the pool is too large to select over. */
