@@ -441,6 +441,27 @@ static void attention_forward(etm_model *m, int l, int B, int T) {
     linear(be, a->resid, la->att, w->wo, N, D, HD, 1.0f);
 }
 
+/* a->x0 = norm(embedding of a->tokens (N, uploaded)); the raw embedding is not needed by backward:
+ * mlp_out is free to hold it. */
+static void embed_forward(etm_model *m, int N) {
+    etm_backend *be = m->be;
+    etm_acts *a = &m->acts;
+    int D = m->hp.d_model;
+    be->embedding_forward(be, a->mlp_out, m->w.wte, a->tokens, N, D);
+    be->rmsnorm_forward(be, a->x0, a->x0_rstd, a->mlp_out, N, D, m->hp.norm_eps);
+}
+
+/* a->resid += layer l's dense MLP of its ln2 (ReLU^2), keeping h and a for backward. */
+static void dense_mlp_forward(etm_model *m, int l, int N) {
+    etm_backend *be = m->be;
+    const etm_layer_weights *w = &m->w.layers[l];
+    etm_layer_acts *la = &m->acts.layers[l];
+    int D = m->hp.d_model, F = m->hp.ffn_hidden;
+    linear(be, la->h, la->ln2, w->mlp_up, N, F, D, 0.0f);
+    be->relu2_forward(be, la->a, la->h, (size_t)N * F);
+    linear(be, m->acts.resid, la->a, w->mlp_down, N, D, F, 1.0f);
+}
+
 int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *targets, int B, int T,
                       etm_moe_mode mode, double *loss, etm_error *err) {
     const etm_hparams *hp = &m->hp;
@@ -449,7 +470,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
         return etm_fail(err, "model forward: batch size %d outside 1..%d", B, m->max_batch);
     if (T < 1 || T > hp->seq_len)
         return etm_fail(err, "model forward: sequence length %d outside 1..%d", T, hp->seq_len);
-    int N = B * T, V = hp->vocab_size, D = hp->d_model, F = hp->ffn_hidden;
+    int N = B * T, V = hp->vocab_size, D = hp->d_model;
     float eps = hp->norm_eps;
     for (int i = 0; i < N; i++)
         if (tokens[i] < 0 || tokens[i] >= V)
@@ -472,9 +493,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
     be->upload(be, a->tokens, tokens, (size_t)N * sizeof(int32_t));
     if (targets) be->upload(be, a->targets, targets, (size_t)N * sizeof(int32_t));
 
-    /* the raw embedding is not needed by backward: mlp_out is free to hold it */
-    be->embedding_forward(be, a->mlp_out, m->w.wte, a->tokens, N, D);
-    be->rmsnorm_forward(be, a->x0, a->x0_rstd, a->mlp_out, N, D, eps);
+    embed_forward(m, N);
     be->copy(be, a->resid, a->x0, (size_t)N * D * sizeof(float));
 
     double added_loss = 0.0;
@@ -488,9 +507,7 @@ int etm_model_forward(etm_model *m, const int32_t *tokens, const int32_t *target
             added_loss += etm_moe_forward(m->moe[l], &w->moe, la->ln2, a->mlp_out, N, mode);
             be->axpy(be, a->resid, 1.0f, a->mlp_out, (size_t)N * D);
         } else {
-            linear(be, la->h, la->ln2, w->mlp_up, N, F, D, 0.0f);
-            be->relu2_forward(be, la->a, la->h, (size_t)N * F);
-            linear(be, a->resid, la->a, w->mlp_down, N, D, F, 1.0f);
+            dense_mlp_forward(m, l, N);
         }
     }
     be->rmsnorm_forward(be, a->lnf, a->lnf_rstd, a->resid, N, D, eps);
@@ -540,8 +557,7 @@ int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, i
     /* the stream starts as in etm_model_forward */
     for (int i = 0; i < n_mb; i++) {
         be->upload(be, a->tokens, tokens + (size_t)i * N, (size_t)N * sizeof(int32_t));
-        be->embedding_forward(be, a->mlp_out, m->w.wte, a->tokens, N, D);
-        be->rmsnorm_forward(be, a->x0, a->x0_rstd, a->mlp_out, N, D, hp->norm_eps);
+        embed_forward(m, N);
         be->copy(be, m->pool_resid + i * ND, a->x0, ND * sizeof(float));
     }
     m->last_B = 0; /* the activations no longer belong to one forward */
@@ -557,9 +573,7 @@ int etm_model_route_step(etm_model *m, const int32_t *tokens, int n_mb, int B, i
                 const float *r = etm_moe_router_logits(m->moe[l], &w->moe, la->ln2, N);
                 be->download(be, m->pool_mine + i * NE, r, NE * sizeof(float));
             } else {
-                linear(be, la->h, la->ln2, w->mlp_up, N, hp->ffn_hidden, D, 0.0f);
-                be->relu2_forward(be, la->a, la->h, (size_t)N * hp->ffn_hidden);
-                linear(be, a->resid, la->a, w->mlp_down, N, D, hp->ffn_hidden, 1.0f);
+                dense_mlp_forward(m, l, N);
             }
             be->copy(be, ri, a->resid, ND * sizeof(float));
         }
